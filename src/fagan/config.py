@@ -1,0 +1,479 @@
+"""Architecture configuration: ``.conf``/YAML files -> frozen, validated layer specs.
+
+The format is the original FAGAN project's (``attn-gan-pytorch``): a YAML mapping with
+an ``architecture`` list, one mapping per layer, tuples written as strings such as
+``"(128, 512)"``. The original files are read unchanged. YAML lists (``[4, 4]``) and
+single integers (``4`` for ``(4, 4)``) are accepted too.
+
+Every check lives here, and every problem is reported as one :class:`FaganError`
+naming the file, the layer (``architecture[i]``, counted from 0 like the module
+indices ``model.i`` of a saved state dict) and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from fagan.errors import FaganError
+from fagan.layers.activations import ActivationSpec, parse_activation
+
+Pair = tuple[int, int]
+
+
+# --------------------------------------------------------------------------- specs
+@dataclass(frozen=True)
+class ConvSpec:
+    """A (transposed) convolution, optionally spectrally normalised, batch-normed, activated."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: Pair
+    stride: Pair
+    padding: Pair
+    bias: bool
+    batch_norm: bool
+    spectral_norm: bool
+    activation: ActivationSpec
+    transpose: bool = False
+
+
+@dataclass(frozen=True)
+class FullAttentionSpec:
+    """The FAGAN full attention layer (k x k query/key/value/residual convolutions)."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: Pair
+    stride: Pair
+    padding: Pair
+    bias: bool
+    use_spectral_norm: bool
+    use_batch_norm: bool
+    squeeze_factor: int
+    transpose: bool
+    activation: ActivationSpec | None
+
+
+@dataclass(frozen=True)
+class SelfAttentionSpec:
+    """The SAGAN self-attention layer (1 x 1 query/key/value, residual input)."""
+
+    channels: int
+    bias: bool
+    squeeze_factor: int
+    activation: ActivationSpec | None
+
+
+@dataclass(frozen=True)
+class DropoutSpec:
+    """Channel dropout (``Dropout2d``)."""
+
+    drop_prob: float
+
+
+@dataclass(frozen=True)
+class BatchNormSpec:
+    """A standalone ``BatchNorm2d``."""
+
+    num_channels: int
+
+
+@dataclass(frozen=True)
+class IgnoreAttnMapsSpec:
+    """Kept for the original's module numbering; a no-op here (layers return tensors)."""
+
+
+LayerSpec = Union[
+    ConvSpec, FullAttentionSpec, SelfAttentionSpec, DropoutSpec, BatchNormSpec, IgnoreAttnMapsSpec
+]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A parsed architecture file.
+
+    Attributes:
+        layers: the layer specs in order.
+        source: where it was read from (for messages).
+    """
+
+    layers: tuple[LayerSpec, ...]
+    source: str = "<config>"
+
+    @property
+    def in_channels(self) -> int:
+        """Channels the first channel-changing layer expects."""
+        for layer in self.layers:
+            channels = _in_channels(layer)
+            if channels is not None:
+                return channels
+        raise FaganError(f"{self.source}: the architecture has no convolution or attention layer")
+
+    @property
+    def out_channels(self) -> int:
+        """Channels the last channel-changing layer produces."""
+        for layer in reversed(self.layers):
+            channels = _out_channels(layer)
+            if channels is not None:
+                return channels
+        raise FaganError(f"{self.source}: the architecture has no convolution or attention layer")
+
+    def output_shape(self, channels: int, height: int, width: int) -> tuple[int, int, int]:
+        """Propagates a (C, H, W) input shape through the layers.
+
+        Raises:
+            FaganError: naming the first layer whose input does not fit.
+        """
+        shape = (channels, height, width)
+        for index, layer in enumerate(self.layers):
+            shape = _layer_output_shape(layer, shape, f"{self.source}: architecture[{index}]")
+        return shape
+
+
+# --------------------------------------------------------------------------- schema
+# For each layer name: (required keys, optional keys {name: default}, aliases {alias: key}).
+_SCHEMA: dict[str, tuple[tuple[str, ...], dict[str, Any], dict[str, str]]] = {
+    "conv": (
+        ("channels", "kernel_dims", "stride", "padding", "bias", "batch_norm", "activation"),
+        {"spectral_norm": False},
+        {"use_spectral_norm": "spectral_norm", "use_batch_norm": "batch_norm"},
+    ),
+    "full_attention": (
+        ("channels", "kernel_dims", "stride", "padding", "bias", "use_spectral_norm",
+         "use_batch_norm", "squeeze_factor", "transpose_conv"),
+        {"activation": None},
+        {"spectral_norm": "use_spectral_norm", "batch_norm": "use_batch_norm"},
+    ),
+    "self_attention": (("channels", "bias", "squeeze_factor"), {"activation": None}, {}),
+    "dropout": (("drop_prob",), {}, {}),
+    "batch_norm": (("num_channels",), {}, {}),
+    "ignore_attn_maps": ((), {}, {}),
+}
+_SCHEMA["conv_transpose"] = _SCHEMA["conv"]
+
+LAYER_NAMES = tuple(sorted(_SCHEMA))
+
+_INT = r"\s*([-+]?\d+)\s*"
+_TUPLE = re.compile(rf"^\(?{_INT},{_INT}\)?$")
+
+
+class _Field:
+    """Reads typed values from one layer mapping, naming file/layer/field on failure."""
+
+    def __init__(self, where: str, values: dict[str, Any]):
+        self.where = where
+        self.values = values
+
+    def fail(self, key: str, problem: str) -> FaganError:
+        return FaganError(f"{self.where}: field '{key}': {problem}")
+
+    def pair(self, key: str, *, minimum: int = 0) -> Pair:
+        raw = self.values[key]
+        if isinstance(raw, bool):
+            raise self.fail(key, f"expected a pair of integers like \"(4, 4)\", got {raw!r}")
+        if isinstance(raw, int):
+            value = (raw, raw)
+        elif isinstance(raw, (list, tuple)) and len(raw) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in raw
+        ):
+            value = (raw[0], raw[1])
+        elif isinstance(raw, str) and (match := _TUPLE.match(raw.strip())):
+            value = (int(match.group(1)), int(match.group(2)))
+        else:
+            raise self.fail(
+                key, f"malformed tuple {raw!r}; expected two integers like \"(4, 4)\""
+            )
+        if min(value) < minimum:
+            raise self.fail(key, f"values must be >= {minimum}, got {value}")
+        return value
+
+    def integer(self, key: str, *, minimum: int = 1) -> int:
+        raw = self.values[key]
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise self.fail(key, f"expected an integer, got {raw!r}")
+        if raw < minimum:
+            raise self.fail(key, f"must be >= {minimum}, got {raw}")
+        return raw
+
+    def boolean(self, key: str) -> bool:
+        raw = self.values[key]
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+            return raw.strip().lower() == "true"
+        raise self.fail(key, f"expected True or False, got {raw!r}")
+
+    def probability(self, key: str) -> float:
+        raw = self.values[key]
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < 1:
+            raise self.fail(key, f"expected a number in [0, 1), got {raw!r}")
+        return float(raw)
+
+    def activation(self, key: str) -> ActivationSpec | None:
+        raw = self.values[key]
+        if raw is None:
+            return None
+        try:
+            return parse_activation(raw)
+        except ValueError as error:
+            raise self.fail(key, str(error)) from None
+
+
+def _parse_layer(where: str, raw: Any) -> LayerSpec:
+    if not isinstance(raw, dict):
+        raise FaganError(f"{where}: expected a mapping of fields, got {raw!r}")
+    if "name" not in raw:
+        raise FaganError(f"{where}: field 'name': missing; one of {', '.join(LAYER_NAMES)}")
+    name = raw["name"]
+    if not isinstance(name, str) or name.lower() not in _SCHEMA:
+        raise FaganError(
+            f"{where}: field 'name': unknown layer {name!r}; one of {', '.join(LAYER_NAMES)}"
+        )
+    name = name.lower()
+    where = f"{where} ({name})"
+    required, optional, aliases = _SCHEMA[name]
+
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "name":
+            continue
+        canonical = aliases.get(key, key)
+        if canonical not in required and canonical not in optional:
+            known = ", ".join(sorted((*required, *optional)))
+            raise FaganError(f"{where}: field '{key}': unknown key; {name} takes {known}")
+        if canonical in values and values[canonical] != value:
+            raise FaganError(
+                f"{where}: field '{key}': conflicts with '{canonical}' given as {values[canonical]!r}"
+            )
+        values[canonical] = value
+    for key in required:
+        if key not in values:
+            raise FaganError(f"{where}: field '{key}': missing")
+    for key, default in optional.items():
+        values.setdefault(key, default)
+
+    f = _Field(where, values)
+    if name in ("conv", "conv_transpose"):
+        in_c, out_c = f.pair("channels", minimum=1)
+        activation = f.activation("activation")
+        if activation is None:
+            raise f.fail("activation", "missing")
+        return ConvSpec(
+            in_channels=in_c,
+            out_channels=out_c,
+            kernel_size=f.pair("kernel_dims", minimum=1),
+            stride=f.pair("stride", minimum=1),
+            padding=f.pair("padding"),
+            bias=f.boolean("bias"),
+            batch_norm=f.boolean("batch_norm"),
+            spectral_norm=f.boolean("spectral_norm"),
+            activation=activation,
+            transpose=name == "conv_transpose",
+        )
+    if name == "full_attention":
+        in_c, out_c = f.pair("channels", minimum=1)
+        squeeze = f.integer("squeeze_factor")
+        if in_c // squeeze < 1:
+            raise f.fail(
+                "squeeze_factor",
+                f"{squeeze} leaves no query/key channels for {in_c} input channels",
+            )
+        return FullAttentionSpec(
+            in_channels=in_c,
+            out_channels=out_c,
+            kernel_size=f.pair("kernel_dims", minimum=1),
+            stride=f.pair("stride", minimum=1),
+            padding=f.pair("padding"),
+            bias=f.boolean("bias"),
+            use_spectral_norm=f.boolean("use_spectral_norm"),
+            use_batch_norm=f.boolean("use_batch_norm"),
+            squeeze_factor=squeeze,
+            transpose=f.boolean("transpose_conv"),
+            activation=f.activation("activation"),
+        )
+    if name == "self_attention":
+        channels = f.integer("channels")
+        squeeze = f.integer("squeeze_factor")
+        if channels // squeeze < 1:
+            raise f.fail(
+                "squeeze_factor",
+                f"{squeeze} leaves no query/key channels for {channels} channels",
+            )
+        return SelfAttentionSpec(
+            channels=channels,
+            bias=f.boolean("bias"),
+            squeeze_factor=squeeze,
+            activation=f.activation("activation"),
+        )
+    if name == "dropout":
+        return DropoutSpec(drop_prob=f.probability("drop_prob"))
+    if name == "batch_norm":
+        return BatchNormSpec(num_channels=f.integer("num_channels"))
+    return IgnoreAttnMapsSpec()
+
+
+# --------------------------------------------------------------------------- shapes
+def _in_channels(layer: LayerSpec) -> int | None:
+    if isinstance(layer, (ConvSpec, FullAttentionSpec)):
+        return layer.in_channels
+    if isinstance(layer, SelfAttentionSpec):
+        return layer.channels
+    if isinstance(layer, BatchNormSpec):
+        return layer.num_channels
+    return None
+
+
+def _out_channels(layer: LayerSpec) -> int | None:
+    if isinstance(layer, (ConvSpec, FullAttentionSpec)):
+        return layer.out_channels
+    return _in_channels(layer)
+
+
+def _layer_output_shape(
+    layer: LayerSpec, shape: tuple[int, int, int], where: str
+) -> tuple[int, int, int]:
+    channels, height, width = shape
+    _check_channels(layer, channels, where)
+    if not isinstance(layer, (ConvSpec, FullAttentionSpec)):
+        return shape
+    sizes = []
+    for size, k, s, p in zip((height, width), layer.kernel_size, layer.stride, layer.padding):
+        out = (size - 1) * s - 2 * p + k if layer.transpose else (size + 2 * p - k) // s + 1
+        if out < 1:
+            raise FaganError(
+                f"{where}: field 'kernel_dims': a {height}x{width} input becomes empty "
+                f"(kernel {layer.kernel_size}, stride {layer.stride}, padding {layer.padding})"
+            )
+        sizes.append(out)
+    return layer.out_channels, sizes[0], sizes[1]
+
+
+# --------------------------------------------------------------------------- loading
+def parse_config(data: Any, source: str = "<config>") -> NetworkSpec:
+    """Parses an already-loaded YAML document into a :class:`NetworkSpec`.
+
+    Args:
+        data: the YAML document (a mapping with an ``architecture`` list).
+        source: the name used in messages.
+
+    Raises:
+        FaganError: for any problem, naming the source, layer and field.
+    """
+    if not isinstance(data, dict) or "architecture" not in data:
+        raise FaganError(f"{source}: expected a mapping with an 'architecture' list of layers")
+    unknown = sorted(set(data) - {"architecture"})
+    if unknown:
+        raise FaganError(f"{source}: unknown top-level key {unknown[0]!r}; only 'architecture'")
+    architecture = data["architecture"]
+    if not isinstance(architecture, list) or not architecture:
+        raise FaganError(f"{source}: 'architecture' must be a non-empty list of layers")
+    layers = tuple(
+        _parse_layer(f"{source}: architecture[{index}]", raw)
+        for index, raw in enumerate(architecture)
+    )
+    spec = NetworkSpec(layers=layers, source=source)
+    # channel agreement between consecutive layers (spatial checks need an input size)
+    channels = spec.in_channels
+    for index, layer in enumerate(layers):
+        channels = _check_channels(layer, channels, f"{source}: architecture[{index}]")
+    return spec
+
+
+def _check_channels(layer: LayerSpec, channels: int, where: str) -> int:
+    expected = _in_channels(layer)
+    if expected is not None and expected != channels:
+        field = "num_channels" if isinstance(layer, BatchNormSpec) else "channels"
+        raise FaganError(
+            f"{where}: field '{field}': expects {expected} input channels but the previous "
+            f"layer gives {channels}"
+        )
+    out = _out_channels(layer)
+    return channels if out is None else out
+
+
+def load_config(path: str | Path) -> NetworkSpec:
+    """Reads and validates an architecture file (``.conf`` or ``.yaml``).
+
+    YAML is read with the safe loader; nothing in the file is evaluated.
+
+    Raises:
+        FaganError: a missing/unreadable file, invalid YAML, or any invalid layer.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FaganError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise FaganError(f"cannot read config file {path}: {error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise FaganError(f"{path}: invalid YAML{line}: {problem}") from None
+    return parse_config(data, source=str(path))
+
+
+def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
+    """Writes a spec back as a config mapping (tuples as the original's strings)."""
+
+    def pair(value: Pair) -> str:
+        return f"({value[0]}, {value[1]})"
+
+    out = []
+    for layer in spec.layers:
+        if isinstance(layer, ConvSpec):
+            out.append({
+                "name": "conv_transpose" if layer.transpose else "conv",
+                "channels": pair((layer.in_channels, layer.out_channels)),
+                "kernel_dims": pair(layer.kernel_size),
+                "stride": pair(layer.stride),
+                "padding": pair(layer.padding),
+                "bias": layer.bias,
+                "batch_norm": layer.batch_norm,
+                "spectral_norm": layer.spectral_norm,
+                "activation": str(layer.activation),
+            })
+        elif isinstance(layer, FullAttentionSpec):
+            entry = {
+                "name": "full_attention",
+                "channels": pair((layer.in_channels, layer.out_channels)),
+                "kernel_dims": pair(layer.kernel_size),
+                "stride": pair(layer.stride),
+                "padding": pair(layer.padding),
+                "bias": layer.bias,
+                "use_spectral_norm": layer.use_spectral_norm,
+                "use_batch_norm": layer.use_batch_norm,
+                "squeeze_factor": layer.squeeze_factor,
+                "transpose_conv": layer.transpose,
+            }
+            if layer.activation is not None:
+                entry["activation"] = str(layer.activation)
+            out.append(entry)
+        elif isinstance(layer, SelfAttentionSpec):
+            entry = {"name": "self_attention", "channels": layer.channels,
+                     "bias": layer.bias, "squeeze_factor": layer.squeeze_factor}
+            if layer.activation is not None:
+                entry["activation"] = str(layer.activation)
+            out.append(entry)
+        elif isinstance(layer, DropoutSpec):
+            out.append({"name": "dropout", "drop_prob": layer.drop_prob})
+        elif isinstance(layer, BatchNormSpec):
+            out.append({"name": "batch_norm", "num_channels": layer.num_channels})
+        else:
+            out.append({"name": "ignore_attn_maps"})
+    return {"architecture": out}
+
+
+__all__ = [
+    "ActivationSpec", "BatchNormSpec", "ConvSpec", "DropoutSpec", "FullAttentionSpec",
+    "IgnoreAttnMapsSpec", "LAYER_NAMES", "LayerSpec", "NetworkSpec", "SelfAttentionSpec",
+    "load_config", "parse_config", "spec_to_dict",
+]
