@@ -1,0 +1,466 @@
+"""Tests for fagan.data: image folders, LFW faces, the resumable sampler and the loader."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fagan.data import (
+    IMAGE_EXTENSIONS,
+    ImageFolderDataset,
+    LFWFaces,
+    ResumableSampler,
+    build_loader,
+    find_images,
+    open_dataset,
+)
+from fagan.errors import FaganError
+
+S = 16
+
+
+def _solid(color: tuple[int, ...], mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> Image.Image:
+    return Image.new(mode, size, color)
+
+
+def _bands(width: int, height: int, colors: list[tuple[int, int, int]]) -> Image.Image:
+    """Equal bands along the longer side: left to right if wide, top to bottom if tall."""
+    arr = np.zeros((height, width, 3), dtype=np.uint8)
+    step = max(width, height) // len(colors)
+    for i, c in enumerate(colors):
+        if width >= height:
+            arr[:, i * step : (i + 1) * step] = c
+        else:
+            arr[i * step : (i + 1) * step, :] = c
+    return Image.fromarray(arr)
+
+
+def _noise_jpeg(path: Path, size: int = 64, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, quality=90)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def good_folder(tmp_path: Path) -> Path:
+    """One readable image of each kind, one in a nested folder."""
+    root = tmp_path / "imgs"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    _solid((255, 0, 0)).save(root / "a_red.png")
+    _solid((0, 0, 255)).save(root / "b_blue.jpg", quality=95)
+    _solid((128,), "L").save(root / "c_gray.png")
+    pal = Image.new("P", (40, 30), 0)
+    pal.putpalette([0, 255, 0, 255, 0, 0] + [0] * (254 * 3))  # 0: green, 1: red
+    pal.paste(1, (0, 15, 40, 30))  # bottom half red (opaque), top half green (transparent)
+    pal.save(root / "d_palette.png", transparency=0)
+    _solid((0, 255, 0, 0), "RGBA").save(root / "e_clear.PNG")  # fully transparent
+    _solid((0, 255, 255, 0), "CMYK").save(root / "f_cmyk.jpg", quality=95)  # red in CMYK
+    _solid((0, 255, 0)).save(root / "sub" / "g_green.webp", lossless=True)
+    _solid((1,), "1").save(root / "i_bilevel.png")
+    _solid((64, 255), "LA").save(root / "j_la.png")
+    _solid((0, 255, 0)).save(root / "k_green.TIFF")
+    _solid((200,), "L").save(root / "l_gray.pgm")
+    _solid((0, 0, 0), size=(20, 20)).save(root / "sub" / "deeper" / "h_black.bmp")
+    (root / "notes.txt").write_text("not an image, and not an image suffix")
+    (root / "._a_red.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# find_images
+# --------------------------------------------------------------------------------------------
+
+
+def test_extensions_cover_the_documented_formats() -> None:
+    for ext in ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm"):
+        assert f".{ext}" in IMAGE_EXTENSIONS
+
+
+def test_find_images_is_sorted_nested_and_case_insensitive(good_folder: Path) -> None:
+    found = find_images(good_folder)
+    rel = [p.relative_to(good_folder).as_posix() for p in found]
+    assert found == sorted(found)
+    assert "e_clear.PNG" in rel
+    assert "sub/g_green.webp" in rel and "sub/deeper/h_black.bmp" in rel
+    assert "notes.txt" not in rel and "._a_red.png" not in rel
+    assert len(found) == 12
+    flat = find_images(good_folder, recursive=False)
+    assert len(flat) == 10 and all(p.parent == good_folder for p in flat)
+
+
+def test_find_images_errors(tmp_path: Path) -> None:
+    with pytest.raises(FaganError, match="does not exist"):
+        find_images(tmp_path / "nope")
+    f = tmp_path / "file.png"
+    f.write_bytes(b"x")
+    with pytest.raises(FaganError, match="not a folder"):
+        find_images(f)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FaganError, match=str(empty)):
+        find_images(empty)
+
+
+# --------------------------------------------------------------------------------------------
+# ImageFolderDataset
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_mode_gives_rgb_in_range(good_folder: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean folder gives no warnings at all
+        ds = ImageFolderDataset(good_folder, S)
+    assert len(ds) == 12 and ds.skipped == []
+    assert [p.name for p in ds.paths] == [p.name for p in find_images(good_folder)]
+    items = {p.stem: ds[i] for i, p in enumerate(ds.paths)}
+    for name, x in items.items():
+        assert x.shape == (3, S, S), name
+        assert x.dtype == torch.float32, name
+        assert x.min() >= -1.0 and x.max() <= 1.0, name
+
+    def mean_rgb(name: str) -> list[float]:
+        return items[name].mean(dim=(1, 2)).tolist()
+
+    red = torch.tensor([1.0, -1.0, -1.0])[:, None, None].expand(3, S, S)
+    assert torch.allclose(items["a_red"], red, atol=1e-6)  # float resize: exact up to rounding
+    assert mean_rgb("b_blue") == pytest.approx([-1, -1, 1], abs=0.03)
+    gray = 128 / 255 * 2 - 1
+    assert torch.allclose(items["c_gray"], torch.full((3, S, S), gray), atol=1e-6)
+    # transparent pixels are composited over white
+    assert torch.allclose(items["d_palette"][:, :6], torch.ones(3, 6, S), atol=1e-6)
+    assert torch.allclose(items["d_palette"][:, -6:], red[:, -6:], atol=1e-6)
+    assert torch.allclose(items["e_clear"], torch.ones(3, S, S), atol=1e-6)
+    assert mean_rgb("f_cmyk") == pytest.approx([1, -1, -1], abs=0.03)
+    assert torch.allclose(items["g_green"], torch.tensor([-1.0, 1.0, -1.0])[:, None, None])
+    assert torch.allclose(items["h_black"], -torch.ones(3, S, S), atol=1e-6)
+    assert torch.allclose(items["i_bilevel"], torch.ones(3, S, S), atol=1e-6)
+    assert torch.allclose(items["j_la"], torch.full((3, S, S), 64 / 255 * 2 - 1), atol=1e-6)
+    assert torch.allclose(items["k_green"], items["g_green"], atol=1e-6)
+    assert torch.allclose(items["l_gray"], torch.full((3, S, S), 200 / 255 * 2 - 1), atol=1e-6)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
+    arr = np.full((20, 20), 32768, dtype=np.uint16)  # half of full scale
+    Image.fromarray(arr).save(tmp_path / "deep.png")
+    ds = ImageFolderDataset(tmp_path, S)
+    assert torch.allclose(ds[0], torch.full((3, S, S), 32768 / 65535 * 2 - 1), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("width", "height"), [(3 * S, S), (6 * S, 2 * S), (S, 3 * S), (2 * S, 6 * S)]
+)
+def test_non_square_images_are_resized_then_centre_cropped(
+    tmp_path: Path, width: int, height: int
+) -> None:
+    _bands(width, height, [(255, 0, 0), (0, 255, 0), (0, 0, 255)]).save(tmp_path / "bands.png")
+    x = ImageFolderDataset(tmp_path, S)[0]
+    assert x.shape == (3, S, S)
+    green = torch.tensor([-1.0, 1.0, -1.0])[:, None, None]
+    if max(width, height) == 3 * S:  # no resize: the crop is exactly the middle band
+        assert torch.equal(x, green.expand(3, S, S))
+    else:  # halved first: only the crop's outermost lines may blend with the red/blue bands
+        inner = x[:, :, 1:-1] if width > height else x[:, 1:-1, :]
+        assert torch.allclose(inner, green.expand_as(inner), atol=1e-5)
+        assert not torch.allclose(x, green.expand_as(x), atol=1e-3)
+
+
+def test_small_images_are_upscaled(tmp_path: Path) -> None:
+    _solid((0, 255, 0), size=(5, 4)).save(tmp_path / "tiny.png")
+    x = ImageFolderDataset(tmp_path, S)[0]
+    assert x.shape == (3, S, S)
+    assert torch.allclose(x, torch.tensor([-1.0, 1.0, -1.0])[:, None, None].expand(3, S, S))
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    img = _bands(2 * S, S, [(255, 0, 0), (0, 0, 255)])  # red left, blue right
+    exif = Image.Exif()
+    exif[0x0112] = 3  # stored upside down: show rotated by 180 degrees
+    img.save(tmp_path / "rot.png", exif=exif)
+    x = ImageFolderDataset(tmp_path, 2 * S)[0]
+    # the rotation puts blue on the left
+    assert x[:, :, : S - 1].mean(dim=(1, 2)).tolist() == pytest.approx([-1, -1, 1], abs=1e-5)
+
+
+def test_bad_files_are_skipped_with_one_summary_warning(tmp_path: Path) -> None:
+    root = tmp_path / "mixed"
+    root.mkdir()
+    for i in range(3):
+        _solid((255, 0, 0) if i % 2 == 0 else (0, 0, 255)).save(root / f"good{i}.png")
+    (root / "zero.jpg").write_bytes(b"")
+    (root / "text.png").write_text("hello, I am not a png")
+    full = _noise_jpeg(tmp_path / "whole.jpg")
+    (root / "trunc.jpg").write_bytes(full[: len(full) // 2])
+
+    with pytest.warns(UserWarning, match=r"skipped 2 of 6 files") as record:
+        ds = ImageFolderDataset(root, S)
+    summary = [str(w.message) for w in record if "skipped" in str(w.message)]
+    assert len(summary) == 1
+    assert "zero.jpg: zero bytes" in summary[0] and "text.png: not an image" in summary[0]
+    assert str(root) in summary[0]
+    assert len(ds) == 4  # the truncated jpeg passes the header check
+    assert {p.name for p, _ in ds.skipped} == {"zero.jpg", "text.png"}
+
+    with pytest.warns(UserWarning, match="trunc.jpg") as record:
+        items = [ds[i] for i in range(len(ds))]
+    assert sum("trunc.jpg" in str(w.message) for w in record) == 1
+    assert {p.name for p, _ in ds.skipped} == {"zero.jpg", "text.png", "trunc.jpg"}
+    trunc_index = [p.name for p in ds.paths].index("trunc.jpg")
+    # the truncated file's slot is filled by the next readable image (wrapping around)
+    assert torch.equal(items[trunc_index], items[(trunc_index + 1) % len(ds)])
+    for x in items:
+        assert x.shape == (3, S, S)
+        # every item is one of the solid red/blue images
+        assert torch.allclose(x.abs(), torch.ones(3, S, S), atol=1e-6)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the truncated file is not warned about again
+        again = [ds[i] for i in range(len(ds))]
+    assert all(torch.equal(a, b) for a, b in zip(items, again, strict=True))
+
+    # standard iteration (the legacy __getitem__ protocol) ends cleanly
+    assert len(list(iter(ds))) == len(ds)
+
+
+def test_folder_of_only_bad_files_raises(tmp_path: Path) -> None:
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("nope")
+    with pytest.warns(UserWarning), pytest.raises(FaganError, match="no readable images"):
+        ImageFolderDataset(tmp_path, S)
+
+
+def test_folder_where_nothing_decodes_raises_instead_of_looping(tmp_path: Path) -> None:
+    full = _noise_jpeg(tmp_path / "whole.jpg")
+    whole = tmp_path / "whole.jpg"
+    whole.write_bytes(full[: len(full) // 2])
+    (tmp_path / "copy.jpg").write_bytes(full[: len(full) // 3])
+    ds = ImageFolderDataset(tmp_path, S)
+    assert len(ds) == 2
+    with pytest.warns(UserWarning), pytest.raises(FaganError, match="could be decoded"):
+        ds[0]
+
+
+def test_empty_and_missing_folders_raise(tmp_path: Path) -> None:
+    with pytest.raises(FaganError, match="no image files"):
+        ImageFolderDataset(tmp_path, S)
+    with pytest.raises(FaganError, match="does not exist"):
+        ImageFolderDataset(tmp_path / "missing", S)
+    with pytest.raises(FaganError, match="image size"):
+        ImageFolderDataset(tmp_path, 0)
+
+
+def test_index_out_of_range(good_folder: Path) -> None:
+    ds = ImageFolderDataset(good_folder, S)
+    assert torch.equal(ds[-1], ds[len(ds) - 1])
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+
+
+# --------------------------------------------------------------------------------------------
+# LFWFaces and open_dataset
+# --------------------------------------------------------------------------------------------
+
+
+def test_lfw_faces_match_an_independent_computation() -> None:
+    from skimage.data import lfw_subset
+
+    ds = LFWFaces(image_size=32)
+    assert len(ds) == 100
+    x = ds[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert ds.images.min() >= -1.0 and ds.images.max() <= 1.0
+
+    face = torch.tensor(lfw_subset()[0], dtype=torch.float64)[None, None]
+    expected = torch.nn.functional.interpolate(
+        face, size=(32, 32), mode="bilinear", align_corners=False, antialias=True
+    )[0, 0] * 2 - 1
+    for c in range(3):
+        assert torch.allclose(x[c].double(), expected, atol=1e-5)
+    last = torch.tensor(lfw_subset()[99], dtype=torch.float64)[None, None]
+    last = torch.nn.functional.interpolate(last, size=(32, 32), mode="bilinear", antialias=True)
+    assert torch.allclose(ds[99][0].double(), last[0, 0] * 2 - 1, atol=1e-5)
+    with pytest.raises(IndexError):
+        ds[100]
+
+    small = LFWFaces(image_size=8)  # downsampling uses the antialiased kernel
+    assert small[0].shape == (3, 8, 8)
+    assert torch.equal(LFWFaces(8).images, small.images)
+
+
+def test_lfw_items_are_copies() -> None:
+    ds = LFWFaces(8)
+    x = ds[3]
+    x.zero_()
+    assert not torch.equal(ds[3], x)
+
+
+def test_open_dataset(good_folder: Path) -> None:
+    assert isinstance(open_dataset(None, 16), LFWFaces)
+    ds = open_dataset(str(good_folder), 16)
+    assert isinstance(ds, ImageFolderDataset) and len(ds) == 12
+    with pytest.raises(FaganError):
+        open_dataset(str(good_folder / "missing"), 16)
+
+
+# --------------------------------------------------------------------------------------------
+# ResumableSampler
+# --------------------------------------------------------------------------------------------
+
+
+def _epoch(sampler: ResumableSampler, epoch: int) -> list[int]:
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch() -> None:
+    a = ResumableSampler(100, batch_size=8, seed=7)
+    b = ResumableSampler(100, batch_size=8, seed=7)
+    assert a.batches_per_epoch == 12 and len(a) == 96
+    e0 = _epoch(a, 0)
+    assert e0 == _epoch(b, 0)
+    assert len(e0) == 96 and len(set(e0)) == 96 and set(e0) <= set(range(100))
+    e1 = _epoch(a, 1)
+    assert e1 != e0
+    assert _epoch(a, 0) == e0  # going back reproduces the order
+    assert _epoch(ResumableSampler(100, batch_size=8, seed=8), 0) != e0
+    # unaffected by torch's global generator
+    torch.manual_seed(123)
+    assert _epoch(b, 1) == e1
+    unshuffled = ResumableSampler(10, batch_size=3, seed=0, shuffle=False)
+    assert list(unshuffled) == list(range(9))
+
+
+def test_sampler_data_percentage() -> None:
+    full = ResumableSampler(200, batch_size=10, seed=1)
+    half = ResumableSampler(200, batch_size=10, seed=1, data_percentage=50)
+    assert full.batches_per_epoch == 20 and half.batches_per_epoch == 10
+    assert len(half) == 100
+    h = _epoch(half, 3)
+    assert h == _epoch(full, 3)[:100]  # the first half of the same permutation
+    tiny = ResumableSampler(200, batch_size=10, seed=1, data_percentage=1)
+    assert tiny.batches_per_epoch == 1  # at least one batch
+    with pytest.raises(FaganError, match="percentage"):
+        ResumableSampler(200, batch_size=10, seed=1, data_percentage=0)
+    with pytest.raises(FaganError, match="percentage"):
+        ResumableSampler(200, batch_size=10, seed=1, data_percentage=150)
+
+
+def test_sampler_two_ranks_are_disjoint_and_cover_the_single_rank_epoch() -> None:
+    kwargs = {"batch_size": 4, "seed": 5, "world_size": 2}
+    r0 = ResumableSampler(50, rank=0, **kwargs)
+    r1 = ResumableSampler(50, rank=1, **kwargs)
+    assert r0.batches_per_epoch == r1.batches_per_epoch == 6  # 50 // 8
+    for epoch in (0, 1):
+        i0, i1 = _epoch(r0, epoch), _epoch(r1, epoch)
+        assert len(i0) == len(i1) == 24
+        assert not set(i0) & set(i1)
+        single = _epoch(ResumableSampler(50, batch_size=8, seed=5), epoch)
+        assert sorted(i0 + i1) == sorted(single)
+        for b in range(6):  # global batch b is split over the ranks' batch b
+            assert sorted(i0[4 * b : 4 * b + 4] + i1[4 * b : 4 * b + 4]) == sorted(
+                single[8 * b : 8 * b + 8]
+            )
+    with pytest.raises(FaganError, match="rank"):
+        ResumableSampler(50, rank=2, **kwargs)
+
+
+def test_sampler_resume_yields_exactly_the_tail() -> None:
+    s = ResumableSampler(64, batch_size=4, seed=11, data_percentage=75)
+    full = _epoch(s, 2)
+    assert len(full) == 48
+    for k in (0, 1, 5, 12):
+        s.set_epoch(2)
+        s.set_start_batch(k)
+        assert len(s) == 48 - 4 * k
+        assert list(s) == full[4 * k :]
+        assert len(s) == 48  # the skip applies to one iteration only
+        assert list(s) == full
+    s.set_epoch(2)
+    s.set_start_batch(3)
+    s.set_epoch(3)  # a new epoch cancels a pending skip
+    assert len(list(s)) == 48
+    with pytest.raises(FaganError, match="resume"):
+        s.set_start_batch(13)
+
+
+def test_sampler_too_few_images() -> None:
+    with pytest.raises(FaganError, match="7 images is fewer than one batch of 8"):
+        ResumableSampler(7, batch_size=8, seed=0)
+    with pytest.raises(FaganError, match="12 images is fewer than one batch of 16"):
+        ResumableSampler(12, batch_size=8, seed=0, world_size=2)
+    ok = ResumableSampler(8, batch_size=8, seed=0)
+    assert ok.batches_per_epoch == 1
+
+
+def test_sampler_without_drop_last_pads_ranks_equally() -> None:
+    s = ResumableSampler(10, batch_size=4, seed=0, drop_last=False)
+    assert s.batches_per_epoch == 3 and sorted(s) == list(range(10))
+    ranks = [ResumableSampler(11, batch_size=4, seed=0, drop_last=False, rank=r, world_size=2)
+             for r in range(2)]
+    got = [list(r) for r in ranks]
+    assert len(got[0]) == len(got[1]) == 6
+    assert set(got[0]) | set(got[1]) == set(range(11))
+
+
+# --------------------------------------------------------------------------------------------
+# build_loader
+# --------------------------------------------------------------------------------------------
+
+
+def test_loader_batches_are_identical_with_and_without_workers(good_folder: Path) -> None:
+    ds = ImageFolderDataset(good_folder, 8)
+    batches = {}
+    for workers in (0, 2):
+        sampler = ResumableSampler(len(ds), batch_size=2, seed=3)
+        loader = build_loader(ds, sampler, 2, workers)
+        assert loader.drop_last and len(loader) == 6
+        got = []
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            got.extend(batch.clone() for batch in loader)
+        sampler.set_epoch(1)
+        sampler.set_start_batch(2)
+        got.extend(batch.clone() for batch in loader)  # resumed: the last four of epoch 1
+        batches[workers] = got
+    assert len(batches[0]) == 6 + 6 + 4
+    for a, b in zip(batches[0], batches[2], strict=True):
+        assert a.shape == (2, 3, 8, 8) and torch.equal(a, b)
+    resumed, epoch1 = batches[0][12:], batches[0][6:12]
+    assert all(torch.equal(a, b) for a, b in zip(resumed, epoch1[2:], strict=True))
+
+
+def test_loader_leaves_the_global_generator_alone() -> None:
+    ds = LFWFaces(8)
+    loader = build_loader(ds, ResumableSampler(len(ds), batch_size=10, seed=0), 10, 0)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    next(iter(loader))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_loader_validates_arguments() -> None:
+    ds = LFWFaces(8)
+    sampler = ResumableSampler(len(ds), batch_size=10, seed=0)
+    with pytest.raises(FaganError, match="workers"):
+        build_loader(ds, sampler, 10, -1)
+    with pytest.raises(ValueError, match="batch size"):
+        build_loader(ds, sampler, 5, 0)
+
+
+def test_large_jpeg_reduced_decoding_matches_full_decoding(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[0:150, 0:200]
+    arr = np.stack([xx * 255 // 199, yy * 255 // 149, (xx + yy) * 255 // 348], axis=2)
+    img = Image.fromarray(arr.astype(np.uint8))
+    (tmp_path / "j").mkdir()
+    (tmp_path / "p").mkdir()
+    img.save(tmp_path / "j" / "big.jpg", quality=95)
+    Image.open(tmp_path / "j" / "big.jpg").save(tmp_path / "p" / "big.png")  # same pixels
+    from_jpeg = ImageFolderDataset(tmp_path / "j", S)[0]
+    from_png = ImageFolderDataset(tmp_path / "p", S)[0]
+    assert from_jpeg.shape == from_png.shape == (3, S, S)
+    assert (from_jpeg - from_png).abs().mean() < 0.02
