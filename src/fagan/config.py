@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
@@ -23,6 +23,9 @@ from fagan.errors import FaganError
 from fagan.layers.activations import ActivationSpec, parse_activation
 
 Pair = tuple[int, int]
+
+#: The architectures shipped with the package, one folder each with gen.yaml and dis.yaml.
+BUILTIN_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 # --------------------------------------------------------------------------- specs
@@ -88,9 +91,10 @@ class IgnoreAttnMapsSpec:
     """Kept for the original's module numbering; a no-op here (layers return tensors)."""
 
 
-LayerSpec = Union[
-    ConvSpec, FullAttentionSpec, SelfAttentionSpec, DropoutSpec, BatchNormSpec, IgnoreAttnMapsSpec
-]
+LayerSpec = (
+    ConvSpec | FullAttentionSpec | SelfAttentionSpec | DropoutSpec | BatchNormSpec
+    | IgnoreAttnMapsSpec
+)
 
 
 @dataclass(frozen=True)
@@ -342,7 +346,7 @@ def _layer_output_shape(
     if not isinstance(layer, (ConvSpec, FullAttentionSpec)):
         return shape
     sizes = []
-    for size, k, s, p in zip((height, width), layer.kernel_size, layer.stride, layer.padding):
+    for size, k, s, p in zip((height, width), layer.kernel_size, layer.stride, layer.padding, strict=True):
         out = (size - 1) * s - 2 * p + k if layer.transpose else (size + 2 * p - k) // s + 1
         if out < 1:
             raise FaganError(
@@ -421,6 +425,31 @@ def load_config(path: str | Path) -> NetworkSpec:
     return parse_config(data, source=str(path))
 
 
+def resolve_config_path(value: str, role: str) -> Path:
+    """A config file path, or a built-in architecture name such as ``fagan64``.
+
+    Args:
+        value: a file path or one of the folders in ``fagan/configs``.
+        role: ``gen`` or ``dis``.
+
+    Raises:
+        FaganError: if it is neither.
+    """
+    path = Path(value)
+    if path.is_file():
+        return path
+    builtin = BUILTIN_CONFIGS / value / f"{role}.yaml"
+    if builtin.is_file():
+        return builtin
+    names = ", ".join(sorted(p.name for p in BUILTIN_CONFIGS.iterdir() if p.is_dir()))
+    raise FaganError(f"config not found: {value} (give a file, or one of the built-in {names})")
+
+
+def builtin_config_names() -> list[str]:
+    """Names of the architectures shipped with the package."""
+    return sorted(p.name for p in BUILTIN_CONFIGS.iterdir() if (p / "gen.yaml").is_file())
+
+
 def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
     """Writes a spec back as a config mapping (tuples as the original's strings)."""
 
@@ -475,5 +504,6 @@ def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
 __all__ = [
     "ActivationSpec", "BatchNormSpec", "ConvSpec", "DropoutSpec", "FullAttentionSpec",
     "IgnoreAttnMapsSpec", "LAYER_NAMES", "LayerSpec", "NetworkSpec", "SelfAttentionSpec",
-    "load_config", "parse_config", "spec_to_dict",
+    "BUILTIN_CONFIGS", "builtin_config_names", "load_config", "parse_config",
+    "resolve_config_path", "spec_to_dict",
 ]
