@@ -34,7 +34,8 @@ from fagan.metrics.inception import (
     inception_score_from_logits,
     kid_from_features,
 )
-from fagan.metrics.swd import swd, swd_floor
+from fagan.metrics.swd import swd as _swd
+from fagan.metrics.swd import swd_floor as _swd_floor
 
 __all__ = [
     "METRICS",
@@ -85,10 +86,10 @@ def _swd_compute(
         "batch": batch,
         "progress": progress,
     }
-    out: dict[str, Any] = swd(real_u8, fake_u8, seed=seed, **kw)
+    out: dict[str, Any] = _swd(real_u8, fake_u8, seed=seed, **kw)
     out["n_images"] = int(min(len(real_u8), len(fake_u8)))
     if floor:
-        out["floor"] = swd_floor(real_u8, seed=seed, **kw)
+        out["floor"] = _swd_floor(real_u8, seed=seed, **kw)
     return out
 
 
