@@ -419,9 +419,12 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
     if saved is not None:
         load_state_into(G, saved["generator"], f"{state_path} generator")
         load_state_into(D, saved["discriminator"], f"{state_path} discriminator")
-    if info.enabled:
+    if info.enabled and device.type == "cuda":
         G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
         D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    elif info.enabled:
+        say("note: batch norm is synchronised across processes on GPUs only; on the CPU each "
+            "process normalises its own batch (buffers are taken from rank 0 at checkpoints)")
     memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
     G.to(device, memory_format=memory_format).train()
     D.to(device, memory_format=memory_format).train()
@@ -518,7 +521,15 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
             "options": {f.name: getattr(opts, f.name) for f in fields(opts)},
         }
 
+    def sync_buffers() -> None:
+        """Rank 0's running statistics everywhere, so that all ranks hold one model."""
+        if info.enabled:
+            for net in (_unwrap(G), _unwrap(D), ema):
+                for buffer in [] if net is None else net.buffers():
+                    dist.broadcast(buffer, src=0)
+
     def save_state(batch_in_epoch: int) -> None:
+        sync_buffers()
         state = training_state(batch_in_epoch)  # collective: every rank takes part
         if info.is_main:
             save_file(state, state_path)

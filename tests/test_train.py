@@ -1,0 +1,150 @@
+"""Training: exact resume, DDP agreement, outputs of a run, stopping and divergence."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from fagan.checkpoint import load_file
+from fagan.errors import FaganError
+from fagan.train import TrainOptions, train
+
+
+def small_options(tmp: Path, **overrides) -> TrainOptions:
+    """The embedded demo (small32 on the LFW faces, DiffAugment on) for a few CPU steps."""
+    values = dict(model_dir=str(tmp / "models"), sample_dir=str(tmp / "samples"),
+                  batch_size=8, num_workers=0, device="cpu", tensorboard=False,
+                  feedback_factor=2, data_percentage=1.0, num_epochs=3, seed=3)
+    values.update(overrides)
+    return TrainOptions(**values)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
+    # 32 images per epoch at batch 8: 4 batches; 6 steps cross an epoch boundary.
+    whole = train(small_options(tmp_path / "whole", max_steps=6))
+    assert whole.step == 6
+
+    first = train(small_options(tmp_path / "split", max_steps=3))
+    assert first.step == 3 and first.stopped_early == "max_steps"
+    state = load_file(tmp_path / "split" / "models" / "training_state.pth")
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 3, 3)
+    resumed = train(small_options(tmp_path / "split", max_steps=6, resume=True))
+    assert resumed.step == 6
+
+    assert_same_state(whole.generator.state_dict(), resumed.generator.state_dict())
+    assert_same_state(whole.discriminator.state_dict(), resumed.discriminator.state_dict())
+    assert_same_state(whole.ema_generator.state_dict(), resumed.ema_generator.state_dict())
+    # and the weights did move: the comparison is not between two untouched networks
+    fresh = train(small_options(tmp_path / "fresh", max_steps=1))
+    assert not torch.equal(fresh.generator.state_dict()["model.0.value_conv.weight"],
+                           whole.generator.state_dict()["model.0.value_conv.weight"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_ranks_agree(tmp_path: Path) -> None:
+    from ddp_worker import run_rank
+
+    options = dict(model_dir=str(tmp_path / "models"), sample_dir=str(tmp_path / "samples"),
+                   batch_size=4, num_workers=0, device="cpu", tensorboard=False,
+                   feedback_factor=4, data_percentage=1.0, max_steps=3, seed=5)
+    mp.spawn(run_rank, args=(2, _free_port(), options, str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0["step"] == rank1["step"] == 3
+    for part in ("generator", "discriminator", "ema"):
+        assert_same_state(rank0[part], rank1[part])
+    # each rank saw its own half of every global batch, yet they hold one model;
+    # only rank 0 wrote the run's files
+    assert (tmp_path / "models" / "training_state.pth").is_file()
+    lines = (tmp_path / "models" / "loss.log").read_text().splitlines()
+    assert len(lines) == 3  # feedback at every batch, written once (rank 0)
+
+
+def test_run_outputs_on_image_folder(tmp_path: Path, faces32: Path) -> None:
+    result = train(small_options(
+        tmp_path, images_dir=str(faces32), generator_config="small32",
+        discriminator_config="small32", data_percentage=100.0, batch_size=16, num_epochs=1,
+        feedback_factor=3, num_samples=16))
+    models, samples = tmp_path / "models", tmp_path / "samples"
+    # 100 images at batch 16: 6 batches; feedback every 2 batches and at batch 1
+    assert result.step == 6
+    log_lines = (models / "loss.log").read_text().splitlines()
+    assert len(log_lines) == 4
+    d, g = (float(v) for v in log_lines[0].split("\t"))
+    stats = [json.loads(line) for line in (models / "stats.jsonl").read_text().splitlines()]
+    assert [s["batch"] for s in stats] == [1, 2, 4, 6]
+    assert stats[0]["d_loss"] == pytest.approx(d) and stats[0]["g_loss"] == pytest.approx(g)
+    assert set(stats[-1]["gamma"]) == {"model.0", "model.2", "D.model.1"}
+    assert stats[-1]["images_per_s"] > 0 and stats[-1]["g_lr"] == 1e-4
+    assert sorted(p.name for p in samples.glob("gen_*.png")) == [
+        "gen_1_1.png", "gen_1_2.png", "gen_1_4.png", "gen_1_6.png"]
+    for name in ("GAN_GEN_1.pth", "GAN_DIS_1.pth", "GAN_GEN_EMA_1.pth", "loss.png",
+                 "options.json", "gen.yaml", "dis.yaml", "training_state.pth"):
+        assert (models / name).is_file(), name
+    assert (samples / "progress.gif").is_file()
+    options = json.loads((models / "options.json").read_text())
+    assert options["images_dir"] == str(faces32) and options["image_size"] == 32
+    assert options["augment"] == "none"
+
+
+def test_feedback_factor_larger_than_batches_does_not_crash(tmp_path: Path) -> None:
+    result = train(small_options(tmp_path, feedback_factor=1000, num_epochs=1))
+    assert result.step == 4
+    assert len((tmp_path / "models" / "loss.log").read_text().splitlines()) == 4
+
+
+def test_divergence_stops_without_overwriting_checkpoint(tmp_path: Path) -> None:
+    first = train(small_options(tmp_path, num_epochs=1))
+    models = tmp_path / "models"
+    kept = {name: (models / name).read_bytes()
+            for name in ("training_state.pth", "GAN_GEN_1.pth", "GAN_DIS_1.pth")}
+    log_before = (models / "loss.log").read_text()
+    # poisoned starting weights: the first losses are NaN
+    poisoned = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                for k, v in first.generator.state_dict().items()}
+    torch.save(poisoned, tmp_path / "nan_gen.pth")
+    with pytest.raises(FaganError, match=r"diverged at step 1 \(epoch 1, batch 1\)"):
+        train(small_options(tmp_path, num_epochs=1, generator_file=str(tmp_path / "nan_gen.pth")))
+    for name, data in kept.items():
+        assert (models / name).read_bytes() == data, name
+    assert (models / "loss.log").read_text() == log_before
+
+
+def test_bad_options_are_user_errors(tmp_path: Path) -> None:
+    for overrides, pattern in [
+        ({"batch_size": 0}, "--batch_size"),
+        ({"g_lr": -1.0}, "--g_lr"),
+        ({"data_percentage": 0.0}, "--data_percentage"),
+        ({"precision": "fp8"}, "--precision"),
+        ({"loss_function": "nope"}, "unknown loss function"),
+        ({"images_dir": str(tmp_path / "missing")}, "--images_dir"),
+        ({"image_size": 64}, "--image_size 64 differs"),
+    ]:
+        with pytest.raises(FaganError, match=pattern):
+            train(small_options(tmp_path, **overrides))
+    with pytest.raises(FaganError, match="no training state"):
+        train(small_options(tmp_path / "empty", resume=True))
+
+
+def test_bf16_training_runs_and_logs_finite_losses(tmp_path: Path) -> None:
+    result = train(small_options(tmp_path, precision="bf16", max_steps=2))
+    assert result.step == 2
+    for line in (tmp_path / "models" / "loss.log").read_text().splitlines():
+        d, g = (float(v) for v in line.split("\t"))
+        assert torch.isfinite(torch.tensor([d, g])).all()
