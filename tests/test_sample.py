@@ -338,3 +338,14 @@ def test_plot_losses_writes_png(tmp_path):
     assert svg.read_text().lstrip().startswith("<?xml")
     with pytest.raises(FaganError, match="cannot write a plot"):
         plot_losses(log, tmp_path / "loss.xyz")
+
+
+def test_evenly_spaced_keeps_first_and_last_and_caps_count() -> None:
+    from fagan.sample import evenly_spaced
+
+    assert evenly_spaced(list(range(10)), 4) == [0, 3, 6, 9]
+    assert evenly_spaced([1, 2, 3], 5) == [1, 2, 3]
+    picked = evenly_spaced(list(range(300)), 120)
+    assert len(picked) == 120 and picked[0] == 0 and picked[-1] == 299
+    assert picked == sorted(set(picked))
+    assert evenly_spaced(list(range(5)), 1) == [4]

@@ -406,11 +406,22 @@ def write_mp4(frames: Sequence[Frame], path: str | os.PathLike, fps: float = 4) 
         raise FaganError(f"ffmpeg could not write {path}: {exc}") from exc
 
 
+def evenly_spaced(items: list, count: int) -> list:
+    """At most ``count`` items of ``items``, evenly spaced, first and last included."""
+    if len(items) <= count:
+        return list(items)
+    if count < 2:
+        return list(items[-1:])
+    picks = sorted({round(k * (len(items) - 1) / (count - 1)) for k in range(count)})
+    return [items[k] for k in picks]
+
+
 def make_progress_gif(
     sample_dir: str | os.PathLike,
     output: str | os.PathLike,
     fps: float = 4,
     mp4: bool = False,
+    max_frames: int = 120,
 ) -> Path:
     """Animate a training run's sample grids in training order.
 
@@ -424,6 +435,8 @@ def make_progress_gif(
         output: Destination ending in ``.gif`` or ``.mp4``.
         fps: Frames per second.
         mp4: Also write an MP4 beside a ``.gif`` output.
+        max_frames: At most this many grids, evenly spaced over training (the first and
+            the last always among them), so that long runs give files of sensible size.
 
     Returns:
         The MP4's path when ``output`` ends in ``.mp4`` and it was written, else the GIF's.
@@ -436,7 +449,7 @@ def make_progress_gif(
     suffix = output.suffix.lower()
     if suffix not in (".gif", ".mp4"):
         raise FaganError(f"animation output must end in .gif or .mp4, got {output}")
-    frames = sample_dir_frames(sample_dir)
+    frames = evenly_spaced(sample_dir_frames(sample_dir), max_frames)
     gif_path = output if suffix == ".gif" else output.with_suffix(".gif")
     gif = write_gif(frames, gif_path, fps=fps)
     if suffix == ".mp4" or mp4:
