@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from fagan.cli import main
 from reference import (
     randomize_batch_norms,
     randomize_gammas,
     reference_configs_dir,
     reference_generator,
 )
+
+from fagan.cli import main
 
 
 @pytest.mark.parametrize("variant", ["fagan_1", "fagan_2"])
