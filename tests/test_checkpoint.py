@@ -96,12 +96,6 @@ def test_save_failing_to_pickle_keeps_previous_file(tmp_path: Path, bad: object)
     assert path.read_bytes() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: save_file only catches OSError/RuntimeError; an object that fails to "
-    "pickle (PicklingError, TypeError, AttributeError) escapes as a raw exception and "
-    "leaves the .<name>.XXXX.tmp file behind in the target folder",
-)
 @pytest.mark.parametrize(
     "bad",
     [lambda: 0, FailsToPickle(TypeError), FailsToPickle(pickle.PicklingError)],
@@ -169,12 +163,6 @@ def test_save_into_read_only_folder(tmp_path: Path) -> None:
         tmp_path.chmod(0o755)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: save_file writes through tempfile.mkstemp, whose 0600 mode survives "
-    "os.replace: checkpoints are readable by their owner only, where torch.save (and any "
-    "open()) gives 0666 & ~umask",
-)
 def test_saved_file_has_the_usual_permissions(tmp_path: Path) -> None:
     umask = os.umask(0o022)
     try:
@@ -443,13 +431,6 @@ def test_legacy_discriminator_into_the_wrong_architecture(tmp_path: Path) -> Non
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: attn-gan-pytorch state dicts are recognised only by their SpectralNorm "
-    "keys; one from a network without spectral norm is loaded as-is, so the batch_norm "
-    "the original always creates inside full attention (use_batch_norm: False) is "
-    "reported as an unexpected key instead of being dropped",
-)
 def test_legacy_state_dict_without_spectral_norm_loads(tmp_path: Path) -> None:
     reference = pytest.importorskip("reference")
     text = (reference.reference_configs_dir() / "fagan_1" / "dis.conf").read_text()

@@ -372,12 +372,6 @@ def test_generator_whose_output_is_not_an_image(
     assert "not an image" in message and shape in message and "3xSxS" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: whole-network errors (generator output not an image, discriminator not "
-    "reducing to logits) name the file and the resulting shape but no architecture[i] or "
-    "field, unlike every other config error; the last layer's 'channels' is the culprit here",
-)
 @pytest.mark.parametrize(
     "role,old,new",
     [("gen", "channels: (64, 3)", "channels: (64, 4)"),
@@ -584,11 +578,6 @@ def test_spec_to_dict_round_trips_every_layer_kind() -> None:
         assert tuple(net.model(torch.randn(2, 3, 8, 8)).shape) == (2, 3, 16, 9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: spec_to_dict writes lrelu slopes with '{:g}' (6 significant digits), so "
-    "lrelu(0.1234567) comes back as lrelu(0.123457): the round trip changes the network",
-)
 def test_spec_to_dict_keeps_activation_slope_exactly() -> None:
     data = {"architecture": [dict(ALL_LAYER_KINDS["architecture"][0], activation="lrelu(0.1234567)")]}
     spec = parse_config(data)

@@ -341,12 +341,6 @@ def test_capture_attention_in_a_network_names_every_layer(converged_states) -> N
         assert_close(maps[name], _attention_map(their_maps[name]), atol_fraction=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: convert_legacy_state_dict(state, model) only drops the unused "
-    "'.batch_norm.' entries of full attention when the key has a dot before "
-    "'batch_norm', so a bare FullAttention layer's 'batch_norm.weight' etc. are kept",
-)
 def test_convert_legacy_state_dict_of_a_bare_layer_without_batch_norm() -> None:
     torch.manual_seed(80)
     ref = CustomLayers.FullAttention(16, 8, None, (4, 4), False, True, False, 8, 2, 1)

@@ -40,10 +40,13 @@ def load_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
+        # torch's first line is generic; the line naming the refused global says what it is
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line),
+                      lines[0] if lines else "unsafe content")
         raise FaganError(
             f"refusing to load {path}: it holds Python objects that could run code when "
-            f"unpickled, and only plain tensors and containers are accepted ({first})"
+            f"unpickled, and only plain tensors and containers are accepted ({detail})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
         raise FaganError(
@@ -69,19 +72,30 @@ def save_file(obj: Any, path: str | Path) -> Path:
     except OSError as error:
         raise FaganError(f"cannot write {path}: {error.strerror or error}") from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as error:
+    except BaseException as error:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+        if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: as they are
+            raise
+        reason = getattr(error, "strerror", None) or (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
         raise FaganError(f"cannot write {path}: {reason}; the previous file is unchanged") from None
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def is_training_state(obj: Any) -> bool:
@@ -138,12 +152,23 @@ def convert_legacy_state_dict(
         else:
             out[key] = value
     if model is not None:
-        expected = model.state_dict()
-        out = {
-            key: value for key, value in out.items()
-            if key in expected or ".batch_norm." not in key
-        }
+        out = _drop_unused_batch_norms(out, model)
     return out
+
+
+def _drop_unused_batch_norms(state: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Drops the ``batch_norm`` entries attn-gan-pytorch saved for full attention layers
+    built without batch norm (it created that module whether used or not)."""
+    from fagan.layers import FullAttention
+
+    unused = tuple(
+        f"{name}.batch_norm." if name else "batch_norm."
+        for name, module in model.named_modules()
+        if isinstance(module, FullAttention) and module.batch_norm is None
+    )
+    if not unused:
+        return dict(state)
+    return {key: value for key, value in state.items() if not key.startswith(unused)}
 
 
 def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -193,6 +218,8 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str) 
     """
     if is_legacy_state_dict(state):
         state = convert_legacy_state_dict(state, model)
+    else:  # a legacy dict without spectral norm has no weight_bar to be recognised by
+        state = _drop_unused_batch_norms(state, model)
     expected = model.state_dict()
     for key, tensor in expected.items():
         if key not in state:
@@ -200,6 +227,7 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str) 
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise FaganError(
                 f"{source} does not fit the configured architecture: it lacks {key}{more}"
+                + _other_layer_kind(key, tensor, state, expected)
             )
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise FaganError(
@@ -215,6 +243,24 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str) 
             "which the architecture lacks"
         )
     model.load_state_dict(state, strict=True)
+
+
+def _other_layer_kind(key: str, tensor: Tensor, state: Mapping[str, Tensor],
+                      expected: Mapping[str, Tensor]) -> str:
+    """When the file's layer holding ``key`` is another kind of layer: both layers' first
+    differing tensors and their shapes (``model.<i>`` is ``architecture[i]`` of the config)."""
+    parts = key.split(".")
+    if len(parts) < 3 or parts[0] != "model" or not parts[1].isdigit():
+        return ""
+    prefix = f"model.{parts[1]}."
+    foreign = [k for k in state if k.startswith(prefix) and k not in expected]
+    if not foreign:
+        return ""
+    return (
+        f"; layer model.{parts[1]} (architecture[{parts[1]}]) is another kind of layer in "
+        f"the file: it holds {foreign[0]} of shape {list(state[foreign[0]].shape)} where the "
+        f"architecture has {key} of shape {list(tensor.shape)}"
+    )
 
 
 def load_network(model: nn.Module, path: str | Path, role: str, *, prefer_ema: bool = True) -> None:

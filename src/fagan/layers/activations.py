@@ -40,7 +40,7 @@ class ActivationSpec:
         return nn.LeakyReLU(negative_slope=self.slope)
 
     def __str__(self) -> str:
-        return f"lrelu({self.slope:g})" if self.name == "lrelu" else self.name
+        return f"lrelu({self.slope!r})" if self.name == "lrelu" else self.name
 
 
 def parse_activation(text: str) -> ActivationSpec:
