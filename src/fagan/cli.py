@@ -206,6 +206,201 @@ def cmd_make_gif(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- interpolate
+def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--generator_file", type=existing_file, required=True,
+                   help="GAN_GEN_*.pth (ours or attn-gan-pytorch's) or a training_state.pth")
+    p.add_argument("--generator_config",
+                   help="architecture file or built-in name (optional for a training state)")
+    p.add_argument("--seeds", required=True,
+                   help="two or more comma-separated seeds whose latents are the key frames")
+    p.add_argument("--steps", type=positive_int, default=16,
+                   help="frames from one seed to the next")
+    p.add_argument("--loop", action="store_true",
+                   help="return to the first seed at the end (a seamless loop)")
+    p.add_argument("--truncation", type=positive_float,
+                   help="truncate the key latents to |z| <= T (truncation trick)")
+    p.add_argument("--output", required=True,
+                   help="the .gif to write (an .mp4 goes beside it where imageio-ffmpeg works)")
+    p.add_argument("--fps", type=positive_float, default=16.0)
+    p.add_argument("--no_mp4", dest="mp4", action="store_false", help="write the GIF only")
+    p.add_argument("--strip", help="also write a .png of the key frames side by side")
+    p.add_argument("--strip_frames", type=positive_int,
+                   help="show this many evenly spaced frames in the strip instead of the keys")
+    p.add_argument("--batch_size", type=positive_int, default=64)
+    p.add_argument("--no_ema", dest="prefer_ema", action="store_false",
+                   help="from a training state, use the raw generator, not its EMA")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from fagan.distributed import resolve_device
+    from fagan.generate import load_generator
+    from fagan.interpolate import interpolate, parse_seeds, write_interpolation
+
+    seeds = parse_seeds(args.seeds)
+    if Path(args.output).suffix.lower() not in (".gif", ".mp4"):
+        raise FaganError(f"--output must end in .gif or .mp4, got {args.output}")
+    if args.strip is not None and Path(args.strip).suffix.lower() != ".png":
+        raise FaganError(f"--strip must end in .png, got {args.strip}")
+    generator = load_generator(args.generator_file, args.generator_config,
+                               device=resolve_device(args.device), prefer_ema=args.prefer_ema)
+    walk = interpolate(generator, seeds, steps=args.steps, loop=args.loop,
+                       truncation=args.truncation, batch_size=args.batch_size)
+    files = write_interpolation(walk, args.output, fps=args.fps, mp4=args.mp4,
+                                strip=args.strip, strip_frames=args.strip_frames)
+    written = [str(p) for p in (files.gif, files.mp4, files.strip) if p is not None]
+    print(f"wrote {files.num_frames} frames through seeds {','.join(map(str, seeds))}: "
+          + ", ".join(written))
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--real_dir", type=existing_dir, required=True, help="folder of real images")
+    fake = p.add_mutually_exclusive_group(required=True)
+    fake.add_argument("--fake_dir", type=existing_dir, help="folder of generated images")
+    fake.add_argument("--generator_file", type=existing_file,
+                      help="GAN_GEN_*.pth or a training_state.pth (its EMA generator)")
+    p.add_argument("--generator_config",
+                   help="architecture file or built-in name (optional for a training state)")
+    p.add_argument("--metrics", default="swd",
+                   help="comma-separated: swd, fid, kid, is (fid/kid/is need the Inception "
+                   "weights file)")
+    p.add_argument("--num_samples", type=positive_int,
+                   help="images to generate (default: as many as real images, at most 10000)")
+    p.add_argument("--seed", type=any_int, default=0, help="seed of the generated latents")
+    p.add_argument("--truncation", type=positive_float,
+                   help="truncate the generated latents to |z| <= T")
+    p.add_argument("--inception_weights",
+                   help="the InceptionV3 weights file weights-inception-2015-12-05-6726825d.pth "
+                   "(default: $FAGAN_INCEPTION_WEIGHTS, then the torch hub cache)")
+    p.add_argument("--image_size", type=positive_int,
+                   help="compare at S x S (default: the generator's size; 64 for two folders)")
+    p.add_argument("--output", help="write the results here as JSON")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch_size", type=positive_int, default=64,
+                   help="images per generator and Inception forward pass")
+    p.add_argument("--cache_dir", help="cache of real-image Inception features "
+                   "(default ~/.cache/fagan/stats)")
+    p.add_argument("--no_floor", dest="swd_floor", action="store_false",
+                   help="skip the real-vs-real SWD floor")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from fagan.distributed import resolve_device
+    from fagan.evaluate import format_table, run_evaluation
+
+    if args.generator_config is not None and args.generator_file is None:
+        raise FaganError("--generator_config goes with --generator_file")
+    results = run_evaluation(
+        args.real_dir, fake_dir=args.fake_dir, generator_file=args.generator_file,
+        generator_config=args.generator_config, metrics=args.metrics,
+        num_samples=args.num_samples, seed=args.seed, truncation=args.truncation,
+        image_size=args.image_size, inception_weights=args.inception_weights,
+        device=resolve_device(args.device), batch_size=args.batch_size,
+        cache_dir=args.cache_dir, swd_floor=args.swd_floor,
+        log=lambda message: print(message, file=sys.stderr))
+    meta = results["meta"]
+    print(f"{meta['n_real']} real images ({meta['real_dir']}) vs {meta['n_fake']} "
+          f"generated ({meta['fake_source']}) at {meta['image_size']}x{meta['image_size']}")
+    print(format_table(results))
+    if args.output is not None:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {output}")
+    return 0
+
+
+# --------------------------------------------------------------------------- attention
+def query_point(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    try:
+        x, y = (int(part) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected x,y pixel coordinates, got {text!r}") from None
+    return x, y
+
+
+query_point.__name__ = "x,y pixel coordinates"
+
+
+def add_attention_arguments(p: argparse.ArgumentParser) -> None:
+    net = p.add_mutually_exclusive_group(required=True)
+    net.add_argument("--generator_file", type=existing_file,
+                     help="show the generator's layers on an image it generates")
+    net.add_argument("--discriminator_file", type=existing_file,
+                     help="show the discriminator's layers on a real image (--image)")
+    p.add_argument("--generator_config",
+                   help="architecture file or built-in name (optional for a training state)")
+    p.add_argument("--discriminator_config",
+                   help="architecture file or built-in name (optional for a training state)")
+    p.add_argument("--seed", type=any_int, default=0, help="seed of the generated image")
+    p.add_argument("--truncation", type=positive_float,
+                   help="truncate the latent to |z| <= T")
+    p.add_argument("--image", help="the real image for the discriminator")
+    p.add_argument("--query", type=query_point, action="append",
+                   help="x,y: a query position in image pixels (repeat for more); default "
+                   "a grid of queries")
+    p.add_argument("--query_grid", type=positive_int, default=3,
+                   help="N: an N x N grid of evenly spaced queries when no --query is given")
+    p.add_argument("--output_dir", required=True,
+                   help="one attention_<layer>.png per attention layer goes here")
+    p.add_argument("--save_maps", help="also save the raw (N, N) maps by layer name to this .pt")
+    p.add_argument("--no_ema", dest="prefer_ema", action="store_false",
+                   help="from a training state, use the raw generator, not its EMA")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from fagan.attention_maps import (
+        capture_layers,
+        default_queries,
+        load_discriminator,
+        load_image,
+        query_cell,
+        write_attention_figures,
+    )
+    from fagan.distributed import resolve_device
+    from fagan.generate import load_generator, make_latents
+
+    device = resolve_device(args.device)
+    if args.generator_file is not None:
+        if args.image is not None or args.discriminator_config is not None:
+            raise FaganError("--image and --discriminator_config go with --discriminator_file")
+        model = load_generator(args.generator_file, args.generator_config, device=device,
+                               prefer_ema=args.prefer_ema)
+        size = model.image_size
+        inputs = make_latents(1, model.latent_size, args.seed, args.truncation).to(device)
+        source = f"generated image (seed {args.seed})"
+    else:
+        if args.image is None:
+            raise FaganError("--discriminator_file needs --image, the real image to look at")
+        if args.generator_config is not None or args.truncation is not None:
+            raise FaganError("--generator_config and --truncation go with --generator_file")
+        model = load_discriminator(args.discriminator_file, args.discriminator_config,
+                                   device=device)
+        size = model.image_size
+        inputs = load_image(args.image, size).unsqueeze(0).to(device)
+        source = f"image {args.image}"
+    queries = args.query or default_queries(size, size, args.query_grid)
+    for query in queries:
+        query_cell(query, (size, size), (1, 1))  # outside the image: fail before any work
+    layers, output = capture_layers(model, inputs)
+    image = output[0] if args.generator_file is not None else inputs[0]
+    written = write_attention_figures(layers, image.cpu(), args.output_dir, queries,
+                                      save_maps=args.save_maps)
+    for path, layer in zip(written, layers.values(), strict=True):
+        print(f"{layer.name}: {layer.kind}, {layer.grid[0]}x{layer.grid[1]} positions, "
+              f"g = {layer.gamma:.4g} -> {path}")
+    print(f"{len(written)} attention layer(s) on the {source}, {len(queries)} queries"
+          + (f"; maps saved to {args.save_maps}" if args.save_maps else ""))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], int]]] = {
@@ -213,6 +408,12 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
     "generate": ("write images from a trained generator", add_generate_arguments, cmd_generate),
     "plot-losses": ("plot a loss.log", add_plot_losses_arguments, cmd_plot_losses),
     "make-gif": ("animate the sample grids of a run", add_make_gif_arguments, cmd_make_gif),
+    "interpolate": ("animate a walk through the latents of chosen seeds",
+                    add_interpolate_arguments, cmd_interpolate),
+    "evaluate": ("measure generated images against real ones (SWD, FID, KID, IS)",
+                 add_evaluate_arguments, cmd_evaluate),
+    "attention": ("draw where each attention layer looks, for chosen query positions",
+                  add_attention_arguments, cmd_attention),
 }
 
 
