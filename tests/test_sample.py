@@ -349,3 +349,21 @@ def test_evenly_spaced_keeps_first_and_last_and_caps_count() -> None:
     assert len(picked) == 120 and picked[0] == 0 and picked[-1] == 299
     assert picked == sorted(set(picked))
     assert evenly_spaced(list(range(5)), 1) == [4]
+
+
+def test_written_images_and_plots_get_the_usual_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    from fagan.plots import plot_loss_curves
+    from fagan.sample import save_grid
+
+    mask = os.umask(0o022)
+    try:
+        grid = save_grid(torch.zeros(4, 3, 8, 8), tmp_path / "grid.png")
+        plot = plot_loss_curves([1.0, 0.5], [0.2, 0.3], tmp_path / "loss.png")
+    finally:
+        os.umask(mask)
+    for path in (grid, plot):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from fagan.errors import FaganError
+from fagan.fileio import atomic_write
 
 TRAINING_STATE_FORMAT = "fagan-training-state"
 _LEGACY_SUFFIXES = (".module.weight_bar", ".module.weight_u", ".module.weight_v")
@@ -67,35 +66,13 @@ def save_file(obj: Any, path: str | Path) -> Path:
     """
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise FaganError(f"cannot write {path}: {error.strerror or error}") from None
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: as they are
-            raise
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    except Exception as error:
         reason = getattr(error, "strerror", None) or (
             str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         )
         raise FaganError(f"cannot write {path}: {reason}; the previous file is unchanged") from None
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def is_training_state(obj: Any) -> bool:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fagan.errors import FaganError
+from fagan.fileio import atomic_write
 
 __all__ = ["plot_loss_curves", "plot_losses", "read_loss_log", "read_stats_jsonl"]
 
@@ -173,19 +173,7 @@ def plot_loss_curves(
     axes.legend(loc="best")
     figure.tight_layout()
 
-    plot_file.parent.mkdir(parents=True, exist_ok=True)
-    suffix = plot_file.suffix or ".png"
-    fd, tmp_name = tempfile.mkstemp(
-        dir=plot_file.parent, prefix=f".{plot_file.name}.", suffix=suffix
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        figure.savefig(tmp, format=fmt)
-        os.replace(tmp, plot_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(plot_file, lambda tmp: figure.savefig(tmp, format=fmt))
     return plot_file
 
 

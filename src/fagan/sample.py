@@ -24,9 +24,8 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from fagan.errors import FaganError
+from fagan.fileio import atomic_write
 
 __all__ = [
     "ffmpeg_available",
@@ -69,37 +69,12 @@ Frame = np.ndarray | str | os.PathLike
 # --------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Write a file through a temporary sibling and move it into place.
-
-    Args:
-        path: Destination. Its parent directories are created.
-        write: Called with the temporary path (which has the destination's suffix) and
-            must write the complete file there.
-
-    Returns:
-        The destination path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _write_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Atomically write an ``HxW``, ``HxWx1``, ``HxWx3`` or ``HxWx4`` uint8 array as PNG."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     image = Image.fromarray(np.ascontiguousarray(array))
-    return _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 # --------------------------------------------------------------------------------------
@@ -334,7 +309,7 @@ def write_gif(
         raise FaganError(f"GIF loop count must be 0 (forever) or more, got {loop}")
     stack = np.stack(_load_frames(frames))
     duration_ms = max(1, round(1000.0 / fps))
-    return _atomic_write(
+    return atomic_write(
         path,
         lambda tmp: iio.imwrite(
             tmp, stack, extension=".gif", plugin="pillow", duration=duration_ms, loop=int(loop)
@@ -401,7 +376,7 @@ def write_mp4(frames: Sequence[Frame], path: str | os.PathLike, fps: float = 4) 
             writer.close()
 
     try:
-        return _atomic_write(path, write)
+        return atomic_write(path, write)
     except (OSError, RuntimeError) as exc:
         raise FaganError(f"ffmpeg could not write {path}: {exc}") from exc
 
