@@ -367,3 +367,24 @@ def test_written_images_and_plots_get_the_usual_permissions(tmp_path) -> None:
     for path in (grid, plot):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_gif_frames_share_a_palette_so_unchanged_pixels_do_not_flicker(tmp_path) -> None:
+    from PIL import ImageSequence
+
+    from fagan.sample import write_gif
+
+    y, x = np.mgrid[0:48, 0:48]
+    base = np.stack([x * 5, y * 5, (x + y) * 2], axis=-1).astype(np.uint8)  # many colours
+    changed = base.copy()
+    changed[:8, :8] = [255, 0, 0]
+    path = write_gif([base, changed, base], tmp_path / "a.gif", fps=5)
+    with Image.open(path) as gif:
+        decoded = [np.asarray(f.convert("RGB"), dtype=np.int16)
+                   for f in ImageSequence.Iterator(gif)]
+    assert len(decoded) == 3
+    outside = np.ones((48, 48), dtype=bool)
+    outside[:8, :8] = False
+    assert np.array_equal(decoded[0][outside], decoded[1][outside])
+    assert np.abs(decoded[0] - base.astype(np.int16)).mean() < 4
+    assert np.abs(decoded[1][:8, :8] - np.array([255, 0, 0])).max() <= 8

@@ -281,11 +281,11 @@ def _check_fps(fps: float) -> float:
 def write_gif(
     frames: Sequence[Frame], path: str | os.PathLike, fps: float = 4, loop: int = 0
 ) -> Path:
-    """Write frames as an animated GIF (imageio v3, Pillow plugin), atomically.
+    """Write frames as an animated GIF (Pillow), atomically.
 
     GIF stores frame delays in hundredths of a second, so the delay is
-    ``round(1000 / fps)`` ms rounded again by Pillow to 10 ms. Each frame gets its own
-    256-colour palette. Pillow merges consecutive identical frames into one longer frame,
+    ``round(1000 / fps)`` ms rounded again by Pillow to 10 ms. All frames share one
+    256-colour palette, so unchanged regions do not flicker. Pillow merges consecutive identical frames into one longer frame,
     so the file may hold fewer frames than given while playing for the same time.
 
     Args:
@@ -302,19 +302,27 @@ def write_gif(
         FaganError: If there are no frames, frames differ in size or are not uint8 images,
             ``fps`` is not positive or ``loop`` is negative.
     """
-    import imageio.v3 as iio
-
     fps = _check_fps(fps)
     if loop < 0:
         raise FaganError(f"GIF loop count must be 0 (forever) or more, got {loop}")
     stack = np.stack(_load_frames(frames))
     duration_ms = max(1, round(1000.0 / fps))
-    return atomic_write(
-        path,
-        lambda tmp: iio.imwrite(
-            tmp, stack, extension=".gif", plugin="pillow", duration=duration_ms, loop=int(loop)
-        ),
+    # One palette for every frame (from a mosaic of up to 16 of them): colours stay
+    # put from frame to frame instead of flickering with per-frame palettes.
+    picks = evenly_spaced(list(range(len(stack))), 16)
+    palette = Image.fromarray(np.concatenate([stack[k] for k in picks])).quantize(
+        256, method=Image.Quantize.MEDIANCUT
     )
+    images = [
+        Image.fromarray(frame).quantize(palette=palette, dither=Image.Dither.NONE)
+        for frame in stack
+    ]
+
+    def write(tmp: Path) -> None:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=duration_ms, loop=int(loop), optimize=False)
+
+    return atomic_write(path, write)
 
 
 def ffmpeg_available() -> bool:
