@@ -66,13 +66,22 @@ def save_file(obj: Any, path: str | Path) -> Path:
     """
     path = Path(path)
     try:
-        atomic_write(path, lambda tmp: torch.save(obj, tmp))
+        atomic_write(path, lambda tmp: _torch_save(obj, tmp))
     except Exception as error:
+        if isinstance(error.__context__, OSError):  # torch's writer hides a full disk's
+            error = error.__context__  # errno behind "unexpected pos ..."
         reason = getattr(error, "strerror", None) or (
             str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         )
         raise FaganError(f"cannot write {path}: {reason}; the previous file is unchanged") from None
     return path
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    # through a Python file, whose failing write keeps its errno (ENOSPC, EFBIG) as the
+    # context of torch's error; torch's own writer would report only "unexpected pos"
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def is_training_state(obj: Any) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import struct
 import warnings
 from collections.abc import Iterator, Sized
@@ -593,6 +594,19 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+def _init_worker(worker_id: int) -> None:
+    """Seed a data-loader worker and leave Ctrl-C and SIGTERM to the main process.
+
+    A terminal's Ctrl-C (and a job scheduler's SIGTERM) reaches every process of the group.
+    A worker killed by it would make the main process fail with a traceback mid-step; instead
+    the main process stops after the current step, saves its state and shuts the workers
+    down itself (they also exit on their own when the main process is gone).
+    """
+    _seed_worker(worker_id)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_loader(
     dataset: Dataset,
     sampler: Sampler[int],
@@ -605,7 +619,8 @@ def build_loader(
 
     The loader never shuffles (the sampler decides the order), drops a short last batch
     exactly when the sampler does (``sampler.drop_last``, default False), keeps its workers
-    alive between epochs, and seeds them deterministically. It has its own generator, seeded
+    alive between epochs, seeds them deterministically and has them ignore SIGINT and SIGTERM
+    (the main process handles those and shuts them down). It has its own generator, seeded
     from ``sampler.seed``, so starting an epoch never consumes torch's global random state.
 
     Args:
@@ -642,6 +657,6 @@ def build_loader(
         pin_memory=pin_memory,
         drop_last=bool(getattr(sampler, "drop_last", False)),
         persistent_workers=num_workers > 0,
-        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        worker_init_fn=_init_worker if num_workers > 0 else None,
         generator=generator,
     )

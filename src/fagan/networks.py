@@ -64,6 +64,50 @@ def build_layer(spec: LayerSpec) -> nn.Module:
     return _BUILDERS[type(spec)](spec)
 
 
+# Whole-network errors name the layer and field to change, like every config error.
+def _first_channel_field(spec: NetworkSpec) -> str:
+    """``<file>: architecture[i]: field '...'`` of the layer that sets the input channels."""
+    for index, layer in enumerate(spec.layers):
+        if isinstance(layer, BatchNormSpec):
+            return f"{spec.source}: architecture[{index}]: field 'num_channels'"
+        if isinstance(layer, (ConvSpec, FullAttentionSpec, SelfAttentionSpec)):
+            return f"{spec.source}: architecture[{index}]: field 'channels'"
+    return spec.source
+
+
+def _last_channel_field(spec: NetworkSpec) -> str:
+    """The same for the layer that sets the output channels (the last convolution)."""
+    for index in reversed(range(len(spec.layers))):
+        if isinstance(spec.layers[index], (ConvSpec, FullAttentionSpec)):
+            return f"{spec.source}: architecture[{index}]: field 'channels'"
+    return _first_channel_field(spec)
+
+
+def _last_sizing_layer(spec: NetworkSpec) -> int:
+    """Index of the last layer that changes the spatial size (a convolution)."""
+    for index in reversed(range(len(spec.layers))):
+        if isinstance(spec.layers[index], (ConvSpec, FullAttentionSpec)):
+            return index
+    return len(spec.layers) - 1
+
+
+def _size_field(spec: NetworkSpec, shape: tuple[int, int, int]) -> str:
+    """The layer and field behind a wrong output size.
+
+    The first layer whose output is not square (and its first non-square pair among
+    kernel_dims, stride, padding), else the last layer that changes the size.
+    """
+    for index in range(len(spec.layers)):
+        _, height, width = NetworkSpec(spec.layers[: index + 1], spec.source).output_shape(*shape)
+        layer = spec.layers[index]
+        if height != width and isinstance(layer, (ConvSpec, FullAttentionSpec)):
+            pairs = {"kernel_dims": layer.kernel_size, "stride": layer.stride,
+                     "padding": layer.padding}
+            field = next((k for k, v in pairs.items() if v[0] != v[1]), "kernel_dims")
+            return f"{spec.source}: architecture[{index}]: field '{field}'"
+    return f"{spec.source}: architecture[{_last_sizing_layer(spec)}]: field 'kernel_dims'"
+
+
 class Network(nn.Module):
     """A sequence of layers built from a :class:`NetworkSpec`."""
 
@@ -88,14 +132,16 @@ class Generator(Network):
     def __init__(self, spec: NetworkSpec, latent_size: int = 128) -> None:
         if spec.in_channels != latent_size:
             raise FaganError(
-                f"{spec.source}: the generator's first layer takes {spec.in_channels} "
-                f"channels but the latent size is {latent_size} (set --latent_size "
-                f"{spec.in_channels} or change the config)"
+                f"{_first_channel_field(spec)}: the generator's first layer takes "
+                f"{spec.in_channels} channels but the latent size is {latent_size} (set "
+                f"--latent_size {spec.in_channels} or change the config)"
             )
         channels, height, width = spec.output_shape(latent_size, 1, 1)
         if channels != 3 or height != width or height < 4:
+            where = (_last_channel_field(spec) if channels != 3
+                     else _size_field(spec, (latent_size, 1, 1)))
             raise FaganError(
-                f"{spec.source}: the generator's output is not an image: a latent vector "
+                f"{where}: the generator's output is not an image: a latent vector "
                 f"becomes {channels}x{height}x{width}, expected 3xSxS (RGB, square, S >= 4)"
             )
         super().__init__(spec)
@@ -132,20 +178,28 @@ class Discriminator(Network):
     def __init__(self, spec: NetworkSpec, image_size: int | None = None) -> None:
         if spec.in_channels != 3:
             raise FaganError(
-                f"{spec.source}: the discriminator's first layer takes {spec.in_channels} "
-                "channels; images have 3 (RGB)"
+                f"{_first_channel_field(spec)}: the discriminator's first layer takes "
+                f"{spec.in_channels} channels; images have 3 (RGB)"
             )
         if image_size is None:
             image_size = infer_image_size(spec)
             if image_size is None:
+                where = (_last_channel_field(spec) if spec.out_channels != 1
+                         else f"{spec.source}: architecture[{_last_sizing_layer(spec)}]: "
+                         "field 'kernel_dims'")
                 raise FaganError(
-                    f"{spec.source}: the discriminator does not reduce any square RGB image "
+                    f"{where}: the discriminator does not reduce any square RGB image "
                     "to a single logit (1x1x1 output)"
                 )
-        shape = spec.output_shape(3, image_size, image_size)
+        try:
+            shape = spec.output_shape(3, image_size, image_size)
+        except FaganError as error:
+            raise FaganError(f"{error}; the images are {image_size}x{image_size}") from None
         if shape != (1, 1, 1):
+            where = (_last_channel_field(spec) if shape[0] != 1
+                     else _size_field(spec, (3, image_size, image_size)))
             raise FaganError(
-                f"{spec.source}: the discriminator does not reduce a 3x{image_size}x{image_size} "
+                f"{where}: the discriminator does not reduce a 3x{image_size}x{image_size} "
                 f"image to logits: it gives {shape[0]}x{shape[1]}x{shape[2]}, expected 1x1x1"
             )
         super().__init__(spec)

@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from fagan.config import (
 from fagan.data import ResumableSampler, build_loader, open_dataset
 from fagan.distributed import DistInfo, all_agree, init_distributed, shutdown_distributed
 from fagan.errors import FaganError
+from fagan.fileio import atomic_write
 from fagan.losses import GANLoss, get_loss, gradient_penalty
 from fagan.networks import Discriminator, Generator
 from fagan.plots import plot_losses
@@ -63,6 +64,12 @@ DEMO_AUGMENT = "color,translation,cutout"
 # One epoch of the embedded demo goes through its 100 faces this many times.
 DEMO_REPEATS = 32
 PRECISIONS = ("fp32", "bf16", "fp16")
+# What --resume reads from a training state.
+_STATE_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "scaler", "epoch",
+               "batch", "step", "rng", "fixed_latents", "sampler", "generator_config",
+               "discriminator_config")
+# Temporary files of saves killed mid-write (SIGKILL, power loss) older than this are removed.
+_STALE_TEMP_SECONDS = 120.0
 
 
 # --------------------------------------------------------------------------- options
@@ -376,6 +383,12 @@ def train(opts: TrainOptions, log: Callable[[str], None] | None = None) -> Train
         say = lambda message: None  # noqa: E731
     try:
         return _train(opts, info, device, say)
+    except OSError as error:  # a full disk, no permission: a message, not a traceback
+        where = f" ({error.filename})" if error.filename else ""
+        raise FaganError(
+            f"training stopped: {error.strerror or error}{where}; checkpoints written before "
+            f"are unchanged (in {opts.model_dir})"
+        ) from None
     finally:
         shutdown_distributed()
 
@@ -393,6 +406,9 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
         saved = load_file(state_path)
         if not is_training_state(saved):
             raise FaganError(f"--resume: {state_path} is not a fagan training state")
+        missing = [key for key in _STATE_KEYS if key not in saved]
+        if missing:
+            raise FaganError(f"--resume: {state_path} is incomplete: it lacks {', '.join(missing)}")
     setup = _resolve(opts, saved)
 
     # ---- data
@@ -487,16 +503,22 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
     # ---- run folder
     run_log = None
     if info.is_main:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        sample_dir.mkdir(parents=True, exist_ok=True)
+        for flag, folder in (("--model_dir", model_dir), ("--sample_dir", sample_dir)):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise FaganError(
+                    f"{flag}: cannot create folder {folder}: {error.strerror or error}"
+                ) from None
+        _remove_stale_temp_files(model_dir, say)
         run_log = RunLog(model_dir, tensorboard=opts.tensorboard)
         resolved = {**asdict(opts), "latent_size": setup.latent_size,
                     "image_size": setup.image_size, "augment": setup.augment_policy or "none",
                     "world_size": info.world_size, "device": str(device),
                     "fagan_version": __version__}
-        (model_dir / OPTIONS_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
+        _write_text(model_dir / OPTIONS_FILE, json.dumps(resolved, indent=2) + "\n")
         for name, spec in (("gen.yaml", setup.g_spec), ("dis.yaml", setup.d_spec)):
-            (model_dir / name).write_text(yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
+            _write_text(model_dir / name, yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
 
     def training_state(batch_in_epoch: int) -> dict[str, Any]:
         rng = _rng_state(latent_rng, aug_rng)
@@ -556,13 +578,15 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
     say(f"training on {device} ({info.world_size} process(es)), {len(dataset)} images, "
         f"{sampler.batches_per_epoch} batches per epoch, loss {loss.name}, "
         f"precision {opts.precision}")
-    with _stop_on_signals() as stop_request:
+    # progress bars are closed on errors too: the error message gets a line of its own
+    with _stop_on_signals() as stop_request, ExitStack() as bars:
         while stopped is None and epoch <= opts.num_epochs:
             sampler.set_epoch(epoch)
             sampler.set_start_batch(done_in_epoch)
-            bar = tqdm(total=sampler.batches_per_epoch, initial=done_in_epoch,
-                       desc=f"epoch {epoch}/{opts.num_epochs}", disable=not info.is_main,
-                       unit="batch", dynamic_ncols=True, leave=True, file=sys.stderr)
+            bar = bars.enter_context(tqdm(
+                total=sampler.batches_per_epoch, initial=done_in_epoch,
+                desc=f"epoch {epoch}/{opts.num_epochs}", disable=not info.is_main,
+                unit="batch", dynamic_ncols=True, leave=True, file=sys.stderr))
             window_start, window_images = time.monotonic(), 0
             for i, batch in enumerate(loader, start=done_in_epoch + 1):
                 real = real_batch(batch)
@@ -646,6 +670,38 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
                 f"samples in {sample_dir}")
     result_files["training_state"] = state_path
     return TrainResult(_unwrap(G), _unwrap(D), ema, step, epoch, stopped, result_files)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replaces a small text file atomically: a full disk leaves the previous one intact."""
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as error:
+        raise FaganError(
+            f"cannot write {path}: {error.strerror or error}; the previous file is unchanged"
+        ) from None
+
+
+def _remove_stale_temp_files(model_dir: Path, say: Callable[[str], None]) -> None:
+    """Removes the hidden temporary files of checkpoint saves that were killed mid-write.
+
+    ``save_file`` writes a hidden ``.<name>.XXXX...`` sibling and renames it over ``<name>``;
+    a process killed in between (SIGKILL, power loss) leaves it behind, the checkpoint
+    itself intact. Files touched in the last two minutes are kept: another process may be
+    writing them.
+    """
+    now, removed = time.time(), []
+    for pattern in (f".{TRAINING_STATE}.*", ".GAN_*.pth.*"):
+        for path in model_dir.glob(pattern):
+            try:
+                if now - path.stat().st_mtime > _STALE_TEMP_SECONDS:
+                    path.unlink()
+                    removed.append(path.name)
+            except OSError:
+                continue
+    if removed:
+        say(f"removed {len(removed)} temporary file(s) left in {model_dir} by saves that were "
+            f"interrupted: {', '.join(sorted(removed))}")
 
 
 def _grid_u8(images: Tensor) -> Tensor:
