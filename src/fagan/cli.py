@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -127,7 +128,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from fagan.train import TrainOptions, train
 
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "func", "parser")}
     if values["images_dir"] is None and Path("data/celeba").is_dir():
         values["images_dir"] = "data/celeba"  # the original's default
     train(TrainOptions(**values))
@@ -426,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add_arguments, func) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, parser=p)
     return parser
 
 
@@ -442,19 +443,32 @@ def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None =
 
 def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace,
              prog: str) -> int:
+    def one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+        return f"{prog}: warning: {' '.join(str(message).split())}\n"
+
+    warnings.formatwarning = one_line_warning
     try:
         return func(args)
     except FaganError as error:
-        message = " ".join(str(error).split())  # one line, whatever the message held
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(prog, str(error))
+    except OSError as error:  # a path that is a file, a full disk, no permission
+        where = f": {error.filename}" if getattr(error, "filename", None) else ""
+        return _fail(prog, f"{error.strerror or error}{where}")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 
+def _fail(prog: str, message: str) -> int:
+    message = " ".join(message.split())  # one line, whatever the message held
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fagan`` console script and ``python -m fagan``."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand, as `fagan train: error: ...`
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return _guarded(args.func, args, f"fagan {args.command}")

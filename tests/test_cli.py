@@ -1,0 +1,75 @@
+"""Command-line plumbing: one-line errors with status 2, one-line warnings, entry points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fagan.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str], prog: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"{prog}: error: "), err
+    return err[0]
+
+
+def test_output_path_that_is_a_file_is_a_one_line_error(tmp_path, capsys) -> None:
+    (tmp_path / "loss.log").write_text("1.0\t2.0\n0.5\t1.5\n")
+    (tmp_path / "afile").write_text("")
+    code = main(["plot-losses", "--loss_file", str(tmp_path / "loss.log"),
+                 "--plot_file", str(tmp_path / "afile" / "loss.png")])
+    assert code == 2
+    assert "afile" in one_error_line(capsys, "fagan plot-losses")
+
+
+def test_unknown_flag_is_named_by_the_subcommand(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--no_such_flag", "3"])
+    assert info.value.code == 2
+    line = one_error_line(capsys, "fagan train")
+    assert "unrecognized arguments: --no_such_flag 3" in line
+
+
+def test_missing_subcommand_and_bad_choice(capsys) -> None:
+    for argv in ([], ["bogus"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        one_error_line(capsys, "fagan")
+
+
+def test_warnings_are_one_line_named_by_the_command(tmp_path, faces32) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for face in sorted(faces32.iterdir())[:20]:
+        (images / face.name).write_bytes(face.read_bytes())
+    (images / "broken.png").write_bytes(b"")
+    result = subprocess.run(
+        [sys.executable, "-m", "fagan", "train", "--images_dir", str(images),
+         "--generator_config", "small32", "--discriminator_config", "small32",
+         "--batch_size", "8", "--max_steps", "1", "--num_workers", "0", "--no_tensorboard",
+         "--device", "cpu", "--model_dir", str(tmp_path / "m"), "--sample_dir",
+         str(tmp_path / "s")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    err = result.stderr
+    warnings = [line for line in err.splitlines() if "warning:" in line]
+    assert any(line.startswith("fagan train: warning: skipped 1 of 21 files") for line in warnings)
+    assert "warnings.warn" not in err and "UserWarning" not in err
+
+
+@pytest.mark.parametrize("entry", [[sys.executable, "-m", "fagan"],
+                                   [sys.executable, str(REPO / "train.py")]])
+def test_entry_points_reject_bad_values_with_status_2(entry) -> None:
+    argv = entry + (["train"] if entry[-1] == "fagan" else []) + ["--batch_size", "0"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--batch_size: expected a whole number >= 1, got '0'" in lines[0]
+    assert "Traceback" not in result.stderr
