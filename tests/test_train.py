@@ -148,3 +148,24 @@ def test_bf16_training_runs_and_logs_finite_losses(tmp_path: Path) -> None:
     for line in (tmp_path / "models" / "loss.log").read_text().splitlines():
         d, g = (float(v) for v in line.split("\t"))
         assert torch.isfinite(torch.tensor([d, g])).all()
+
+
+def test_eval_every_logs_swd_and_its_floor(tmp_path: Path) -> None:
+    train(small_options(tmp_path, max_steps=4, eval_every=2, eval_num_samples=40))
+    records = [json.loads(line)
+               for line in (tmp_path / "models" / "stats.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    first, second = evals[0]["eval"], evals[1]["eval"]
+    assert {"swd_avg", "swd_32", "swd_16", "swd_floor_avg"} <= set(first)
+    assert "swd_floor_avg" not in second  # the floor is measured once
+    assert 0 < first["swd_floor_avg"] < first["swd_avg"]  # untrained: far from the faces
+    assert first["swd_avg"] != second["swd_avg"]
+
+
+def test_eval_with_fid_but_no_weights_fails_before_training(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FAGAN_INCEPTION_WEIGHTS", str(tmp_path / "missing.pth"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FaganError, match="weights-inception-2015-12-05-6726825d.pth"):
+        train(small_options(tmp_path, max_steps=2, eval_every=1, eval_metrics="swd,fid"))
+    assert not (tmp_path / "models").exists()

@@ -123,6 +123,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     n.add_argument("--channels_last", action="store_true",
                    help="channels-last memory format (faster on some GPUs)")
     n.add_argument("--compile", action="store_true", help="torch.compile both networks")
+    n.add_argument("--eval_every", type=positive_int,
+                   help="every N steps, measure the EMA generator against real images "
+                   "(logged to stats.jsonl and TensorBoard)")
+    n.add_argument("--eval_metrics", default="swd",
+                   help="metrics for --eval_every: swd, fid, kid, is (fid/kid/is need "
+                   "--inception_weights)")
+    n.add_argument("--eval_num_samples", type=positive_int, default=1000,
+                   help="real (and generated) images per evaluation")
+    n.add_argument("--inception_weights", type=existing_file,
+                   help="InceptionV3 weights file for FID/KID/IS (never downloaded)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -115,6 +115,10 @@ class TrainOptions:
     tensorboard: bool = True
     channels_last: bool = False
     compile: bool = False
+    eval_every: int | None = None
+    eval_metrics: str = "swd"
+    eval_num_samples: int = 1000
+    inception_weights: str | None = None
 
     def validate(self) -> None:
         """Checks every option once, at the boundary.
@@ -128,7 +132,7 @@ class TrainOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise FaganError(f"--{name} must be a whole number >= 1, got {value!r}")
-        for name in ("latent_size", "image_size", "max_steps"):
+        for name in ("latent_size", "image_size", "max_steps", "eval_every"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise FaganError(f"--{name} must be a whole number >= 1, got {value!r}")
@@ -153,6 +157,16 @@ class TrainOptions:
         if self.time_limit is not None and not self.time_limit > 0:
             raise FaganError(f"--time_limit must be a positive number of seconds, got {self.time_limit!r}")
         get_loss(self.loss_function)
+        if self.eval_every is not None:
+            from fagan.metrics import needs_inception, parse_metric_list
+            from fagan.metrics.inception import resolve_weights_path
+
+            if not isinstance(self.eval_num_samples, int) or self.eval_num_samples < 2:
+                raise FaganError(
+                    f"--eval_num_samples must be a whole number >= 2, got {self.eval_num_samples!r}"
+                )
+            if needs_inception(parse_metric_list(self.eval_metrics)):
+                resolve_weights_path(self.inception_weights)  # fails now, not hours later
         if self.augment:
             parse_policy(self.augment)
         for name in ("generator_file", "discriminator_file"):
@@ -348,6 +362,41 @@ def _stop_on_signals() -> Iterator[dict[str, str | None]]:
             signal.signal(s, previous[s])
 
 
+class _Evaluator:
+    """``--eval_every``: metrics of the EMA generator against a fixed set of real images.
+
+    The real images (up to ``eval_num_samples``, evenly spread over the dataset), their
+    Inception features and the real-vs-real SWD floor are computed once; every
+    evaluation then generates as many images from the same latents.
+    """
+
+    def __init__(self, dataset: Dataset, opts: TrainOptions, device: torch.device) -> None:
+        from fagan.metrics import needs_inception, parse_metric_list
+        from fagan.metrics.inception import InceptionFeatures
+
+        count = min(opts.eval_num_samples, len(dataset))  # type: ignore[arg-type]
+        picks = [round(k * (len(dataset) - 1) / max(1, count - 1)) for k in range(count)]
+        self.real = to_uint8(torch.stack([dataset[k] for k in picks]))
+        self.metrics = parse_metric_list(opts.eval_metrics)
+        self.seed = opts.seed
+        self.options: dict[str, Any] = {"device": device}
+        if needs_inception(self.metrics):
+            extractor = InceptionFeatures(opts.inception_weights, device=device, progress=False)
+            self.options["extractor"] = extractor
+            if any(name in ("fid", "kid") for name in self.metrics):
+                self.options["real_features"], _ = extractor(self.real, name="real")
+        self.first = True
+
+    def __call__(self, generator: nn.Module) -> dict[str, float]:
+        from fagan.evaluate import evaluate_generator, flatten_results
+
+        scores = evaluate_generator(
+            generator, self.real, self.metrics, num_samples=len(self.real), seed=self.seed,
+            swd_floor=self.first and "swd" in self.metrics, **self.options)
+        self.first = False
+        return flatten_results(scores)
+
+
 @dataclass
 class TrainResult:
     """What a run ended with."""
@@ -413,7 +462,7 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
 
     # ---- data
     torch.manual_seed(opts.seed)
-    dataset = open_dataset(opts.images_dir, setup.image_size)
+    dataset = base_dataset = open_dataset(opts.images_dir, setup.image_size)
     if setup.embedded:
         dataset = _Repeat(dataset, DEMO_REPEATS)
         say(f"no --images_dir: training {setup.g_spec.source} on the embedded demo faces "
@@ -519,6 +568,10 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
         _write_text(model_dir / OPTIONS_FILE, json.dumps(resolved, indent=2) + "\n")
         for name, spec in (("gen.yaml", setup.g_spec), ("dis.yaml", setup.d_spec)):
             _write_text(model_dir / name, yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
+
+    evaluator = None
+    if opts.eval_every is not None and info.is_main:
+        evaluator = _Evaluator(base_dataset, opts, device)
 
     def training_state(batch_in_epoch: int) -> dict[str, Any]:
         rng = _rng_state(latent_rng, aug_rng)
@@ -626,6 +679,14 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
                         "time": time.monotonic() - started,
                     })
                     sample_grid(f"{epoch}_{i}")
+                if evaluator is not None and step % opts.eval_every == 0:
+                    assert run_log is not None
+                    scores = evaluator(ema if ema is not None else _unwrap(G))
+                    run_log.append_stats({"step": step, "epoch": epoch, "batch": i,
+                                          "eval": scores})
+                    bar.write(f"step {step}: " + ", ".join(
+                        f"{name} {value:.3f}" for name, value in scores.items()
+                        if not name[-1].isdigit()))
 
                 want_stop = stop_request["signal"]
                 if opts.max_steps is not None and step >= opts.max_steps:
