@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_lfw_faces
+from conftest import train_small_run
 from PIL import Image
 
 from fagan.attention_maps import (
@@ -29,20 +29,12 @@ from fagan.attention_maps import (
 from fagan.cli import main
 from fagan.generate import load_generator, make_latents
 from fagan.layers.attention import attention_layers
-from fagan.train import TrainOptions, train
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory of a 2-step small32 run on 100 real 32x32 faces."""
-    tmp = tmp_path_factory.mktemp("run")
-    faces = write_lfw_faces(tmp / "faces32", 32)
-    train(TrainOptions(
-        images_dir=str(faces), generator_config="small32", discriminator_config="small32",
-        model_dir=str(tmp / "models"), sample_dir=str(tmp / "samples"), batch_size=8,
-        num_workers=0, device="cpu", tensorboard=False, feedback_factor=1, num_epochs=1,
-        max_steps=2, num_samples=4, seed=5))
-    return tmp
+    return train_small_run(tmp_path_factory.mktemp("run"), max_steps=2, seed=5)
 
 
 def _independent_maps(model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:

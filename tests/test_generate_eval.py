@@ -14,7 +14,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import write_lfw_faces
+from conftest import train_small_run, write_lfw_faces
 from PIL import Image
 
 from fagan.cli import main
@@ -23,21 +23,13 @@ from fagan.generate import load_generator, make_latents
 from fagan.metrics.inception import WEIGHTS_ENV, WEIGHTS_FILENAME
 from fagan.metrics.swd import swd
 from fagan.sample import ffmpeg_available, latents_for_seeds, to_uint8
-from fagan.train import TrainOptions, train
 
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory of a 3-step small32 run on 100 real 32x32 faces."""
-    tmp = tmp_path_factory.mktemp("run")
-    faces = write_lfw_faces(tmp / "faces32", 32)
-    train(TrainOptions(
-        images_dir=str(faces), generator_config="small32", discriminator_config="small32",
-        model_dir=str(tmp / "models"), sample_dir=str(tmp / "samples"), batch_size=8,
-        num_workers=0, device="cpu", tensorboard=False, feedback_factor=1, num_epochs=1,
-        max_steps=3, num_samples=4, seed=3))
-    return tmp
+    return train_small_run(tmp_path_factory.mktemp("run"), max_steps=3, seed=3)
 
 
 def _pngs(folder: Path) -> list[np.ndarray]:

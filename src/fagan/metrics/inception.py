@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -33,6 +32,8 @@ import torch
 from torch import nn
 
 from fagan.errors import FaganError
+from fagan.fileio import atomic_write
+from fagan.metrics.images import as_uint8_images
 
 __all__ = [
     "DEFAULT_STATS_DIR",
@@ -178,20 +179,6 @@ def _load_inception(path: Path) -> nn.Module:
 # --------------------------------------------------------------------------------------
 
 
-def _as_uint8_batch(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, torch.Tensor):
-        raise FaganError(
-            f"{name} images must be a torch tensor or numpy array, got {type(x).__name__}"
-        )
-    if x.dtype != torch.uint8:
-        raise FaganError(f"{name} images must be uint8 in [0, 255], got dtype {x.dtype}")
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise FaganError(f"{name} images must have shape (N, 3, H, W), got {tuple(x.shape)}")
-    return x
-
-
 class InceptionFeatures:
     """InceptionV3 pool3 features and logits of uint8 images, in batches.
 
@@ -242,12 +229,12 @@ class InceptionFeatures:
 
     def _batches(self, images: ImageSource, name: str) -> Iterable[torch.Tensor]:
         if isinstance(images, (torch.Tensor, np.ndarray)):
-            x = _as_uint8_batch(images, name)
+            x = as_uint8_images(images, name)
             for i in range(0, x.shape[0], self.batch_size):
                 yield x[i : i + self.batch_size]
         else:
             for b in images:
-                yield _as_uint8_batch(b, name)
+                yield as_uint8_images(b, name)
 
     @torch.inference_mode()
     def __call__(
@@ -560,13 +547,5 @@ def cached_real_features(
         except Exception:  # corrupt or truncated: recompute below
             pass
     arrays = {k: np.asarray(v) for k, v in compute_fn().items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
     return arrays

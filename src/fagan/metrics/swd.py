@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from fagan.errors import FaganError
+from fagan.metrics.images import as_uint8_images
 
 __all__ = [
     "MIN_RESOLUTION",
@@ -294,16 +295,7 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: torch.Tenso
 
 def _as_images(x: object, name: str) -> torch.Tensor:
     """Validate and convert an image batch to a CPU uint8 tensor (N, 3, S, S)."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, torch.Tensor):
-        raise FaganError(
-            f"{name} images must be a torch tensor or numpy array, got {type(x).__name__}"
-        )
-    if x.dtype != torch.uint8:
-        raise FaganError(f"{name} images must be uint8 in [0, 255], got dtype {x.dtype}")
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise FaganError(f"{name} images must have shape (N, 3, H, W), got {tuple(x.shape)}")
+    x = as_uint8_images(x, name)
     s = x.shape[-1]
     if x.shape[-2] != s or s < MIN_RESOLUTION or s & (s - 1):
         raise FaganError(
