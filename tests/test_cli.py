@@ -73,3 +73,15 @@ def test_entry_points_reject_bad_values_with_status_2(entry) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--batch_size: expected a whole number >= 1, got '0'" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_training_with_loader_workers_exits_when_done(tmp_path) -> None:
+    # loader workers ignore SIGTERM; without an explicit shutdown the interpreter's exit
+    # handler (terminate, then join) would wait for them forever
+    result = subprocess.run(
+        [sys.executable, "-m", "fagan", "train", "--max_steps", "2", "--batch_size", "8",
+         "--num_workers", "2", "--no_tensorboard", "--device", "cpu",
+         "--model_dir", str(tmp_path / "m"), "--sample_dir", str(tmp_path / "s")],
+        capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "done at step 2" in result.stderr

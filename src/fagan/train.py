@@ -430,8 +430,9 @@ def train(opts: TrainOptions, log: Callable[[str], None] | None = None) -> Train
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if not info.is_main:
         say = lambda message: None  # noqa: E731
+    cleanup = ExitStack()
     try:
-        return _train(opts, info, device, say)
+        return _train(opts, info, device, say, cleanup)
     except OSError as error:  # a full disk, no permission: a message, not a traceback
         where = f" ({error.filename})" if error.filename else ""
         raise FaganError(
@@ -439,11 +440,12 @@ def train(opts: TrainOptions, log: Callable[[str], None] | None = None) -> Train
             f"are unchanged (in {opts.model_dir})"
         ) from None
     finally:
+        cleanup.close()
         shutdown_distributed()
 
 
 def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
-           say: Callable[[str], None]) -> TrainResult:
+           say: Callable[[str], None], cleanup: ExitStack) -> TrainResult:
     model_dir, sample_dir = Path(opts.model_dir), Path(opts.sample_dir)
     state_path = model_dir / TRAINING_STATE
 
@@ -473,6 +475,7 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
     )
     loader = build_loader(dataset, sampler, opts.batch_size, opts.num_workers,
                           pin_memory=device.type == "cuda")
+    cleanup.callback(_stop_workers, loader)
 
     # ---- networks, EMA, optimisers
     G = Generator(setup.g_spec, setup.latent_size)
@@ -731,6 +734,19 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
                 f"samples in {sample_dir}")
     result_files["training_state"] = state_path
     return TrainResult(_unwrap(G), _unwrap(D), ema, step, epoch, stopped, result_files)
+
+
+def _stop_workers(loader: Any) -> None:
+    """Shuts persistent loader workers down now.
+
+    They ignore SIGTERM (so a group-wide signal cannot kill them mid-step), so the
+    interpreter's exit handler, which terminates children with SIGTERM and joins them,
+    would otherwise wait for them forever.
+    """
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
 
 
 def _write_text(path: Path, text: str) -> None:
