@@ -14,7 +14,7 @@ $(VENV)/bin/python:
 
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[video]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python

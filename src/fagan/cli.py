@@ -456,6 +456,7 @@ def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
     def one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
         return f"{prog}: warning: {' '.join(str(message).split())}\n"
 
+    previous_format = warnings.formatwarning
     warnings.formatwarning = one_line_warning
     try:
         return func(args)
@@ -467,6 +468,8 @@ def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous_format
 
 
 def _fail(prog: str, message: str) -> int:
