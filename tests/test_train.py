@@ -169,3 +169,12 @@ def test_eval_with_fid_but_no_weights_fails_before_training(tmp_path: Path, monk
     with pytest.raises(FaganError, match="weights-inception-2015-12-05-6726825d.pth"):
         train(small_options(tmp_path, max_steps=2, eval_every=1, eval_metrics="swd,fid"))
     assert not (tmp_path / "models").exists()
+
+
+def test_ema_decay_warms_up_to_the_asked_decay() -> None:
+    from fagan.train import ema_decay_at
+
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.999, 90) == pytest.approx(0.91)
+    assert ema_decay_at(0.999, 100_000) == 0.999
+    assert ema_decay_at(0.5, 100) == 0.5
