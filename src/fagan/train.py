@@ -56,7 +56,7 @@ from fagan.losses import GANLoss, get_loss, gradient_penalty
 from fagan.networks import Discriminator, Generator
 from fagan.plots import plot_losses
 from fagan.runlog import RunLog
-from fagan.sample import make_progress_gif, save_grid, to_uint8
+from fagan.sample import evenly_spaced, make_progress_gif, save_grid, to_uint8
 
 TRAINING_STATE = "training_state.pth"
 OPTIONS_FILE = "options.json"
@@ -383,8 +383,7 @@ class _Evaluator:
         from fagan.metrics import needs_inception, parse_metric_list
         from fagan.metrics.inception import InceptionFeatures
 
-        count = min(opts.eval_num_samples, len(dataset))  # type: ignore[arg-type]
-        picks = [round(k * (len(dataset) - 1) / max(1, count - 1)) for k in range(count)]
+        picks = evenly_spaced(list(range(len(dataset))), opts.eval_num_samples)  # type: ignore[arg-type]
         self.real = to_uint8(torch.stack([dataset[k] for k in picks]))
         self.metrics = parse_metric_list(opts.eval_metrics)
         self.seed = opts.seed
