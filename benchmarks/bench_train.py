@@ -131,15 +131,15 @@ def _our_step_fn(device: Any, precision: str, channels_last: bool, compile_: boo
     from fagan.config import load_config, resolve_config_path
     from fagan.losses import get_loss
     from fagan.networks import Discriminator, Generator
-    from fagan.train import Precision, d_step, g_step
+    from fagan.train import Precision, d_step, g_step, make_adam
 
     G = Generator(load_config(resolve_config_path(config, "gen")), LATENT)
     D = Discriminator(load_config(resolve_config_path(config, "dis")), IMAGE_SIZE)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     G.to(device, memory_format=memory_format).train()
     D.to(device, memory_format=memory_format).train()
-    g_opt = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.0, 0.9))
-    d_opt = torch.optim.Adam(D.parameters(), lr=4e-4, betas=(0.0, 0.9))
+    g_opt = make_adam(G, 1e-4)
+    d_opt = make_adam(D, 4e-4)
     prec = Precision.create(precision, device)
     loss = get_loss("relativistic-hinge")
     G_train: torch.nn.Module = torch.compile(G) if compile_ else G

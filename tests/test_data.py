@@ -16,8 +16,10 @@ from fagan.data import (
     LFWFaces,
     ResumableSampler,
     build_loader,
+    center_crop,
     find_images,
     open_dataset,
+    resize_shorter_side,
 )
 from fagan.errors import FaganError
 
@@ -167,6 +169,36 @@ def test_non_square_images_are_resized_then_centre_cropped(
         inner = x[:, :, 1:-1] if width > height else x[:, 1:-1, :]
         assert torch.allclose(inner, green.expand_as(inner), atol=1e-5)
         assert not torch.allclose(x, green.expand_as(x), atol=1e-3)
+
+
+@pytest.mark.parametrize(("height", "width", "size"), [
+    (250, 250, 64), (218, 178, 64), (178, 218, 64), (40, 30, 16), (5, 4, 16), (31, 97, 32),
+    (64, 64, 64), (333, 101, 48),
+])
+def test_resize_and_crop_equal_torchvision(height: int, width: int, size: int) -> None:
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    t = torch.rand(3, height, width, generator=torch.Generator().manual_seed(height + width))
+    ours = resize_shorter_side(t, size)
+    ref = TF.resize(t, [size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    assert ours.shape == ref.shape and min(ours.shape[-2:]) == size
+    assert torch.equal(ours, ref)
+    cropped = center_crop(ours, size)
+    assert torch.equal(cropped, TF.center_crop(ref, [size, size]))
+    assert cropped.shape == (3, size, size)
+
+
+def test_training_never_imports_torchvision() -> None:
+    """torchvision costs a training process ~165 MB and ~1 s; nothing on that path needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fagan.train, fagan.cli, fagan.generate, fagan.data, fagan.sample; "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_small_images_are_upscaled(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
+from torchvision.utils import make_grid as tv_make_grid
 
 from fagan.errors import FaganError
 from fagan.plots import plot_losses, read_loss_log, read_stats_jsonl
@@ -17,6 +17,7 @@ from fagan.sample import (
     ffmpeg_available,
     interpolation_path,
     latents_for_seeds,
+    make_grid,
     make_progress_gif,
     sample_dir_frames,
     save_grid,
@@ -69,12 +70,25 @@ def test_save_grid_layout_matches_torchvision(tmp_path):
     # 8 x 8 grid of 32 px tiles with 2 px padding: 8 * 34 + 2 = 274.
     assert got.shape == (274, 274, 3)
 
-    ref = make_grid(images, nrow=8, padding=2, normalize=True, value_range=(-1, 1))
+    ref = tv_make_grid(images, nrow=8, padding=2, normalize=True, value_range=(-1, 1))
     assert tuple(ref.shape[1:]) == got.shape[:2]
     ref_bytes = (ref * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     assert np.abs(got - ref_bytes.astype(np.int16)).max() <= 1
     # No temp files left behind.
     assert [p.name for p in path.parent.iterdir()] == ["gen_1_1.png"]
+
+
+@pytest.mark.parametrize(("n", "c", "nrow", "padding", "pad_value"), [
+    (1, 3, 8, 2, 0), (2, 3, 8, 2, 0), (7, 3, 3, 2, 0), (10, 1, 3, 2, 0), (5, 4, 2, 0, 0),
+    (6, 3, 4, 3, 255), (9, 3, 1, 2, 7),
+])
+def test_make_grid_equals_torchvision(n, c, nrow, padding, pad_value):
+    g = torch.Generator().manual_seed(n * 10 + c)
+    images = torch.randint(0, 256, (n, c, 5, 7), generator=g, dtype=torch.uint8)
+    ours = make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
+    ref = tv_make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape
+    assert torch.equal(ours, ref)
 
 
 def test_save_grid_known_pixel_values(tmp_path):

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from fagan.errors import FaganError
 from fagan.fileio import atomic_write
@@ -40,6 +39,7 @@ __all__ = [
     "ffmpeg_available",
     "interpolation_path",
     "latents_for_seeds",
+    "make_grid",
     "make_progress_gif",
     "sample_dir_frames",
     "save_grid",
@@ -116,6 +116,34 @@ def _as_nchw(images: torch.Tensor) -> torch.Tensor:
             f"(shape {tuple(images.shape)})"
         )
     return images
+
+
+def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2,
+              pad_value: int | float = 0) -> torch.Tensor:
+    """:func:`torchvision.utils.make_grid`'s layout of a (N, C, H, W) batch, as (C', H', W').
+
+    ``nrow`` images per row, ``padding`` pixels of ``pad_value`` around and between them,
+    one image returned as it is, single-channel images repeated to RGB. The same layout
+    as torchvision's (a test checks it), written out here so that training never
+    imports torchvision (~165 MB of memory and ~1 s of start-up).
+    """
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    if images.shape[0] == 1:
+        return images[0]
+    count, channels, height, width = images.shape
+    columns = min(nrow, count)
+    rows = -(-count // columns)
+    cell_h, cell_w = height + padding, width + padding
+    grid = images.new_full((channels, cell_h * rows + padding, cell_w * columns + padding),
+                           pad_value)
+    for index in range(count):
+        y, x = divmod(index, columns)
+        top, left = y * cell_h + padding, x * cell_w + padding
+        grid[:, top:top + height, left:left + width] = images[index]
+    return grid
 
 
 def _grid_uint8(images: torch.Tensor, nrow: int, padding: int = 2) -> np.ndarray:

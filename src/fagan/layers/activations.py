@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 _LRELU = re.compile(r"^lrelu\(\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\)$")
 _PLAIN = ("tanh", "sigmoid", "relu")
@@ -29,15 +30,30 @@ class ActivationSpec:
     name: str
     slope: float = 0.0
 
-    def build(self) -> nn.Module:
-        """Returns a fresh module computing this activation."""
+    @property
+    def can_be_inplace(self) -> bool:
+        """Whether an in-place version has a backward (relu, and lrelu with a positive slope).
+
+        In place, the backward is computed from the activation's output, which autograd
+        keeps anyway for the next layer: one activation-sized tensor fewer per layer.
+        """
+        return self.name == "relu" or (self.name == "lrelu" and self.slope > 0)
+
+    def build(self, inplace: bool = False) -> nn.Module:
+        """Returns a fresh module computing this activation.
+
+        Args:
+            inplace: overwrite the input where :attr:`can_be_inplace` (ignored otherwise).
+                Only for inputs nothing else needs: a convolution's or batch norm's output.
+        """
+        inplace = inplace and self.can_be_inplace
         if self.name == "tanh":
             return nn.Tanh()
         if self.name == "sigmoid":
             return nn.Sigmoid()
         if self.name == "relu":
-            return nn.ReLU()
-        return nn.LeakyReLU(negative_slope=self.slope)
+            return nn.ReLU(inplace=inplace)
+        return nn.LeakyReLU(negative_slope=self.slope, inplace=inplace)
 
     def __str__(self) -> str:
         return f"lrelu({self.slope!r})" if self.name == "lrelu" else self.name
@@ -64,3 +80,17 @@ def parse_activation(text: str) -> ActivationSpec:
     if match:
         return ActivationSpec("lrelu", float(match.group(1)))
     raise ValueError(f"cannot parse activation {text!r}; expected {ACTIVATION_FORMS}")
+
+
+def activate_inplace(activation: nn.Module, x: Tensor) -> Tensor:
+    """``activation(x)``, overwriting ``x`` when the activation has an in-place form with a
+    backward (ReLU, LeakyReLU with a positive slope); out of place otherwise.
+
+    For tensors that nothing else needs for its backward (a convolution's or batch norm's
+    output): autograd then keeps one tensor (the output) instead of two.
+    """
+    if type(activation) is nn.ReLU:
+        return F.relu_(x)
+    if type(activation) is nn.LeakyReLU and activation.negative_slope > 0:
+        return F.leaky_relu_(x, activation.negative_slope)
+    return activation(x)
