@@ -125,3 +125,43 @@ def test_make_adam_is_the_fused_adam_and_matches_the_plain_one() -> None:
     # a plain optimiser's state loads into the fused one (resuming older runs)
     fused.load_state_dict(plain.state_dict())
     fused.step()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("sn", [True, False])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_transposed_conv_from_one_pixel_equals_the_deconvolution(bias: bool, sn: bool,
+                                                                 bf16: bool) -> None:
+    """The 1 x 1-input fast path (a matrix product) computes nn.ConvTranspose2d's output
+    and gradients; other inputs take nn.ConvTranspose2d's own path."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    from fagan.layers.blocks import ConvTranspose2d
+
+    torch.manual_seed(1)
+    ours = ConvTranspose2d(32, 48, (4, 3), stride=(2, 2), bias=bias)
+    ref = nn.ConvTranspose2d(32, 48, (4, 3), stride=(2, 2), bias=bias)
+    ref.load_state_dict(ours.state_dict())
+    if sn:
+        ours, ref = spectral_norm(ours, dim=0), spectral_norm(ref, dim=0)
+        ref.load_state_dict(ours.state_dict())
+        ours.eval(), ref.eval()  # no power iteration: the same normalised weight
+    x = torch.randn(5, 32, 1, 1, generator=torch.Generator().manual_seed(2))
+    outs, grads = [], []
+    for layer in (ours, ref):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = layer(xi)
+        outs.append(y.float())
+        y.float().square().sum().backward()
+        grads.append([xi.grad] + [p.grad for p in layer.parameters()])
+    assert outs[0].shape == (5, 48, 4, 3) and outs[0].dtype == outs[1].dtype
+    for a, b in zip([outs[0], *grads[0]], [outs[1], *grads[1]], strict=True):
+        a, b = a.detach().float(), b.detach().float()
+        if bf16:  # both in bfloat16 (8 significant bits): relative to the whole tensor
+            assert float((a - b).norm() / b.norm()) < 1e-2
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    bigger = torch.randn(2, 32, 3, 3)  # not one pixel: the deconvolution itself
+    with torch.no_grad():
+        assert torch.equal(ours(bigger), ref(bigger))
