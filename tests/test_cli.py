@@ -37,6 +37,13 @@ def test_unknown_flag_is_named_by_the_subcommand(capsys) -> None:
     assert "unrecognized arguments: --no_such_flag 3" in line
 
 
+def test_channels_last_flags_are_exclusive(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--channels_last", "--no_channels_last"])
+    assert info.value.code == 2
+    assert "not allowed with argument" in one_error_line(capsys, "fagan train")
+
+
 def test_missing_subcommand_and_bad_choice(capsys) -> None:
     for argv in ([], ["bogus"]):
         with pytest.raises(SystemExit) as info:

@@ -148,6 +148,19 @@ def test_bf16_training_runs_and_logs_finite_losses(tmp_path: Path) -> None:
     for line in (tmp_path / "models" / "loss.log").read_text().splitlines():
         d, g = (float(v) for v in line.split("\t"))
         assert torch.isfinite(torch.tensor([d, g])).all()
+    # bf16 trains channels-last unless told otherwise; options.json says which was used
+    options = json.loads((tmp_path / "models" / "options.json").read_text())
+    assert options["channels_last"] is True
+
+
+@pytest.mark.parametrize(("precision", "flag", "expected"), [
+    ("fp32", None, False), ("bf16", None, True), ("fp16", None, True),
+    ("bf16", False, False), ("fp32", True, True),
+])
+def test_channels_last_default_follows_precision(precision, flag, expected) -> None:
+    from fagan.train import uses_channels_last
+
+    assert uses_channels_last(precision, flag) is expected
 
 
 def test_eval_every_logs_swd_and_its_floor(tmp_path: Path) -> None:

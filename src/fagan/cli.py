@@ -120,8 +120,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="images in each sample grid")
     n.add_argument("--no_tensorboard", dest="tensorboard", action="store_false",
                    help="do not write TensorBoard events")
-    n.add_argument("--channels_last", action="store_true",
-                   help="channels-last memory format (faster on some GPUs)")
+    cl = n.add_mutually_exclusive_group()
+    cl.add_argument("--channels_last", dest="channels_last", action="store_true", default=None,
+                    help="channels-last memory format (default: on with --precision bf16/fp16)")
+    cl.add_argument("--no_channels_last", dest="channels_last", action="store_false",
+                    help="contiguous (NCHW) memory format, also with bf16/fp16")
     n.add_argument("--compile", action="store_true", help="torch.compile both networks")
     n.add_argument("--eval_every", type=positive_int,
                    help="every N steps, measure the EMA generator against real images "

@@ -113,7 +113,7 @@ class TrainOptions:
     time_limit: float | None = None
     num_samples: int = 64
     tensorboard: bool = True
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: on for bf16/fp16, off for fp32
     compile: bool = False
     eval_every: int | None = None
     eval_metrics: str = "swd"
@@ -261,6 +261,19 @@ def g_step(
     finally:
         d_net.requires_grad_(True)
     return float(g_loss.detach())
+
+
+def uses_channels_last(precision: str, channels_last: bool | None) -> bool:
+    """Whether to train in the channels-last memory format.
+
+    ``None`` (the default) picks it for bf16/fp16: oneDNN's bf16 convolutions (AMX,
+    AVX-512 BF16) and GPU tensor cores work channels-last, and contiguous tensors are
+    reordered around every convolution (a FAGAN 64x64 bf16 iteration on a 2-core CPU:
+    1-7% faster channels-last); in fp32 on the CPU it was not faster (0-5% slower).
+    """
+    if channels_last is not None:
+        return channels_last
+    return precision in ("bf16", "fp16")
 
 
 def make_adam(model: nn.Module, lr: float) -> torch.optim.Adam:
@@ -518,7 +531,8 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
     elif info.enabled:
         say("note: batch norm is synchronised across processes on GPUs only; on the CPU each "
             "process normalises its own batch (buffers are taken from rank 0 at checkpoints)")
-    memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+    memory_format = (torch.channels_last if uses_channels_last(opts.precision, opts.channels_last)
+                     else torch.contiguous_format)
     G.to(device, memory_format=memory_format).train()
     D.to(device, memory_format=memory_format).train()
     ema = None
@@ -591,6 +605,7 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
         run_log = RunLog(model_dir, tensorboard=opts.tensorboard)
         resolved = {**asdict(opts), "latent_size": setup.latent_size,
                     "image_size": setup.image_size, "augment": setup.augment_policy or "none",
+                    "channels_last": uses_channels_last(opts.precision, opts.channels_last),
                     "world_size": info.world_size, "device": str(device),
                     "fagan_version": __version__}
         _write_text(model_dir / OPTIONS_FILE, json.dumps(resolved, indent=2) + "\n")
