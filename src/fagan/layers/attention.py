@@ -154,8 +154,10 @@ def attend_fused(q: Tensor, k: Tensor, v: Tensor, *, cpu_kernels: bool = True) -
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     q, k, v = (t.to(dtype) for t in (q, k, v))
     use_cpu_flash = cpu_kernels and device == "cpu" and _CPU_FLASH is not None
-    out = _FusedAttention.apply(q, k, v, use_cpu_flash)
-    return out.squeeze(1)[..., : v.shape[-1]]
+    out = _FusedAttention.apply(q, k, v, use_cpu_flash).squeeze(1)
+    # no slice when nothing was padded: its backward would allocate and zero-fill a
+    # padded gradient and copy into it
+    return out if out.shape[-1] == v.shape[-1] else out[..., : v.shape[-1]]
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, keep_map: bool = False) -> tuple[Tensor, Tensor | None]:
