@@ -164,4 +164,48 @@ def test_transposed_conv_from_one_pixel_equals_the_deconvolution(bias: bool, sn:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     bigger = torch.randn(2, 32, 3, 3)  # not one pixel: the deconvolution itself
     with torch.no_grad():
-        assert torch.equal(ours(bigger), ref(bigger))
+        if sn:  # spectral norm applied to the output (the weight outnumbers the input)
+            torch.testing.assert_close(ours(bigger), ref(bigger), rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(ours(bigger), ref(bigger))
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_spectral_norm_on_the_output_equals_spectral_norm_on_the_weight(transpose: bool,
+                                                                        bias: bool) -> None:
+    """conv(x, W) / sigma + b == conv(x, W / sigma) + b, with the same power iteration
+    (u and v updated alike in training mode), gradients, and state dict."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    from fagan.layers.blocks import Conv2d, ConvTranspose2d, _spectral_parts
+
+    torch.manual_seed(3)
+    ours_type, ref_type = ((ConvTranspose2d, nn.ConvTranspose2d) if transpose
+                           else (Conv2d, nn.Conv2d))
+    ours = spectral_norm(ours_type(64, 128, 4, stride=2, padding=1, bias=bias), dim=0)
+    ref = spectral_norm(ref_type(64, 128, 4, stride=2, padding=1, bias=bias), dim=0)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 64, 4, 4, generator=torch.Generator().manual_seed(4))
+    ours.eval()  # (in training mode _spectral_parts runs a power iteration)
+    assert _spectral_parts(ours, x) is not None  # 131k weights > 3k inputs: the output path
+    assert _spectral_parts(ours, torch.randn(3, 64, 64, 64)) is None  # input larger
+    ours.train(), ref.train()
+    for _ in range(3):  # training mode: a power iteration per pass, on the same u and v
+        outs, grads = [], []
+        for layer in (ours, ref):
+            xi = x.clone().requires_grad_(True)
+            y = layer(xi)
+            y.square().sum().backward()
+            outs.append(y.detach())
+            grads.append([xi.grad] + [p.grad.clone() for p in layer.parameters()])
+            layer.zero_grad(set_to_none=True)
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads[0], grads[1], strict=True):  # float rounding, to the scale
+            assert float((a - b).abs().max()) <= 1e-5 * float(b.abs().max()) + 1e-7
+        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(),
+                                strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)

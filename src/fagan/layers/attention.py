@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from fagan.layers.activations import activate_inplace
-from fagan.layers.blocks import ConvTranspose2d
+from fagan.layers.blocks import Conv2d, ConvTranspose2d
 
 #: Up to this many positions :func:`attend` uses the explicit path (two ``bmm`` and a
 #: softmax). Measured on a 2-core AVX-512 CPU with the FAGAN 64x64 shapes (batch 32,
@@ -244,7 +244,7 @@ class FullAttention(_AttentionBase):
         activation: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        conv = ConvTranspose2d if transpose else nn.Conv2d
+        conv = ConvTranspose2d if transpose else Conv2d
         squeezed = in_channels // squeeze_factor
 
         def make(out: int) -> nn.Module:
