@@ -226,7 +226,9 @@ def d_step(
     prec.scaler.scale(d_loss).backward()
     prec.scaler.step(opt)
     prec.scaler.update()
-    opt.zero_grad(set_to_none=True)  # free the gradients now: see _FREE_GRADIENTS
+    # freed now rather than at the next D step: they would otherwise be held through the
+    # G step (memory) and fragment the heap between the steps' temporaries
+    opt.zero_grad(set_to_none=True)
     return float(d_loss.detach())
 
 
