@@ -53,8 +53,10 @@ def _spectral_parts(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor] | Non
     return weight, torch.vdot(u, torch.mv(weight_mat, v))
 
 
-def _scale_and_bias(out: Tensor, sigma: Tensor, bias: Tensor | None) -> Tensor:
-    out = out / sigma  # 0-dim sigma: out keeps its dtype (bf16 under autocast)
+def _scale_and_bias(out: Tensor, sigma: Tensor | None, bias: Tensor | None) -> Tensor:
+    """``out / sigma + bias`` over the channel dim, each part where given."""
+    if sigma is not None:
+        out = out / sigma  # 0-dim sigma: out keeps its dtype (bf16 under autocast)
     return out if bias is None else out + bias.view(1, -1, 1, 1).to(out.dtype)
 
 
@@ -89,19 +91,14 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         one_pixel = (x.shape[-2:] == (1, 1) and self.groups == 1 and self.padding == (0, 0)
                      and self.output_padding == (0, 0) and self.dilation == (1, 1))
         parts = _spectral_parts(self, x)
-        if parts is None:
-            if not one_pixel:
-                return super().forward(x, output_size)
-            weight, sigma, bias = self.weight, None, self.bias
-        else:
-            (weight, sigma), bias = parts, None
+        if parts is None and not one_pixel:
+            return super().forward(x, output_size)
+        weight, sigma = parts if parts is not None else (self.weight, None)
         if one_pixel:  # weight (in, out, kh, kw)
             out = (x.flatten(1) @ weight.flatten(1)).view(x.shape[0], *weight.shape[1:])
         else:
             out = F.conv_transpose2d(x, weight, None, self.stride, self.padding,
                                      self.output_padding, self.groups, self.dilation)
-        if sigma is None:
-            return out if bias is None else out + bias.view(1, -1, 1, 1).to(out.dtype)
         return _scale_and_bias(out, sigma, self.bias)
 
 
