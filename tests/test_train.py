@@ -191,3 +191,21 @@ def test_ema_decay_warms_up_to_the_asked_decay() -> None:
     assert ema_decay_at(0.999, 90) == pytest.approx(0.91)
     assert ema_decay_at(0.999, 100_000) == 0.999
     assert ema_decay_at(0.5, 100) == 0.5
+
+
+def test_tensorboard_sample_image_is_the_saved_grid(tmp_path: Path) -> None:
+    """The grid logged to TensorBoard is the very grid written as gen_<epoch>_<batch>.png."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(small_options(tmp_path, max_steps=2, tensorboard=True))
+    events = EventAccumulator(str(tmp_path / "models" / "tensorboard"))
+    events.Reload()
+    logged = events.Images("samples")
+    pngs = sorted((tmp_path / "samples").glob("gen_*.png"))
+    assert len(logged) == len(pngs) >= 1
+    with Image.open(io.BytesIO(logged[-1].encoded_image_string)) as a, Image.open(pngs[-1]) as b:
+        assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))

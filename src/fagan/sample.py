@@ -37,6 +37,7 @@ from fagan.fileio import atomic_write
 
 __all__ = [
     "ffmpeg_available",
+    "grid_uint8",
     "interpolation_path",
     "latents_for_seeds",
     "make_grid",
@@ -48,6 +49,7 @@ __all__ = [
     "to_uint8",
     "truncated_normal",
     "write_gif",
+    "write_grid",
     "write_mp4",
     "write_strip",
 ]
@@ -146,10 +148,29 @@ def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2,
     return grid
 
 
-def _grid_uint8(images: torch.Tensor, nrow: int, padding: int = 2) -> np.ndarray:
-    """Lay out bytes-converted images like :func:`torchvision.utils.make_grid`; HxWxC."""
-    grid = make_grid(to_uint8(images), nrow=nrow, padding=padding, pad_value=0)
-    return grid.permute(1, 2, 0).numpy()
+def grid_uint8(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """A batch of images laid out as one ``(3 or 4, H, W)`` uint8 grid (see :func:`save_grid`).
+
+    Args:
+        images: Float tensor in ``[-1, 1]`` shaped ``(N, C, H, W)`` (or one ``(C, H, W)``
+            image) with ``C`` in 1, 3, 4.
+        nrow: Images per row; defaults to ``int(sqrt(N))`` like the original project
+            (at least 1).
+
+    Raises:
+        FaganError: If the tensor is not a batch of images or ``nrow`` is not positive.
+    """
+    images = _as_nchw(images)
+    if nrow is None:
+        nrow = max(1, int(math.sqrt(images.shape[0])))
+    if nrow < 1:
+        raise FaganError(f"images per row must be at least 1, got {nrow}")
+    return make_grid(to_uint8(images), nrow=nrow, padding=2, pad_value=0)
+
+
+def write_grid(grid: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Atomically write a :func:`grid_uint8` grid as a PNG; returns the path."""
+    return _write_png(grid.permute(1, 2, 0).numpy(), path)
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> Path:
@@ -173,12 +194,7 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
     Raises:
         FaganError: If the tensor is not a batch of images or ``nrow`` is not positive.
     """
-    images = _as_nchw(images)
-    if nrow is None:
-        nrow = max(1, int(math.sqrt(images.shape[0])))
-    if nrow < 1:
-        raise FaganError(f"images per row must be at least 1, got {nrow}")
-    return _write_png(_grid_uint8(images, nrow), path)
+    return write_grid(grid_uint8(images, nrow), path)
 
 
 def write_strip(images: torch.Tensor, path: str | os.PathLike) -> Path:

@@ -56,7 +56,7 @@ from fagan.losses import GANLoss, get_loss, gradient_penalty
 from fagan.networks import Discriminator, Generator
 from fagan.plots import plot_losses
 from fagan.runlog import RunLog
-from fagan.sample import evenly_spaced, make_grid, make_progress_gif, save_grid, to_uint8
+from fagan.sample import evenly_spaced, grid_uint8, make_progress_gif, to_uint8, write_grid
 
 TRAINING_STATE = "training_state.pth"
 OPTIONS_FILE = "options.json"
@@ -661,9 +661,10 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
         with torch.no_grad(), prec.autocast():
             images = net(fixed_latents).float()
         net.train(was_training)
-        path = save_grid(images, sample_dir / f"gen_{tag}.png")
+        grid = grid_uint8(images)  # one layout for the PNG and TensorBoard
+        path = write_grid(grid, sample_dir / f"gen_{tag}.png")
         if run_log is not None:
-            run_log.image("samples", _grid_u8(images), step)
+            run_log.image("samples", grid, step)
         return path
 
     # ---- the loop
@@ -821,10 +822,6 @@ def _remove_stale_temp_files(model_dir: Path, say: Callable[[str], None]) -> Non
     if removed:
         say(f"removed {len(removed)} temporary file(s) left in {model_dir} by saves that were "
             f"interrupted: {', '.join(sorted(removed))}")
-
-
-def _grid_u8(images: Tensor) -> Tensor:
-    return make_grid(to_uint8(images), nrow=max(1, int(math.sqrt(images.shape[0]))), padding=2)
 
 
 def _save_weights(model_dir: Path, epoch: int, G: nn.Module, D: nn.Module,
