@@ -28,7 +28,7 @@ from fagan.layers import ConvBlock, FullAttention, SelfAttention, attention_laye
 def _conv(spec: ConvSpec) -> nn.Module:
     return ConvBlock(
         spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
-        activation=spec.activation.build(inplace=True), transpose=spec.transpose, bias=spec.bias,
+        activation=spec.activation.build(), transpose=spec.transpose, bias=spec.bias,
         use_spectral_norm=spec.spectral_norm, use_batch_norm=spec.batch_norm,
     )
 

@@ -30,30 +30,15 @@ class ActivationSpec:
     name: str
     slope: float = 0.0
 
-    @property
-    def can_be_inplace(self) -> bool:
-        """Whether an in-place version has a backward (relu, and lrelu with a positive slope).
-
-        In place, the backward is computed from the activation's output, which autograd
-        keeps anyway for the next layer: one activation-sized tensor fewer per layer.
-        """
-        return self.name == "relu" or (self.name == "lrelu" and self.slope > 0)
-
-    def build(self, inplace: bool = False) -> nn.Module:
-        """Returns a fresh module computing this activation.
-
-        Args:
-            inplace: overwrite the input where :attr:`can_be_inplace` (ignored otherwise).
-                Only for inputs nothing else needs: a convolution's or batch norm's output.
-        """
-        inplace = inplace and self.can_be_inplace
+    def build(self) -> nn.Module:
+        """Returns a fresh module computing this activation."""
         if self.name == "tanh":
             return nn.Tanh()
         if self.name == "sigmoid":
             return nn.Sigmoid()
         if self.name == "relu":
-            return nn.ReLU(inplace=inplace)
-        return nn.LeakyReLU(negative_slope=self.slope, inplace=inplace)
+            return nn.ReLU()
+        return nn.LeakyReLU(negative_slope=self.slope)
 
     def __str__(self) -> str:
         return f"lrelu({self.slope!r})" if self.name == "lrelu" else self.name
@@ -87,7 +72,8 @@ def activate_inplace(activation: nn.Module, x: Tensor) -> Tensor:
     backward (ReLU, LeakyReLU with a positive slope); out of place otherwise.
 
     For tensors that nothing else needs for its backward (a convolution's or batch norm's
-    output): autograd then keeps one tensor (the output) instead of two.
+    output): in place, the backward is computed from the output, which autograd keeps
+    anyway for the next layer, so it keeps one tensor instead of two.
     """
     if type(activation) is nn.ReLU:
         return F.relu_(x)

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
+from fagan.layers.activations import activate_inplace
+
 try:  # the class behind spectral_norm(); private, so its absence only disables a shortcut
     from torch.nn.utils.parametrizations import _SpectralNorm
 except ImportError:  # pragma: no cover - other torch versions
@@ -129,3 +131,10 @@ class ConvBlock(nn.Sequential):
             layers.append(nn.BatchNorm2d(out_channels))
         layers.append(activation)
         super().__init__(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        *layers, activation = self  # (slicing a Sequential would build a new ConvBlock)
+        for layer in layers:
+            x = layer(x)
+        # a fresh convolution/batch-norm output: activated in place where possible
+        return activate_inplace(activation, x)
