@@ -55,6 +55,12 @@ __all__ = [
 
 Query = tuple[int, int]
 
+#: What PIL and its format plugins raise for a file that is not a readable image.
+_UNREADABLE: tuple[type[BaseException], ...] = (
+    OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
+    Image.DecompressionBombError,
+)
+
 
 @dataclass
 class LayerAttention:
@@ -352,12 +358,6 @@ def load_image(path: str | os.PathLike[str], image_size: int) -> Tensor:
         image = center_crop(image, image_size)
     return image.mul(2.0).sub_(1.0).clamp_(-1.0, 1.0).contiguous()
 
-
-#: What PIL and its format plugins raise for a file that is not a readable image.
-_UNREADABLE: tuple[type[BaseException], ...] = (
-    OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
-    Image.DecompressionBombError,
-)
 
 
 def _rgb_unit_floats(image: Image.Image) -> np.ndarray:
