@@ -22,11 +22,13 @@ from fagan.attention_maps import (
     capture_layers,
     default_queries,
     load_discriminator,
+    load_image,
     query_cell,
     query_heatmap,
     render_layer,
 )
 from fagan.cli import main
+from fagan.errors import FaganError
 from fagan.generate import load_generator, make_latents
 from fagan.layers.attention import attention_layers
 
@@ -129,71 +131,180 @@ def test_discriminator_attention_on_a_real_image(run: Path, tmp_path: Path) -> N
     _check_maps(saved, _independent_maps(discriminator, image), {"model.1": 8 * 8})
 
 
-def test_query_positions_map_to_each_layers_output_grid() -> None:
-    # a query at image pixel (x, y) is position (floor(y H_l / S), floor(x W_l / S))
-    assert query_cell((31, 0), (32, 32), (4, 4)) == (0, 3)
-    assert query_cell((0, 31), (32, 32), (4, 4)) == (3, 0)
-    assert query_cell((16, 7), (32, 32), (16, 16)) == (3, 8)
-    assert query_cell((7, 16), (32, 32), (8, 8)) == (4, 1)
+@pytest.mark.parametrize(("query", "image_hw", "grid", "cell"), [
+    ((31, 0), (32, 32), (4, 4), (0, 3)),
+    ((0, 31), (32, 32), (4, 4), (3, 0)),
+    ((16, 7), (32, 32), (16, 16), (3, 8)),
+    ((7, 16), (32, 32), (8, 8), (4, 1)),
+    ((63, 10), (32, 64), (4, 8), (1, 7)),
+])
+def test_query_positions_map_to_each_layers_output_grid(
+    query: tuple[int, int], image_hw: tuple[int, int], grid: tuple[int, int],
+    cell: tuple[int, int],
+) -> None:
+    # a query at image pixel (x, y) is position (floor(y H_l / H), floor(x W_l / W))
+    assert query_cell(query, image_hw, grid) == cell
+
+
+def test_default_queries_are_cell_centres() -> None:
     assert default_queries(32) == [(x, y) for y in (5, 16, 26) for x in (5, 16, 26)]
     assert default_queries(32, per_side=1) == [(16, 16)]
+    assert default_queries(16, 32, per_side=2) == [(8, 4), (24, 4), (8, 12), (24, 12)]
 
-    # with attention that looks only at itself, each query's heat map peaks in its own cell
-    grid = (4, 4)
-    layer = LayerAttention("model.0", "full attention", torch.eye(16)[None], grid, 0.25)
-    for x, y in [(0, 0), (31, 31), (13, 22), (20, 3)]:
-        row, col = query_cell((x, y), (32, 32), grid)
-        heat = query_heatmap(layer.maps[0], grid, (row, col), (32, 32))
-        assert heat.shape == (32, 32)
-        peak_y, peak_x = divmod(int(heat.argmax()), 32)
-        assert (peak_y // 8, peak_x // 8) == (row, col)
-    fig = render_layer(np.zeros((32, 32, 3), np.uint8), layer, [(0, 0), (31, 31), (5, 9)])
+
+def _self_looking_layer(grid: tuple[int, int] = (4, 4)) -> LayerAttention:
+    """A layer whose every position attends only to itself."""
+    n = grid[0] * grid[1]
+    return LayerAttention("model.0", "full attention", torch.eye(n)[None], grid, 0.25)
+
+
+@pytest.mark.parametrize("query", [(0, 0), (31, 31), (13, 22), (20, 3)])
+def test_heatmap_of_self_attention_peaks_in_the_querys_cell(query: tuple[int, int]) -> None:
+    layer = _self_looking_layer()
+    row, col = query_cell(query, (32, 32), layer.grid)
+    heat = query_heatmap(layer.maps[0], layer.grid, (row, col), (32, 32))
+    assert heat.shape == (32, 32)
+    peak_y, peak_x = divmod(int(heat.argmax()), 32)
+    assert (peak_y // 8, peak_x // 8) == (row, col)
+
+
+def test_render_layer_one_panel_per_query_and_the_layer_in_the_title() -> None:
+    fig = render_layer(np.zeros((32, 32, 3), np.uint8), _self_looking_layer(),
+                       [(0, 0), (31, 31), (5, 9)])
     assert len(fig.axes) == 3
-    assert "g = 0.25" in fig._suptitle.get_text()
-    assert "4x4 positions" in fig._suptitle.get_text()
+    title = fig._suptitle.get_text()
+    assert title.startswith("model.0: full attention")
+    assert "4x4 positions" in title and "g = 0.25" in title
+    with pytest.raises(FaganError, match="no query positions"):
+        render_layer(np.zeros((32, 32, 3), np.uint8), _self_looking_layer(), [])
+
+
+@pytest.mark.parametrize(("queries", "title"), [
+    ([(3, 4)], None),  # one narrow panel: the default title is wider than the figure
+    (default_queries(32), None),
+    ([(3, 4)], "a custom title that is much longer than one panel of the figure is wide"),
+])
+def test_rendered_titles_fit_inside_the_figure(queries: list[tuple[int, int]],
+                                               title: str | None) -> None:
+    layer = LayerAttention("model.12.attention", "self-attention", torch.eye(64)[None],
+                           (8, 8), 0.123456)
+    fig = render_layer(np.zeros((32, 32, 3), np.uint8), layer, queries, title=title)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    figure_box = fig.bbox
+    texts = [fig._suptitle] + [ax.title for ax in fig.axes]
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert box.width > 0 and box.height > 0
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1, (text.get_text(), box)
+        assert figure_box.y0 <= box.y0 and box.y1 <= figure_box.y1, (text.get_text(), box)
+    # the whole title is drawn (wrapped onto more lines where needed), name and g included
+    drawn = fig._suptitle._get_wrapped_text()
+    assert " ".join(drawn.split()) == " ".join(fig._suptitle.get_text().split())
+    if title is None:
+        assert "model.12.attention" in drawn and "g = 0.1235" in drawn
+    # panels do not overlap the title
+    title_bottom = fig._suptitle.get_window_extent(renderer).y0
+    assert all(ax.get_window_extent(renderer).y1 <= title_bottom for ax in fig.axes)
+
+
+def _write_image(path: Path, mode: str) -> None:
+    """A 40x52 (W x H) image of ``mode`` with structure in every channel, saved at ``path``."""
+    rng = np.random.default_rng(len(mode))
+    y, x = np.mgrid[0:52, 0:40]
+    rgb = np.stack([x * 6, y * 4, (x + y) * 3], axis=-1).astype(np.uint8)
+    if mode in ("RGB", "CMYK"):
+        image = Image.fromarray(rgb).convert(mode)
+    elif mode in ("RGBA", "LA"):
+        alpha = rng.integers(0, 256, (52, 40), dtype=np.uint8)
+        image = Image.fromarray(np.dstack([rgb, alpha])).convert(mode)
+    elif mode == "P":
+        image = Image.fromarray(rgb).quantize(16)
+        image.info["transparency"] = 3
+    elif mode == "L":
+        image = Image.fromarray(rgb).convert("L")
+    elif mode == "I;16":
+        image = Image.fromarray((x * 1500 + y * 40).astype(np.uint16))
+    elif mode == "F":
+        image = Image.fromarray((x / 39.0 * y / 51.0).astype(np.float32))
+    else:  # pragma: no cover
+        raise AssertionError(mode)
+    if path.suffix == ".jpg":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotated: the upright image is 52 x 40
+        image.save(path, exif=exif)
+    else:
+        image.save(path)
+
+
+@pytest.mark.parametrize(("mode", "suffix"), [
+    ("RGB", ".jpg"), ("CMYK", ".jpg"), ("RGB", ".png"), ("RGBA", ".png"), ("LA", ".png"),
+    ("P", ".png"), ("L", ".png"), ("I;16", ".png"), ("F", ".tif"),
+])
+@pytest.mark.parametrize("size", [32, 48])
+def test_load_image_decodes_as_the_training_data_does(tmp_path: Path, mode: str, suffix: str,
+                                                      size: int) -> None:
+    from fagan.data import ImageFolderDataset
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    _write_image(folder / f"image{suffix}", mode)
+    image = load_image(folder / f"image{suffix}", size)
+    assert image.shape == (3, size, size) and image.dtype == torch.float32
+    assert image.min() >= -1 and image.max() <= 1 and image.std() > 0.05
+    assert torch.equal(image, ImageFolderDataset(folder, size)[0])
+
+
+def test_load_image_applies_the_exif_orientation(tmp_path: Path) -> None:
+    path = tmp_path / "rotated.png"
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, :32] = 255  # left half white, stored landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the white half on top
+    Image.fromarray(pixels).save(path, exif=exif)
+    image = load_image(path, 32)
+    assert (image[:, :16] > 0.9).all() and (image[:, 16:] < -0.9).all()
 
 
 def test_capture_needs_attention_layers() -> None:
-    from fagan.errors import FaganError
-
     with pytest.raises(FaganError, match="no attention layers"):
         capture_layers(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)), torch.zeros(1, 3, 8, 8))
 
 
-def test_attention_user_errors(run: Path, tmp_path: Path, capsys) -> None:
+#: Bad ``fagan attention`` command lines and the error each gives; ``{state}``, ``{dis}``,
+#: ``{face}`` and ``{tmp}`` are filled in with the run's files and a scratch folder.
+USER_ERRORS = [
+    (["--generator_file", "{state}", "--query", "32,0"], "query 32,0 is outside the 32x32 image"),
+    (["--discriminator_file", "{dis}", "--discriminator_config", "small32",
+      "--image", "{tmp}/missing.png"], "image not found"),
+    (["--discriminator_file", "{dis}", "--discriminator_config", "small32"], "--image"),
+    (["--discriminator_file", "{dis}", "--image", "{face}"], "--discriminator_config"),
+    (["--discriminator_file", "{dis}", "--discriminator_config", "small32",
+      "--image", "{tmp}/broken.png"], "cannot read image"),
+    (["--generator_file", "{tmp}/missing.pth"], "missing.pth"),
+    (["--generator_file", "{state}", "--query", "3"], "--query"),
+    (["--generator_file", "{state}", "--discriminator_file", "{dis}"], "not allowed with"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), USER_ERRORS)
+def test_attention_user_errors(run: Path, tmp_path: Path, capsys, argv: list[str],
+                               message: str) -> None:
     models = run / "models"
-    state, dis = str(models / "training_state.pth"), str(models / "GAN_DIS_1.pth")
-    out = str(tmp_path / "o")
-
-    def one_line() -> str:
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and err.startswith("fagan attention: error: "), err
-        return err
-
-    assert main(["attention", "--generator_file", state, "--query", "32,0",
-                 "--output_dir", out]) == 2
-    assert "query 32,0 is outside the 32x32 image" in one_line()
-    assert main(["attention", "--discriminator_file", dis, "--discriminator_config",
-                 "small32", "--image", str(tmp_path / "missing.png"), "--output_dir", out]) == 2
-    assert "image not found" in one_line()
-    assert main(["attention", "--discriminator_file", dis, "--discriminator_config",
-                 "small32", "--output_dir", out]) == 2
-    assert "--image" in one_line()
-    assert main(["attention", "--discriminator_file", dis, "--image",
-                 str(run / "faces32" / "face_000.png"), "--output_dir", out]) == 2
-    assert "--discriminator_config" in one_line()
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    assert main(["attention", "--discriminator_file", dis, "--discriminator_config",
-                 "small32", "--image", str(tmp_path / "broken.png"), "--output_dir", out]) == 2
-    assert "cannot read image" in one_line()
-    for argv in (["--generator_file", str(tmp_path / "missing.pth")],
-                 ["--generator_file", state, "--query", "3"],
-                 ["--generator_file", state, "--discriminator_file", dis]):
-        with pytest.raises(SystemExit) as exit_info:
-            main(["attention", *argv, "--output_dir", out])
-        assert exit_info.value.code == 2
-        one_line()
-    assert not Path(out).exists()  # nothing written by any failed command
+    names = {"state": models / "training_state.pth", "dis": models / "GAN_DIS_1.pth",
+             "face": run / "faces32" / "face_000.png", "tmp": tmp_path}
+    out = tmp_path / "o"
+    try:
+        status = main(["attention", *(arg.format(**names) for arg in argv),
+                       "--output_dir", str(out)])
+    except SystemExit as exit_info:  # argparse's own checks
+        status = exit_info.code
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("fagan attention: error: "), err
+    assert message in err
+    assert not out.exists()  # nothing written by a failed command
 
 
 def test_self_attention_layers_of_a_sagan_generator(tmp_path: Path) -> None:

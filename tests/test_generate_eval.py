@@ -17,12 +17,14 @@ import torch
 from conftest import train_small_run, write_lfw_faces
 from PIL import Image
 
+from fagan.animation import ffmpeg_available
 from fagan.cli import main
 from fagan.evaluate import evaluate_generator, flatten_results, load_image_folder
 from fagan.generate import load_generator, make_latents
+from fagan.latents import latents_for_seeds
 from fagan.metrics.inception import WEIGHTS_ENV, WEIGHTS_FILENAME
 from fagan.metrics.swd import swd
-from fagan.sample import ffmpeg_available, latents_for_seeds, to_uint8
+from fagan.sample import to_uint8
 
 
 # ----------------------------------------------------------------------------- fixtures

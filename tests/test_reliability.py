@@ -1,5 +1,5 @@
-"""Issue 6, tried from the command line as a new user would: bad images, bad configs, bad
-flags, signals mid-run, SIGKILL mid-write, a full disk, divergence and untrusted files.
+"""Reliability, tried from the command line as a new user would: bad images, bad configs,
+bad flags, signals mid-run, SIGKILL mid-write, a full disk, divergence and untrusted files.
 
 Every case runs ``python -m fagan ...`` (or the root ``train.py``) in a subprocess and
 checks the exit status, the one-line message, that no traceback reaches the user, and that

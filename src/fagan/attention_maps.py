@@ -14,6 +14,7 @@ no global state, safe in threads and without a display.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from fagan.checkpoint import (
@@ -31,6 +33,7 @@ from fagan.checkpoint import (
     save_file,
 )
 from fagan.config import load_config, parse_config, resolve_config_path
+from fagan.data import center_crop, resize_shorter_side
 from fagan.errors import FaganError
 from fagan.layers.attention import FullAttention, attention_layers, capture_attention
 from fagan.networks import Discriminator
@@ -51,6 +54,12 @@ __all__ = [
 ]
 
 Query = tuple[int, int]
+
+#: What PIL and its format plugins raise for a file that is not a readable image.
+_UNREADABLE: tuple[type[BaseException], ...] = (
+    OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
+    Image.DecompressionBombError,
+)
 
 
 @dataclass
@@ -219,7 +228,8 @@ def render_layer(
     cells = [query_cell(q, (height, width), layer.grid) for q in queries]
     cols = columns or int(np.ceil(np.sqrt(len(queries))))
     rows = int(np.ceil(len(queries) / cols))
-    fig = Figure(figsize=(2.6 * cols, 2.6 * rows + 0.6), dpi=100)
+    # constrained layout keeps the (wrapped) suptitle and the panel titles inside the figure
+    fig = Figure(figsize=(2.6 * cols, 2.6 * rows + 0.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     h_l, w_l = layer.grid
     cell_w, cell_h = width / w_l, height / h_l
@@ -238,8 +248,8 @@ def render_layer(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title or f"{layer.name}: {layer.kind}, {h_l}x{w_l} positions "
-                 f"(uniform {1 / (h_l * w_l):.3g}), g = {layer.gamma:.4g}", fontsize=9)
-    fig.tight_layout()
+                 f"(uniform {1 / (h_l * w_l):.3g}), g = {layer.gamma:.4g}",
+                 fontsize=9, wrap=True)
     return fig
 
 
@@ -318,19 +328,56 @@ def load_discriminator(
 def load_image(path: str | os.PathLike[str], image_size: int) -> Tensor:
     """Reads one image as the training data does: (3, S, S) float in [-1, 1].
 
-    RGB conversion, EXIF orientation, shorter side resized to S (antialiased bilinear),
-    centre crop (:mod:`fagan.data`'s decoding).
+    The decoding of :class:`fagan.data.ImageFolderDataset` (a test checks that the two
+    agree): EXIF orientation applied, transparency composited over white, 16- and 32-bit
+    greyscale scaled to [0, 1], RGB; shorter side resized to S (antialiased bilinear,
+    :func:`fagan.data.resize_shorter_side`), centre crop (:func:`fagan.data.center_crop`).
 
     Raises:
         FaganError: missing or unreadable file.
     """
-    from fagan.data import _DECODE_ERRORS, _decode, _to_model_tensor
-
     path = Path(path)
     if not path.is_file():
         raise FaganError(f"image not found: {path}")
     try:
-        array = _decode(path, image_size)
-    except _DECODE_ERRORS as error:
+        with Image.open(path) as opened:
+            if opened.format == "JPEG":  # decode at a reduced scale that still covers S
+                opened.draft(None, (image_size, image_size))
+            opened.load()
+            try:
+                upright = ImageOps.exif_transpose(opened)
+            except _UNREADABLE:  # malformed EXIF: keep the pixels as stored
+                upright = opened
+            pixels = _rgb_unit_floats(upright)
+    except _UNREADABLE as error:
         raise FaganError(f"cannot read image {path}: {error}") from None
-    return _to_model_tensor(array, image_size)
+    image = torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W) in [0, 1]
+    if min(image.shape[-2:]) != image_size:
+        image = resize_shorter_side(image, image_size)
+    if tuple(image.shape[-2:]) != (image_size, image_size):
+        image = center_crop(image, image_size)
+    return image.mul(2.0).sub_(1.0).clamp_(-1.0, 1.0).contiguous()
+
+
+
+def _rgb_unit_floats(image: Image.Image) -> np.ndarray:
+    """A PIL image as float32 (H, W, 3) in [0, 1].
+
+    Transparent pixels are composited over white. 16- and 32-bit greyscale are scaled, not
+    clipped: ``I;16`` by 1/65535, ``I`` by 1/65535 when a value exceeds 255 (else 1/255),
+    ``F`` as it is when its maximum is at most 1 (else 1/255).
+    """
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        grey = np.asarray(image).astype(np.float32)
+        peak = float(grey.max()) if grey.size else 0.0
+        if mode.startswith("I;16") or (mode == "I" and peak > 255):
+            grey /= 65535.0
+        elif mode == "I" or peak > 1.0:
+            grey /= 255.0
+        return np.repeat(np.clip(grey, 0.0, 1.0)[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)

@@ -214,7 +214,7 @@ def add_make_gif_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_make_gif(args: argparse.Namespace) -> int:
-    from fagan.sample import make_progress_gif
+    from fagan.animation import make_progress_gif
 
     print(f"wrote {make_progress_gif(args.sample_dir, args.output, fps=args.fps)}")
     return 0

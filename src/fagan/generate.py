@@ -11,8 +11,9 @@ from torch import Tensor
 from fagan.checkpoint import is_training_state, load_file, load_state_into, network_state_dict
 from fagan.config import load_config, parse_config, resolve_config_path
 from fagan.errors import FaganError
+from fagan.latents import seeded_generator, truncated_normal
 from fagan.networks import Generator
-from fagan.sample import save_grid, save_individual, truncated_normal
+from fagan.sample import save_grid, save_individual
 
 
 def load_generator(
@@ -80,9 +81,12 @@ def read_latents(path: str | Path, latent_size: int) -> Tensor:
 
 def make_latents(num_samples: int, latent_size: int, seed: int,
                  truncation: float | None = None) -> Tensor:
-    """``num_samples`` latents from ``seed``, optionally truncated to ``|z| <= truncation``."""
-    return truncated_normal(num_samples, latent_size, truncation,
-                            torch.Generator().manual_seed(seed))
+    """``num_samples`` latents from ``seed``, optionally truncated to ``|z| <= truncation``.
+
+    Raises:
+        FaganError: a seed PyTorch does not accept, a bad count, size or truncation.
+    """
+    return truncated_normal(num_samples, latent_size, truncation, seeded_generator(seed))
 
 
 @torch.no_grad()

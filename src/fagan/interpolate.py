@@ -1,8 +1,8 @@
 """Latent-space walks: spherical interpolation through the latents of chosen seeds.
 
-The key latents are :func:`fagan.sample.latents_for_seeds` (one ``torch.Generator`` per
+The key latents are :func:`fagan.latents.latents_for_seeds` (one ``torch.Generator`` per
 seed, so the key frame of seed ``s`` is the first image of ``fagan generate --seed s``
-with the same truncation), joined by :func:`fagan.sample.interpolation_path`
+with the same truncation), joined by :func:`fagan.latents.interpolation_path`
 (``steps`` slerp points per segment; key ``k`` is frame ``k * steps``). Frames are
 generated in batches with the generator in eval mode, turned into bytes with
 :func:`fagan.sample.to_uint8`, and written as a GIF, an MP4 beside it where
@@ -20,18 +20,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fagan.animation import write_gif, write_mp4
 from fagan.errors import FaganError
 from fagan.generate import generate_batches
+from fagan.latents import interpolation_path, latents_for_seeds
 from fagan.networks import Generator
-from fagan.sample import (
-    evenly_spaced,
-    interpolation_path,
-    latents_for_seeds,
-    to_uint8,
-    write_gif,
-    write_mp4,
-    write_strip,
-)
+from fagan.sample import evenly_spaced, to_uint8, write_strip
 
 __all__ = [
     "Interpolation",

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from fagan import __version__
+from fagan.animation import make_progress_gif
 from fagan.augment import diff_augment, parse_policy, random_hflip
 from fagan.checkpoint import (
     TRAINING_STATE_FORMAT,
@@ -56,7 +57,7 @@ from fagan.losses import GANLoss, get_loss, gradient_penalty
 from fagan.networks import Discriminator, Generator
 from fagan.plots import plot_losses
 from fagan.runlog import RunLog
-from fagan.sample import evenly_spaced, grid_uint8, make_progress_gif, to_uint8, write_grid
+from fagan.sample import evenly_spaced, grid_uint8, to_uint8, write_grid
 
 TRAINING_STATE = "training_state.pth"
 OPTIONS_FILE = "options.json"
