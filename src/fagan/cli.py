@@ -415,6 +415,78 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- explore
+def port_number(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return int(text)
+
+
+port_number.__name__ = "port"
+
+
+def add_explore_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--generator_file", type=existing_file, required=True,
+                   help="GAN_GEN_*.pth (ours or attn-gan-pytorch's) or a training_state.pth")
+    p.add_argument("--generator_config",
+                   help="architecture file or built-in name (optional for a training state)")
+    p.add_argument("--discriminator_file", type=existing_file,
+                   help="also show the critic's score and attention (GAN_DIS_*.pth or a "
+                   "training_state.pth)")
+    p.add_argument("--discriminator_config",
+                   help="architecture file or built-in name (optional for a training state)")
+    p.add_argument("--truncation", type=positive_float,
+                   help="start with latents truncated to |z| <= T (and export with it)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=port_number, default=7860,
+                   help="port to listen on (0: any free port)")
+    p.add_argument("--export", metavar="PAGE.html",
+                   help="write one self-contained HTML page for --seeds and exit (no server)")
+    p.add_argument("--seeds", help="comma-separated seeds precomputed for --export "
+                   "(default 0,1,2,3)")
+    p.add_argument("--no_ema", dest="prefer_ema", action="store_false",
+                   help="from a training state, use the raw generator, not its EMA")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from fagan.attention_maps import load_discriminator
+    from fagan.distributed import resolve_device
+    from fagan.explore import Explorer, export_page, make_server
+    from fagan.explore.params import TRUNCATION_RANGE, parse_seed_list
+    from fagan.generate import load_generator
+
+    if args.discriminator_config is not None and args.discriminator_file is None:
+        raise FaganError("--discriminator_config goes with --discriminator_file")
+    if args.export is None and args.seeds is not None:
+        raise FaganError("--seeds goes with --export")
+    if args.export is not None and Path(args.export).suffix.lower() not in (".html", ".htm"):
+        raise FaganError(f"--export must end in .html, got {args.export}")
+    seeds = parse_seed_list(args.seeds or "0,1,2,3")
+    low, high = TRUNCATION_RANGE
+    if args.truncation is not None and not low <= args.truncation <= high:
+        raise FaganError(f"--truncation must be from {low:g} to {high:g}, got {args.truncation}")
+    device = resolve_device(args.device)
+    generator = load_generator(args.generator_file, args.generator_config, device=device,
+                               prefer_ema=args.prefer_ema)
+    discriminator = None
+    if args.discriminator_file is not None:
+        discriminator = load_discriminator(args.discriminator_file, args.discriminator_config,
+                                           device=device)
+    explorer = Explorer(generator, discriminator, truncation=args.truncation)
+    if args.export is not None:
+        path = export_page(explorer, seeds, args.export)
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, seeds "
+              f"{','.join(map(str, seeds))}): open it in any browser, no server needed")
+        return 0
+    server = make_server(explorer, args.host, args.port)
+    with server:
+        print(f"fagan explore: serving on {server.url} (Ctrl-C stops)", flush=True)
+        server.serve_forever()
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], int]]] = {
@@ -428,6 +500,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                  add_evaluate_arguments, cmd_evaluate),
     "attention": ("draw where each attention layer looks, for chosen query positions",
                   add_attention_arguments, cmd_attention),
+    "explore": ("a local page: images, and where each attention layer looks under the pointer",
+                add_explore_arguments, cmd_explore),
 }
 
 
