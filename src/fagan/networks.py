@@ -212,8 +212,9 @@ class Network(nn.Module):
         vectors = F.one_hot(y, self.num_classes) if embedding is None else embedding(y)
         return vectors.to(dtype)
 
-    def _labels(self, y: Tensor | None, batch: int, who: str) -> Tensor | None:
-        return check_labels(y, batch, self.num_classes, who, check_range=self.validate_labels)
+    def _labels(self, y: Tensor | None, inputs: Tensor, who: str) -> Tensor | None:
+        return check_labels(y, inputs.shape[0], self.num_classes, who, device=inputs.device,
+                            check_range=self.validate_labels)
 
 
 class Generator(Network):
@@ -295,9 +296,6 @@ class Generator(Network):
             _replace_batch_norms(self.model, num_classes, embedding_dim)
             if embedding_dim is not None:  # BigGAN's shared class embedding
                 self.class_embedding = nn.Embedding(num_classes, embedding_dim)
-                for layer in condition_layers(self.model):  # gamma = 1, beta = 0 to start
-                    nn.init.zeros_(layer.gain.weight)
-                    nn.init.zeros_(layer.bias.weight)
         elif embedding_dim is not None:
             self.class_embedding = nn.Embedding(num_classes, embedding_dim)
 
@@ -309,7 +307,7 @@ class Generator(Network):
                 unconditional one, or outside ``[0, num_classes)``.
         """
         batch = z.shape[0]
-        y = self._labels(y, batch, "generator")
+        y = self._labels(y, z, "generator")
         if y is None:
             return self.model(z.reshape(batch, self.latent_size, 1, 1))
         if self.conditioning == "concat":
@@ -438,7 +436,7 @@ class Discriminator(Network):
                 unconditional one, or outside ``[0, num_classes)``.
         """
         batch = x.shape[0]
-        y = self._labels(y, batch, "discriminator")
+        y = self._labels(y, x, "discriminator")
         if y is None:
             return self.model(x).reshape(batch)
         if self.conditioning == "concat":

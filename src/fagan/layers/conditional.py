@@ -58,7 +58,8 @@ def check_conditioning(
 
 
 def check_labels(
-    y: Tensor | None, batch: int, num_classes: int | None, who: str, *, check_range: bool = True
+    y: Tensor | None, batch: int, num_classes: int | None, who: str, *,
+    device: torch.device | None = None, check_range: bool = True,
 ) -> Tensor | None:
     """Checks the class labels given to a network's forward pass.
 
@@ -67,10 +68,11 @@ def check_labels(
         batch: B, the batch size of the network's other input.
         num_classes: the network's number of classes; None for an unconditional network.
         who: ``generator`` or ``discriminator``, for messages.
+        device: the device of the network's other input, where the labels are moved.
         check_range: whether to check every label's range (one device synchronisation).
 
     Returns:
-        ``y`` as int64 (None for an unconditional network).
+        ``y`` as int64 on ``device`` (None for an unconditional network).
 
     Raises:
         FaganError: labels missing for a conditional network, given to an unconditional
@@ -94,6 +96,7 @@ def check_labels(
             f"the {who}'s class labels have shape {list(y.shape)}; expected [{batch}], "
             "one label per sample"
         )
+    y = y.to(device=device, dtype=torch.long)
     if check_range and batch:
         outside = (y < 0) | (y >= num_classes)
         if bool(outside.any()):
@@ -101,7 +104,7 @@ def check_labels(
             raise FaganError(
                 f"class label {value} given to the {who} is outside [0, {num_classes})"
             )
-    return y.long()
+    return y
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -115,7 +118,9 @@ class ConditionalBatchNorm2d(nn.Module):
       class starts as plain batch norm; each class's row learns from its own samples);
     * ``shared_dim=d``: BigGAN's scheme — the condition is a class vector ``e`` (B, d)
       from an embedding shared by all layers, and ``gamma = 1 + W_g e``,
-      ``beta = W_b e`` with this layer's bias-free linear maps ``gain`` and ``bias``.
+      ``beta = W_b e`` with this layer's bias-free linear maps ``gain`` and ``bias``,
+      initialised to zero (so again ``gamma = 1``, ``beta = 0`` to start; the maps
+      learn first, the shared embedding once they are non-zero).
 
     Inside a network the condition (labels, or shared vectors) is set on the layer by
     its owner for the length of one forward pass (``condition``), so that the layers
@@ -153,6 +158,8 @@ class ConditionalBatchNorm2d(nn.Module):
         else:
             self.gain = nn.Linear(shared_dim, num_features, bias=False)
             self.bias = nn.Linear(shared_dim, num_features, bias=False)
+            nn.init.zeros_(self.gain.weight)
+            nn.init.zeros_(self.bias.weight)
         self.condition: Tensor | None = None
 
     def gain_and_bias(self, condition: Tensor) -> tuple[Tensor, Tensor]:
