@@ -15,9 +15,9 @@ layer as used in training; ``--explicit`` adds the explicit path (the layer insi
 ``capture_attention``), whose (B, N, N) map takes 1 GiB per sample at N = 16,384,
 so it runs at ``--explicit_batch`` (default 1) and only when asked.
 
-Part 2 (``policy``): :func:`attend_explicit` against :func:`attend_fused` at the
+Part 2 (``policy``): ``attention.attend_explicit`` against ``fast.attend_fused`` at the
 attention shapes of the fagan64 networks (batch 32), forward + backward and forward
-without a graph: the evidence for ``EXPLICIT_MAX_POSITIONS``.
+without a graph: the evidence for ``fast.EXPLICIT_MAX_POSITIONS``.
 
 Writes ``benchmarks/results/attention-<part>_<host>_<date>.json`` and the
 ``bench_attention_<part>`` sections of ``benchmarks/RESULTS.md``.
@@ -129,7 +129,8 @@ def policy_worker(args: argparse.Namespace) -> None:
     """Explicit vs fused attention at the fagan64 shapes; emits a list of timings."""
     import torch
 
-    from fagan.layers.attention import attend_explicit, attend_fused
+    from fagan.layers.attention import attend_explicit
+    from fagan.layers.fast import attend_fused
 
     device = torch.device(args.device)
     if args.threads:
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if policy_results:
         header = ["shape (fagan64, batch 32)", "dtype", "N", "Cq/Cv", "explicit fwd+bwd ms",
                   "fused fwd+bwd ms", "explicit fwd ms", "fused fwd ms", "attend uses"]
-        from fagan.layers.attention import EXPLICIT_MAX_POSITIONS
+        from fagan.layers.fast import EXPLICIT_MAX_POSITIONS
 
         rows = []
         for r in policy_results:

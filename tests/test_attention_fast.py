@@ -1,7 +1,8 @@
 """The fast attention paths equal the explicit one and never hold an N x N map.
 
 :func:`fagan.layers.attention.attend` takes the explicit ``bmm -> softmax -> bmm`` up
-to ``EXPLICIT_MAX_POSITIONS`` positions and PyTorch's fused (flash) SDPA kernel above;
+to ``fast.EXPLICIT_MAX_POSITIONS`` positions and PyTorch's fused (flash) SDPA kernel
+above (``fast.attend_fused``);
 the layers take the explicit path inside :func:`capture_attention`. Here: both paths
 agree on values and gradients (raw attention, FullAttention conv/strided/transposed,
 SelfAttention, Cq < Cv and Cq > Cv, N up to 4096), bf16 autocast stays close and in
@@ -23,14 +24,10 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from fagan.layers import FullAttention, SelfAttention, attend, capture_attention
+from fagan.layers import FullAttention, SelfAttention, attend, capture_attention, fast
 from fagan.layers import attention as attention_module
-from fagan.layers.attention import (
-    EXPLICIT_MAX_POSITIONS,
-    _sdpa_ready,
-    attend_explicit,
-    attend_fused,
-)
+from fagan.layers.attention import attend_explicit
+from fagan.layers.fast import EXPLICIT_MAX_POSITIONS, attend_fused, pad_to_head_dim
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -92,7 +89,7 @@ def test_attend_picks_explicit_up_to_the_threshold_and_fused_above(
         return real_fused(*args)
 
     monkeypatch.setattr(attention_module, "attend_explicit", spy_explicit)
-    monkeypatch.setattr(attention_module, "attend_fused", spy_fused)
+    monkeypatch.setattr(fast, "attend_fused", spy_fused)
     q, k, v = qkv(1, n, 4, 8, seed=3)
     out, attention = attend(q, k, v)
     assert attention is None
@@ -108,7 +105,7 @@ def test_sdpa_inputs_have_unit_channel_stride_and_a_common_dim() -> None:
     q, k, v = qkv(2, 300, 3, 64, seed=4)
     assert v.stride(-1) != 1
     for t in (q, k, v):
-        ready = _sdpa_ready(t, 64)
+        ready = pad_to_head_dim(t, 64)
         assert ready.shape == (2, 1, 300, 64) and ready.stride(-1) == 1
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # raises if the fused kernel can't run
         attend_fused(q, k, v, cpu_kernels=False)  # the portable path goes through SDPA
@@ -262,7 +259,7 @@ def test_training_forward_uses_the_fused_kernel_forward_and_backward(
     from torch.profiler import ProfilerActivity, profile
 
     real_fused = attend_fused
-    monkeypatch.setattr(attention_module, "attend_fused",
+    monkeypatch.setattr(fast, "attend_fused",
                         lambda q, k, v: real_fused(q, k, v, cpu_kernels=cpu_kernels))
     layer, x = _layer("full transposed, Cq<Cv")
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), profile(activities=[ProfilerActivity.CPU]) as prof:

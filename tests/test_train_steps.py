@@ -137,10 +137,10 @@ def test_transposed_conv_from_one_pixel_equals_the_deconvolution(bias: bool, sn:
     and gradients; other inputs take nn.ConvTranspose2d's own path."""
     from torch.nn.utils.parametrizations import spectral_norm
 
-    from fagan.layers.blocks import ConvTranspose2d
+    from fagan.layers.fast import FastPathConvTranspose2d
 
     torch.manual_seed(1)
-    ours = ConvTranspose2d(32, 48, (4, 3), stride=(2, 2), bias=bias)
+    ours = FastPathConvTranspose2d(32, 48, (4, 3), stride=(2, 2), bias=bias)
     ref = nn.ConvTranspose2d(32, 48, (4, 3), stride=(2, 2), bias=bias)
     ref.load_state_dict(ours.state_dict())
     if sn:
@@ -179,18 +179,22 @@ def test_spectral_norm_on_the_output_equals_spectral_norm_on_the_weight(transpos
     (u and v updated alike in training mode), gradients, and state dict."""
     from torch.nn.utils.parametrizations import spectral_norm
 
-    from fagan.layers.blocks import Conv2d, ConvTranspose2d, _spectral_parts
+    from fagan.layers.fast import (
+        FastPathConv2d,
+        FastPathConvTranspose2d,
+        spectral_norm_on_output,
+    )
 
     torch.manual_seed(3)
-    ours_type, ref_type = ((ConvTranspose2d, nn.ConvTranspose2d) if transpose
-                           else (Conv2d, nn.Conv2d))
+    ours_type, ref_type = ((FastPathConvTranspose2d, nn.ConvTranspose2d) if transpose
+                           else (FastPathConv2d, nn.Conv2d))
     ours = spectral_norm(ours_type(64, 128, 4, stride=2, padding=1, bias=bias), dim=0)
     ref = spectral_norm(ref_type(64, 128, 4, stride=2, padding=1, bias=bias), dim=0)
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(3, 64, 4, 4, generator=torch.Generator().manual_seed(4))
-    ours.eval()  # (in training mode _spectral_parts runs a power iteration)
-    assert _spectral_parts(ours, x) is not None  # 131k weights > 3k inputs: the output path
-    assert _spectral_parts(ours, torch.randn(3, 64, 64, 64)) is None  # input larger
+    ours.eval()  # (in training mode spectral_norm_on_output runs a power iteration)
+    assert spectral_norm_on_output(ours, x) is not None  # 131k weights > 3k inputs: the output path
+    assert spectral_norm_on_output(ours, torch.randn(3, 64, 64, 64)) is None  # input larger
     ours.train(), ref.train()
     for _ in range(3):  # training mode: a power iteration per pass, on the same u and v
         outs, grads = [], []

@@ -1,5 +1,6 @@
 """Building blocks of FAGAN networks, one concept per module."""
 
+from fagan.layers import fast
 from fagan.layers.activations import ActivationSpec, parse_activation
 from fagan.layers.attention import (
     FullAttention,
@@ -8,7 +9,7 @@ from fagan.layers.attention import (
     attention_layers,
     capture_attention,
 )
-from fagan.layers.blocks import ConvBlock
+from fagan.layers.blocks import ConvBlock, make_conv
 
 __all__ = [
     "ActivationSpec",
@@ -18,5 +19,7 @@ __all__ = [
     "attend",
     "attention_layers",
     "capture_attention",
+    "fast",
+    "make_conv",
     "parse_activation",
 ]

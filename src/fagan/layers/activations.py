@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from torch import Tensor, nn
-from torch.nn import functional as F
+from torch import nn
 
 _LRELU = re.compile(r"^lrelu\(\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\)$")
 _PLAIN = ("tanh", "sigmoid", "relu")
@@ -66,17 +65,3 @@ def parse_activation(text: str) -> ActivationSpec:
         return ActivationSpec("lrelu", float(match.group(1)))
     raise ValueError(f"cannot parse activation {text!r}; expected {ACTIVATION_FORMS}")
 
-
-def activate_inplace(activation: nn.Module, x: Tensor) -> Tensor:
-    """``activation(x)``, overwriting ``x`` when the activation has an in-place form with a
-    backward (ReLU, LeakyReLU with a positive slope); out of place otherwise.
-
-    For tensors that nothing else needs for its backward (a convolution's or batch norm's
-    output): in place, the backward is computed from the output, which autograd keeps
-    anyway for the next layer, so it keeps one tensor instead of two.
-    """
-    if type(activation) is nn.ReLU:
-        return F.relu_(x)
-    if type(activation) is nn.LeakyReLU and activation.negative_slope > 0:
-        return F.leaky_relu_(x, activation.negative_slope)
-    return activation(x)

@@ -3,15 +3,14 @@
 Both compute unscaled dot-product attention over every spatial position of their
 output. :func:`attend` picks one of two exact ways per call:
 
-* few positions (``N <= EXPLICIT_MAX_POSITIONS``): the explicit ``bmm -> softmax ->
-  bmm``; its (B, N, N) map is small and two batched matrix products beat a fused
-  kernel's blocking overhead;
-* many positions: a fused (flash) attention kernel on inputs zero-padded to one head
-  dim (:func:`attend_fused`; on the CPU PyTorch's flash forward and backward operators,
-  elsewhere :func:`torch.nn.functional.scaled_dot_product_attention`). Neither its
-  forward nor its backward keeps an N x N map, so memory grows linearly with N: a
-  128 x 128 output (16,384 positions) at batch 8 trains in well under 1 GB, where
-  the map alone would take 8.6 GB.
+* the plain path, :func:`attend_explicit`: ``bmm -> softmax -> bmm`` with its (B, N, N)
+  map; taken up to :data:`fagan.layers.fast.EXPLICIT_MAX_POSITIONS` positions (where
+  two batched matrix products beat a fused kernel's blocking overhead), whenever the
+  map is kept, and everywhere when the fast paths are off;
+* the fast path, :func:`fagan.layers.fast.attend_fused`: a fused (flash) attention
+  kernel on inputs zero-padded to one head dim. Neither its forward nor its backward
+  keeps an N x N map, so memory grows linearly with N (at a 128 x 128 output, 16,384
+  positions, the map alone is 1 GiB per sample in float32).
 
 Inside :func:`capture_attention` the layers take the explicit path at every size and
 keep their attention probabilities for inspection.
@@ -26,33 +25,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm
 
-from fagan.layers.activations import activate_inplace
-from fagan.layers.blocks import Conv2d, ConvTranspose2d
-
-#: Up to this many positions :func:`attend` uses the explicit path (two ``bmm`` and a
-#: softmax). Measured on a 2-core AVX-512 CPU with the FAGAN 64x64 shapes (batch 32,
-#: forward + backward): explicit is 1.3-2x faster than the fused kernel at N = 64 and
-#: 256, the fused kernel 1.2-2x faster at N = 1024 (with value dims up to 128), and the
-#: explicit map grows as N^2 (batch 32: 8 MB at N = 256, 128 MB at N = 1024).
-EXPLICIT_MAX_POSITIONS = 256
-
-
-def _sdpa_ready(t: Tensor, dim: int) -> Tensor:
-    """``t`` (B, N, C) zero-padded to ``dim`` channels with unit channel stride, as (B, 1, N, dim).
-
-    The fused CPU kernel needs equal head dims for q, k and v and a unit stride on the
-    last dim; otherwise SDPA silently falls back to its math path, which materialises
-    the N x N map (and is slower than the plain explicit path).
-    """
-    if t.shape[-1] < dim:
-        t = F.pad(t, (0, dim - t.shape[-1]))  # a fresh contiguous tensor
-    elif t.stride(-1) != 1:
-        t = t.contiguous()
-    return t.unsqueeze(1)
+from fagan.layers import fast
+from fagan.layers.blocks import make_conv
 
 
 def attend_explicit(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -61,114 +37,16 @@ def attend_explicit(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     return torch.bmm(attention, v), attention
 
 
-def _cpu_flash_ops() -> tuple[object, object] | None:
-    """PyTorch's CPU flash-attention forward and backward operators, where present."""
-    try:
-        return (torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
-                torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_CPU_FLASH = _cpu_flash_ops()
-
-
-class _FusedAttention(torch.autograd.Function):
-    """Fused attention on padded inputs that keeps only the unpadded inputs for backward.
-
-    ``F.scaled_dot_product_attention`` would keep its zero-padded q, k, v (at the
-    FAGAN 64x64 shapes q and k grow 8-21x by the padding) and, on the CPU, has no
-    double backward (WGAN-GP's gradient penalty needs one). Here:
-
-    * on the CPU, the flash kernel's own forward and backward operators are called
-      directly (no recomputation); the backward re-pads the saved inputs;
-    * elsewhere, the forward runs the public SDPA without a graph and the backward
-      recomputes it with one (activation checkpointing of the attention alone);
-    * when the backward itself must be differentiable (``create_graph=True``), it is
-      computed explicitly (an N x N map, as any double backward of attention needs).
-    """
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, use_cpu_flash: bool) -> Tensor:  # type: ignore[override]
-        dim = -(-max(q.shape[-1], v.shape[-1]) // 8) * 8
-        padded = [_sdpa_ready(t, dim) for t in (q, k, v)]
-        if use_cpu_flash:
-            out, logsumexp = _CPU_FLASH[0](*padded, 0.0, False, scale=1.0)  # type: ignore[index,operator]
-            ctx.save_for_backward(q, k, v, out, logsumexp)
-        else:
-            out = F.scaled_dot_product_attention(*padded, scale=1.0)
-            ctx.save_for_backward(q, k, v)
-        ctx.dim, ctx.use_cpu_flash = dim, use_cpu_flash
-        return out  # (B, 1, N, dim)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        q, k, v, *kernel_state = ctx.saved_tensors
-        cq, cv = q.shape[-1], v.shape[-1]
-        wanted = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-            inputs = [t for t, need in zip((q, k, v), wanted, strict=True) if need]
-            out = attend_explicit(q, k, v)[0]
-            found = iter(torch.autograd.grad(out, inputs, grad.squeeze(1)[..., :cv],
-                                             create_graph=True))
-            return (*(next(found) if need else None for need in wanted), None)
-        if ctx.use_cpu_flash:
-            padded = [_sdpa_ready(t, ctx.dim) for t in (q, k, v)]
-            out, logsumexp = kernel_state
-            grads = _CPU_FLASH[1](  # type: ignore[index,operator]
-                grad.contiguous(), *padded, out, logsumexp, 0.0, False, scale=1.0
-            )
-        else:
-            with torch.enable_grad():
-                padded = [_sdpa_ready(t.detach(), ctx.dim).requires_grad_(True)
-                          for t in (q, k, v)]
-                out = F.scaled_dot_product_attention(*padded, scale=1.0)
-            grads = torch.autograd.grad(out, padded, grad)
-        sizes = (cq, cq, cv)
-        return (*(g.squeeze(1)[..., :c] if need else None
-                  for g, c, need in zip(grads, sizes, wanted, strict=True)), None)
-
-
-def attend_fused(q: Tensor, k: Tensor, v: Tensor, *, cpu_kernels: bool = True) -> Tensor:
-    """:func:`attend` through a fused kernel: no N x N map, forward or backward.
-
-    q, k and v are zero-padded to one head dim (rounded up to a multiple of 8, which
-    CUDA's fused kernels want): zero channels leave every dot product unchanged, and
-    the value's padded output channels are sliced away, so this is exact. Under
-    autocast the inputs are cast to the autocast dtype first, as SDPA does.
-
-    Args:
-        q: queries (B, N, Cq).
-        k: keys (B, N, Cq).
-        v: values (B, N, Cv).
-        cpu_kernels: on the CPU, call the flash kernel's operators directly (False:
-            the portable path used on other devices, for tests).
-
-    Returns:
-        The attended values (B, N, Cv).
-    """
-    device = q.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-    else:
-        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    q, k, v = (t.to(dtype) for t in (q, k, v))
-    use_cpu_flash = cpu_kernels and device == "cpu" and _CPU_FLASH is not None
-    out = _FusedAttention.apply(q, k, v, use_cpu_flash).squeeze(1)
-    # no slice when nothing was padded: its backward would allocate and zero-fill a
-    # padded gradient and copy into it
-    return out if out.shape[-1] == v.shape[-1] else out[..., : v.shape[-1]]
-
-
 def attend(q: Tensor, k: Tensor, v: Tensor, keep_map: bool = False) -> tuple[Tensor, Tensor | None]:
     """Unscaled softmax attention of every query position over every key position.
 
     ``out[b, i] = sum_j softmax_j(q[b, i] . k[b, j]) v[b, j]`` — the original's
     ``energy = Q^T K`` (no ``1/sqrt(d)``), softmax over keys, output ``V A^T``.
 
-    Up to :data:`EXPLICIT_MAX_POSITIONS` positions, and whenever the map is kept,
-    :func:`attend_explicit`; above, :func:`attend_fused`. Both are exact (they differ
-    by float rounding only).
+    :func:`attend_explicit` whenever the map is kept or
+    :func:`fagan.layers.fast.use_fused_attention` says no (the fast paths off, or at
+    most ``EXPLICIT_MAX_POSITIONS`` positions); :func:`fagan.layers.fast.attend_fused`
+    otherwise. Both are exact (they differ by float rounding only).
 
     Args:
         q: queries (B, N, Cq).
@@ -181,9 +59,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, keep_map: bool = False) -> tuple[Ten
     """
     if keep_map:
         return attend_explicit(q, k, v)
-    if q.shape[1] <= EXPLICIT_MAX_POSITIONS:
+    if not fast.use_fused_attention(q.shape[1]):
         return attend_explicit(q, k, v)[0], None
-    return attend_fused(q, k, v), None
+    return fast.attend_fused(q, k, v), None
 
 
 def _positions(y: Tensor) -> Tensor:
@@ -222,10 +100,10 @@ class FullAttention(_AttentionBase):
     the result is ``gamma * attention + (1 - gamma) * residual`` with ``gamma``
     trainable and starting at 0.
 
-    The four convolutions run separately, as in the original: measured against one
-    convolution with their concatenated weights, separate ones made a FAGAN 64x64
-    training iteration about 6% (fp32) to 9% (bf16) faster on the CPU and need no
-    per-pass copy of the weights (and of their gradients).
+    The four convolutions (from :func:`~fagan.layers.blocks.make_conv`) run separately,
+    as in the original: one convolution with their concatenated weights was measured
+    slower on the CPU (benchmarks/RESULTS.md) and would copy the weights (and their
+    gradients) at every pass.
     """
 
     def __init__(
@@ -244,18 +122,16 @@ class FullAttention(_AttentionBase):
         activation: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        conv = ConvTranspose2d if transpose else Conv2d
         squeezed = in_channels // squeeze_factor
 
-        def make(out: int) -> nn.Module:
-            return conv(in_channels, out, kernel_size, stride, padding, bias=bias)
+        def make(out: int, normalised: bool = False) -> nn.Module:
+            return make_conv(in_channels, out, kernel_size, stride, padding,
+                             transpose=transpose, bias=bias, use_spectral_norm=normalised)
 
         self.query_conv = make(squeezed)
         self.key_conv = make(squeezed)
         self.value_conv = make(out_channels)
-        residual = make(out_channels)
-        # dim=0 as the original's SpectralNorm (w.view(w.shape[0], -1)), also when transposed
-        self.residual_conv = spectral_norm(residual, dim=0) if use_spectral_norm else residual
+        self.residual_conv = make(out_channels, use_spectral_norm)
         self.batch_norm = nn.BatchNorm2d(out_channels) if use_batch_norm else None
         self.activation = activation if activation is not None else nn.Identity()
 
@@ -271,7 +147,7 @@ class FullAttention(_AttentionBase):
             residual = self.batch_norm(residual)
         # the residual is a fresh convolution/batch-norm output: activated in place where
         # the activation allows it (one tensor fewer kept for the backward)
-        out, residual = self.activation(out), activate_inplace(self.activation, residual)
+        out, residual = self.activation(out), fast.activate_inplace(self.activation, residual)
         gamma = self._gamma()
         return gamma * out + (1 - gamma) * residual
 
