@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fagan import __version__
+from fagan import __version__, options
 from fagan.errors import FaganError
+from fagan.train_options import TrainOptions
 
 EXIT_USAGE = 2
 
@@ -65,86 +66,16 @@ def existing_dir(text: str) -> str:
 # --------------------------------------------------------------------------- train
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The original train.py's flags (same names and meaning) and the new ones."""
-    o = p.add_argument_group("the original train.py's flags")
-    o.add_argument("--generator_config", help="generator architecture: a .conf/.yaml file or a "
-                   "built-in name (fagan64, sagan64, small32); default fagan64, or small32 for "
-                   "the embedded demo")
-    o.add_argument("--discriminator_config", help="discriminator architecture, likewise")
-    o.add_argument("--generator_file", type=existing_file,
-                   help="initial generator weights (ours or attn-gan-pytorch's GAN_GEN_*.pth)")
-    o.add_argument("--discriminator_file", type=existing_file,
-                   help="initial discriminator weights")
-    o.add_argument("--images_dir", type=existing_dir, help="folder of training images (flat "
-                   "or nested); default data/celeba if present, else the embedded demo faces")
-    o.add_argument("--sample_dir", default="samples/fagan_1", help="sample grids go here")
-    o.add_argument("--model_dir", default="models/fagan_1",
-                   help="weights, training state, logs and plots go here")
-    o.add_argument("--loss_function", default="relativistic-hinge",
-                   help="hinge, relativistic-hinge, standard, lsgan, wgan-gp, "
-                   "relativistic-standard, relativistic-lsgan")
-    o.add_argument("--latent_size", type=positive_int,
-                   help="latent size (default: the generator config's input channels, 128)")
-    o.add_argument("--batch_size", type=positive_int, default=32)
-    o.add_argument("--start", type=positive_int, default=1, help="number of the first epoch")
-    o.add_argument("--num_epochs", type=positive_int, default=12, help="number of the last epoch")
-    o.add_argument("--feedback_factor", type=positive_int, default=62,
-                   help="loss logs and sample grids per epoch")
-    o.add_argument("--checkpoint_factor", type=positive_int, default=1,
-                   help="save weights every N epochs")
-    o.add_argument("--g_lr", type=positive_float, default=0.0001)
-    o.add_argument("--d_lr", type=positive_float, default=0.0004)
-    o.add_argument("--data_percentage", type=percentage, default=100.0,
-                   help="share of the data used per epoch")
-    o.add_argument("--num_workers", type=non_negative_int, default=3,
-                   help="data loading processes")
-    n = p.add_argument_group("beyond the original")
-    n.add_argument("--seed", type=any_int, default=0)
-    n.add_argument("--resume", action="store_true",
-                   help="continue exactly from the training state in --model_dir")
-    n.add_argument("--ema_decay", type=unit_interval, default=0.999,
-                   help="decay of the generator's moving average used for samples (0: off)")
-    n.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="bf16 autocast (CPU and GPU) or fp16 with a gradient scaler (GPU)")
-    n.add_argument("--image_size", type=positive_int,
-                   help="training image size (must match the generator's output)")
-    n.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    n.add_argument("--n_critic", type=positive_int, default=1,
-                   help="discriminator steps per generator step")
-    n.add_argument("--augment", help="DiffAugment policy such as color,translation,cutout, or "
-                   "none (default: that policy for the embedded demo, none for folders)")
-    n.add_argument("--max_steps", type=positive_int,
-                   help="stop after this many steps in all, saving a resumable state")
-    n.add_argument("--time_limit", type=positive_float,
-                   help="stop after this many seconds, saving a resumable state")
-    n.add_argument("--num_samples", type=positive_int, default=64,
-                   help="images in each sample grid")
-    n.add_argument("--no_tensorboard", dest="tensorboard", action="store_false",
-                   help="do not write TensorBoard events")
-    cl = n.add_mutually_exclusive_group()
-    cl.add_argument("--channels_last", dest="channels_last", action="store_true", default=None,
-                    help="channels-last memory format (default: on with --precision bf16/fp16)")
-    cl.add_argument("--no_channels_last", dest="channels_last", action="store_false",
-                    help="contiguous (NCHW) memory format, also with bf16/fp16")
-    n.add_argument("--compile", action="store_true", help="torch.compile both networks")
-    n.add_argument("--eval_every", type=positive_int,
-                   help="every N steps, measure the EMA generator against real images "
-                   "(logged to stats.jsonl and TensorBoard)")
-    n.add_argument("--eval_metrics", default="swd",
-                   help="metrics for --eval_every: swd, fid, kid, is (fid/kid/is need "
-                   "--inception_weights)")
-    n.add_argument("--eval_num_samples", type=positive_int, default=1000,
-                   help="real (and generated) images per evaluation")
-    n.add_argument("--inception_weights", type=existing_file,
-                   help="InceptionV3 weights file for FID/KID/IS (never downloaded)")
+    options.add_arguments(p, TrainOptions)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fagan.train import TrainOptions, train
+    from fagan.train import train
 
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "func", "parser")}
-    if values["images_dir"] is None and Path("data/celeba").is_dir():
-        values["images_dir"] = "data/celeba"  # the original's default
-    train(TrainOptions(**values))
+    opts = options.from_namespace(TrainOptions, args)
+    if opts.images_dir is None and not opts.resume and Path("data/celeba").is_dir():
+        opts.images_dir = "data/celeba"  # the original's default
+    train(opts, given=options.given_options(args))
     return 0
 
 
