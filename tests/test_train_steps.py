@@ -1,7 +1,7 @@
 """The training steps' memory and speed measures change no result.
 
 In-place activations, gradients freed right after each update and the fused Adam are
-there for speed and memory (issue 5); these tests pin that they compute what the plain
+there for speed and memory; these tests pin that they compute what the plain
 versions compute.
 """
 
