@@ -7,15 +7,25 @@ on stderr and exit status 2; a traceback reaching a user for a bad input is a bu
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from fagan import __version__, options
 from fagan.errors import FaganError
+from fagan.options import (
+    EXISTING_DIR,
+    EXISTING_FILE,
+    FLAG,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    TEXT,
+    option,
+)
 from fagan.train_options import TrainOptions
 
 EXIT_USAGE = 2
@@ -29,26 +39,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------- argument types
-def _number(kind: Callable[[str], Any], test: Callable[[Any], bool], what: str):
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if isinstance(value, float) and not math.isfinite(value) or not test(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    parse.__name__ = what  # argparse names the type in messages
-    return parse
-
-
-positive_int = _number(int, lambda v: v >= 1, "a whole number >= 1")
-non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
-any_int = _number(int, lambda v: True, "a whole number")
-positive_float = _number(float, lambda v: v > 0, "a positive number")
-percentage = _number(float, lambda v: 0 < v <= 100, "a percentage in (0, 100]")
-unit_interval = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+# for the subcommands whose flags are not built from an option dataclass: the same kinds
+positive_int = POSITIVE_INT.argparse_type()
+positive_float = POSITIVE_FLOAT.argparse_type()
+seed = SEED.argparse_type()
+any_int = options.Kind(int, lambda v: isinstance(v, int), "a whole number").argparse_type()
 
 
 def existing_file(text: str) -> str:
@@ -64,11 +59,6 @@ def existing_dir(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- train
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The original train.py's flags (same names and meaning) and the new ones."""
-    options.add_arguments(p, TrainOptions)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from fagan.train import train
 
@@ -80,75 +70,100 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- generate
-def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--generator_file", type=existing_file, required=True,
-                   help="GAN_GEN_*.pth (ours or attn-gan-pytorch's) or a training_state.pth")
-    p.add_argument("--generator_config",
-                   help="architecture file or built-in name (optional for a training state)")
-    p.add_argument("--output_dir", required=True, help="where the PNGs go")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--latents", type=existing_file,
-                     help="N x latent_size float tensor saved with torch.save")
-    src.add_argument("--num_samples", type=positive_int, help="number of images (default 64)")
-    p.add_argument("--seed", type=any_int, default=0, help="seed of the latents")
-    p.add_argument("--latent_size", type=positive_int,
-                   help="latent size (default: from the config, 128 for the original's)")
-    p.add_argument("--truncation", type=positive_float,
-                   help="truncate latents to |z| <= T (truncation trick)")
-    p.add_argument("--batch_size", type=positive_int, default=64)
-    p.add_argument("--grid", action="store_true", help="one grid.png instead of one file each")
-    p.add_argument("--no_ema", dest="prefer_ema", action="store_false",
-                   help="from a training state, use the raw generator, not its EMA")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+@dataclass(kw_only=True)
+class GenerateOptions:
+    """``fagan generate``: images from a trained generator."""
+
+    generator_file: str = option(MISSING, EXISTING_FILE, "GAN_GEN_*.pth (ours or "
+                                 "attn-gan-pytorch's) or a training_state.pth")
+    generator_config: str | None = option(None, TEXT, "architecture file or built-in name "
+                                          "(optional for a training state)")
+    output_dir: str = option(MISSING, TEXT, "where the PNGs go")
+    latents: str | None = option(None, EXISTING_FILE, "N x latent_size float tensor saved "
+                                 "with torch.save (instead of --num_samples)")
+    num_samples: int | None = option(None, POSITIVE_INT, "number of images (default 64)")
+    seed: int = option(0, SEED, "seed of the latents")
+    latent_size: int | None = option(None, POSITIVE_INT, "latent size (default: from the "
+                                     "config, 128 for the original's)")
+    truncation: float | None = option(None, POSITIVE_FLOAT, "truncate latents to |z| <= T "
+                                      "(truncation trick)")
+    batch_size: int = option(64, POSITIVE_INT, "images per forward pass")
+    grid: bool = option(False, FLAG, "one grid.png instead of one file each")
+    prefer_ema: bool = option(True, FLAG, "from a training state, use the raw generator, not "
+                              "its EMA", negative_flag="no_ema")
+    device: str = option("auto", TEXT, "auto, cpu, cuda, cuda:N or mps")
+
+    def validate(self) -> None:
+        """Checks every option, then the ones that exclude each other."""
+        options.check_fields(self)
+        if self.latents is not None and self.num_samples is not None:
+            raise FaganError("--latents and --num_samples exclude each other: the file's "
+                             "latents are the images")
+        if self.latents is not None and self.truncation is not None:
+            raise FaganError("--truncation applies to sampled latents, not to a --latents file")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from fagan.distributed import resolve_device
     from fagan.generate import load_generator, make_latents, read_latents, write_images
 
-    device = resolve_device(args.device)
-    generator = load_generator(args.generator_file, args.generator_config,
-                               latent_size=args.latent_size, device=device,
-                               prefer_ema=args.prefer_ema)
-    if args.latents is not None:
-        if args.truncation is not None:
-            raise FaganError("--truncation applies to sampled latents, not to a --latents file")
-        latents = read_latents(args.latents, generator.latent_size)
+    opts = options.from_namespace(GenerateOptions, args)
+    opts.validate()
+    device = resolve_device(opts.device)
+    generator = load_generator(opts.generator_file, opts.generator_config,
+                               latent_size=opts.latent_size, device=device,
+                               prefer_ema=opts.prefer_ema)
+    if opts.latents is not None:
+        latents = read_latents(opts.latents, generator.latent_size)
     else:
-        latents = make_latents(args.num_samples or 64, generator.latent_size, args.seed,
-                               args.truncation)
-    written = write_images(generator, latents, args.output_dir, batch_size=args.batch_size,
-                           grid=args.grid)
-    print(f"wrote {len(latents)} image(s) to {args.output_dir}"
-          + (f" as {written[0].name}" if args.grid else ""))
+        latents = make_latents(opts.num_samples or 64, generator.latent_size, opts.seed,
+                               opts.truncation)
+    written = write_images(generator, latents, opts.output_dir, batch_size=opts.batch_size,
+                           grid=opts.grid)
+    print(f"wrote {len(latents)} image(s) to {opts.output_dir}"
+          + (f" as {written[0].name}" if opts.grid else ""))
     return 0
 
 
 # --------------------------------------------------------------------------- plots, gif
-def add_plot_losses_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--loss_file", type=existing_file, required=True, help="a loss.log")
-    p.add_argument("--plot_file", required=True, help="the image to write, such as loss.png")
+@dataclass(kw_only=True)
+class PlotLossesOptions:
+    """``fagan plot-losses``: a run's loss curves as an image."""
+
+    loss_file: str = option(MISSING, EXISTING_FILE, "a loss.log")
+    plot_file: str = option(MISSING, TEXT, "the image to write, such as loss.png")
 
 
 def cmd_plot_losses(args: argparse.Namespace) -> int:
     from fagan.plots import plot_losses
 
-    print(f"wrote {plot_losses(args.loss_file, args.plot_file)}")
+    opts = options.from_namespace(PlotLossesOptions, args)
+    options.check_fields(opts)
+    print(f"wrote {plot_losses(opts.loss_file, opts.plot_file)}")
     return 0
 
 
-def add_make_gif_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sample_dir", type=existing_dir, required=True,
-                   help="folder of gen_<epoch>_<batch>.png grids")
-    p.add_argument("--output", required=True, help="the .gif (or .mp4) to write")
-    p.add_argument("--fps", type=positive_float, default=4.0)
+@dataclass(kw_only=True)
+class MakeGifOptions:
+    """``fagan make-gif``: a run's sample grids as an animation."""
+
+    sample_dir: str = option(MISSING, EXISTING_DIR, "folder of gen_<epoch>_<batch>.png grids")
+    output: str = option(MISSING, TEXT, "the .gif (or .mp4) to write")
+    fps: float = option(4.0, POSITIVE_FLOAT, "frames per second")
 
 
 def cmd_make_gif(args: argparse.Namespace) -> int:
     from fagan.sample import make_progress_gif
 
-    print(f"wrote {make_progress_gif(args.sample_dir, args.output, fps=args.fps)}")
+    opts = options.from_namespace(MakeGifOptions, args)
+    options.check_fields(opts)
+    print(f"wrote {make_progress_gif(opts.sample_dir, opts.output, fps=opts.fps)}")
     return 0
+
+
+def _declared(cls: type) -> Callable[[argparse.ArgumentParser], None]:
+    """The ``add_arguments`` of a subcommand whose options are the dataclass ``cls``."""
+    return lambda parser: options.add_arguments(parser, cls)
 
 
 # --------------------------------------------------------------------------- interpolate
@@ -283,7 +298,7 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
                    help="architecture file or built-in name (optional for a training state)")
     p.add_argument("--discriminator_config",
                    help="architecture file or built-in name (optional for a training state)")
-    p.add_argument("--seed", type=any_int, default=0, help="seed of the generated image")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the generated image")
     p.add_argument("--truncation", type=positive_float,
                    help="truncate the latent to |z| <= T")
     p.add_argument("--image", help="the real image for the discriminator")
@@ -349,10 +364,12 @@ def cmd_attention(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- main
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], int]]] = {
-    "train": ("train a FAGAN (the original train.py's flags)", add_train_arguments, cmd_train),
-    "generate": ("write images from a trained generator", add_generate_arguments, cmd_generate),
-    "plot-losses": ("plot a loss.log", add_plot_losses_arguments, cmd_plot_losses),
-    "make-gif": ("animate the sample grids of a run", add_make_gif_arguments, cmd_make_gif),
+    "train": ("train a FAGAN (the original train.py's flags)", _declared(TrainOptions),
+              cmd_train),
+    "generate": ("write images from a trained generator", _declared(GenerateOptions),
+                 cmd_generate),
+    "plot-losses": ("plot a loss.log", _declared(PlotLossesOptions), cmd_plot_losses),
+    "make-gif": ("animate the sample grids of a run", _declared(MakeGifOptions), cmd_make_gif),
     "interpolate": ("animate a walk through the latents of chosen seeds",
                     add_interpolate_arguments, cmd_interpolate),
     "evaluate": ("measure generated images against real ones (SWD, FID, KID, IS)",

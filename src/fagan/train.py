@@ -588,7 +588,8 @@ class _Evaluator:
         from fagan.metrics import needs_inception, parse_metric_list
         from fagan.metrics.inception import InceptionFeatures
 
-        picks = evenly_spaced(list(range(len(dataset))), opts.eval_num_samples)  # type: ignore[arg-type]
+        indices = list(range(len(dataset)))  # type: ignore[arg-type]
+        picks = evenly_spaced(indices, opts.eval_num_samples)
         self.real = to_uint8(torch.stack([dataset[k] for k in picks]))
         self.metrics = parse_metric_list(opts.eval_metrics)
         self.seed = opts.seed
@@ -709,18 +710,19 @@ def _train(opts: TrainOptions, saved: dict[str, Any] | None, info: DistInfo,
         _resume(state, saved, model_dir / TRAINING_STATE, info,
                 data.sampler.batches_per_epoch, say)
     run_log = _prepare_run_folder(opts, setup, info, device, say) if info.is_main else None
-    evaluator = _Evaluator(data.images, opts, device) if opts.eval_every is not None and info.is_main else None
-    loss = get_loss(opts.loss_function)
+    evaluator = None
+    if opts.eval_every is not None and info.is_main:
+        evaluator = _Evaluator(data.images, opts, device)
+    batches = data.sampler.batches_per_epoch
     run = _Run(
-        opts, info, device, _for_training(state.generator, opts, info, device),
-        _for_training(state.discriminator, opts, info, device), loss, prec,
-        _Inputs(state, setup, device, _memory_format(opts)), data,
-        _Feedback(opts, run_log, evaluator, prec, data.sampler.batches_per_epoch,
-                  info.world_size),
-        _Checkpoints(model_dir, info))
-    say(f"training on {device} ({info.world_size} process(es)), {data.sampler.dataset_len} images, "
-        f"{data.sampler.batches_per_epoch} batches per epoch, loss {loss.name}, "
-        f"precision {opts.precision}")
+        opts=opts, info=info, device=device, loss=get_loss(opts.loss_function), prec=prec,
+        G=_for_training(state.generator, opts, info, device),
+        D=_for_training(state.discriminator, opts, info, device),
+        inputs=_Inputs(state, setup, device, _memory_format(opts)), data=data,
+        feedback=_Feedback(opts, run_log, evaluator, prec, batches, info.world_size),
+        checkpoints=_Checkpoints(model_dir, info))
+    say(f"training on {device} ({info.world_size} process(es)), {data.sampler.dataset_len} "
+        f"images, {batches} batches per epoch, loss {run.loss.name}, precision {opts.precision}")
     stopped = _train_epochs(run, state)
     if run_log is not None:
         run_log.close()
@@ -747,11 +749,12 @@ def _train_epochs(run: _Run, state: TrainState) -> StopReason:
                 g_loss = g_step(G, D, real, inputs.latents(len(real)), loss, state.g_opt, prec,
                                 inputs.augment)
                 if state.ema is not None:
-                    ema_update(state.ema, state.generator, ema_decay_at(opts.ema_decay, state.step))
+                    decay = ema_decay_at(opts.ema_decay, state.step)
+                    ema_update(state.ema, state.generator, decay)
                 state.step, state.batch = state.step + 1, i
                 _check_finite(d_loss, g_loss, state, opts.model_dir)
                 feedback.after_step(state, d_loss, g_loss, len(real))
-                stop = _stop_reason(opts, state, signals.reason, feedback.started, run)
+                stop = _stop_reason(run, state, signals.reason, feedback.started)
                 if stop is not None:
                     break
             feedback.end_epoch()
@@ -776,10 +779,10 @@ def _check_finite(d_loss: float, g_loss: float, state: TrainState, model_dir: st
         )
 
 
-def _stop_reason(opts: TrainOptions, state: TrainState, signalled: StopReason | None,
-                 started: float, run: _Run) -> StopReason | None:
+def _stop_reason(run: _Run, state: TrainState, signalled: StopReason | None,
+                 started: float) -> StopReason | None:
     """Why to stop after this step, if at all; every process stops at the same step."""
-    want = signalled
+    opts, want = run.opts, signalled
     if want is None and _reached(opts.max_steps, state.step):
         want = StopReason.MAX_STEPS
     if want is None and opts.time_limit is not None:
