@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fagan.cli import main
+from fagan.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,3 +129,37 @@ def test_resume_takes_the_runs_own_options(tmp_path, faces32, capsys) -> None:
     err = capsys.readouterr().err
     assert "100 images, 2 batches per epoch" in err and "done at step 4" in err
     assert json.loads((models / "options.json").read_text())["images_dir"] == str(faces32)
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "plot-losses", "make-gif"])
+def test_declared_subcommands_give_every_flag_help_text(command) -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    flags = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+    assert flags
+    for action in flags:
+        assert action.help, action.option_strings
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--latents", __file__, "--num_samples", "3"],
+     "--latents and --num_samples exclude each other"),
+    (["--latents", __file__, "--truncation", "0.5"],
+     "--truncation applies to sampled latents, not to a --latents file"),
+])
+def test_generate_checks_its_options_together(tmp_path, capsys, extra, message) -> None:
+    code = main(["generate", "--generator_file", __file__, "--output_dir", str(tmp_path / "out"),
+                 *extra])
+    assert code == 2
+    assert message in one_error_line(capsys, "fagan generate")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["train"], ["generate", "--generator_file", __file__,
+                                                 "--output_dir", "out"]])
+def test_seeds_beyond_64_bits_are_one_line_errors(command, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--seed", str(2**64)])
+    assert info.value.code == 2
+    assert "--seed: expected a whole number in [0, 2^63)" in one_error_line(
+        capsys, f"fagan {command[0]}")
