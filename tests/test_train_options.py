@@ -13,9 +13,9 @@ from dataclasses import fields
 
 import pytest
 
-from fagan.cli import add_train_arguments, build_parser, main, run_command
+from fagan.cli import build_parser, main, run_command
 from fagan.errors import FaganError
-from fagan.options import given_options, quote
+from fagan.options import add_arguments, given_options, quote
 from fagan.train_options import (
     BEYOND,
     ORIGINAL,
@@ -28,7 +28,7 @@ from fagan.train_options import (
 
 def _train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
+    add_arguments(parser, TrainOptions)
     return parser
 
 

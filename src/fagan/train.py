@@ -322,6 +322,7 @@ class _Data:
 
 def _open_data(opts: TrainOptions, setup: TrainSetup, info: DistInfo, device: torch.device,
                say: Callable[[str], None]) -> _Data:
+    """The images (the demo's repeated), this process's share of each epoch, the loader."""
     dataset = base_dataset = open_dataset(opts.images_dir, setup.image_size)
     if setup.embedded:
         dataset = _Repeat(dataset, setup.repeats)
@@ -371,6 +372,7 @@ def _new_state(opts: TrainOptions, setup: TrainSetup, info: DistInfo, device: to
 
 def _resume(state: TrainState, saved: dict[str, Any], path: Path, info: DistInfo,
             batches_per_epoch: int, say: Callable[[str], None]) -> None:
+    """Continues ``state`` from the saved one, exactly where the data order allows."""
     exact = state.load_state_dict(saved, batches_per_epoch=batches_per_epoch, rank=info.rank,
                                   source=str(path))
     if not exact:
@@ -382,6 +384,7 @@ def _resume(state: TrainState, saved: dict[str, Any], path: Path, info: DistInfo
 
 
 def _memory_format(opts: TrainOptions) -> torch.memory_format:
+    """The memory format of the networks and the real batches."""
     if uses_channels_last(opts.precision, opts.channels_last):
         return torch.channels_last
     return torch.contiguous_format
@@ -571,6 +574,7 @@ class _Checkpoints:
 
 
 def _all_gather(rng: RngState) -> list[RngState]:
+    """Every process's random streams, in rank order (a collective)."""
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, {k: v.cpu() for k, v in rng.items()})
     return gathered
@@ -767,10 +771,12 @@ def _train_epochs(run: _Run, state: TrainState) -> StopReason:
 
 
 def _reached(limit: int | None, step: int) -> bool:
+    """Whether ``step`` steps reach ``--max_steps`` (never when it is not set)."""
     return limit is not None and step >= limit
 
 
 def _check_finite(d_loss: float, g_loss: float, state: TrainState, model_dir: str) -> None:
+    """Stops a diverged run before anything is saved from it."""
     if not (math.isfinite(d_loss) and math.isfinite(g_loss)):
         raise FaganError(
             f"training diverged at step {state.step} (epoch {state.epoch}, batch "
@@ -837,6 +843,8 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
 
 @dataclass
 class _StopRequest:
+    """A signal's request to stop, set by the handler, read by the loop."""
+
     reason: StopReason | None = None
 
 
