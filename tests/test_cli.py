@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from fagan.cli import main
+from fagan.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,3 +93,73 @@ def test_training_with_loader_workers_exits_when_done(tmp_path) -> None:
         capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     assert "done at step 2" in result.stderr
+
+
+def test_resume_takes_the_runs_own_options(tmp_path, faces32, capsys) -> None:
+    models, samples = tmp_path / "m", tmp_path / "s"
+    where = ["--model_dir", str(models), "--sample_dir", str(samples)]
+    # 100 faces, 16% of them per epoch at batch 8: 2 batches per epoch
+    assert main(["train", "--images_dir", str(faces32), "--generator_config", "small32",
+                 "--discriminator_config", "small32", "--batch_size", "8",
+                 "--data_percentage", "16", "--num_epochs", "1", "--num_workers", "0",
+                 "--no_tensorboard", "--device", "cpu", "--num_samples", "4", *where]) == 0
+    capsys.readouterr()
+
+    # what would not continue the run exactly is refused, the default value too
+    for flag, value, saved in [("--batch_size", "16", "8"), ("--batch_size", "32", "8"),
+                               ("--images_dir", str(tmp_path), repr(str(faces32)))]:
+        assert main(["train", "--resume", *where, flag, value]) == 2
+        value = repr(value) if flag == "--images_dir" else value
+        assert one_error_line(capsys, "fagan train") == (
+            f"fagan train: error: {flag} {value} differs from the run's {saved}: a resumed run "
+            f"keeps its {flag} to continue exactly (leave it out, or start a new run in another "
+            "--model_dir)")
+
+    # a longer run is applied, with a notice; it trains on the same folder
+    assert main(["train", "--resume", *where, "--num_epochs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --num_epochs 2 replaces the run's 1" in err
+    assert f"resuming from {models / 'training_state.pth'}: epoch 2, batch 0, step 2" in err
+    assert "100 images, 2 batches per epoch" in err and "embedded demo" not in err
+    assert "done at step 4" in err
+    assert (models / "GAN_GEN_2.pth").is_file()
+
+    # with nothing but where the run is: the same folder, nothing left to train
+    assert main(["train", "--resume", *where]) == 0
+    err = capsys.readouterr().err
+    assert "100 images, 2 batches per epoch" in err and "done at step 4" in err
+    assert json.loads((models / "options.json").read_text())["images_dir"] == str(faces32)
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "plot-losses", "make-gif"])
+def test_declared_subcommands_give_every_flag_help_text(command) -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    flags = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+    assert flags
+    for action in flags:
+        assert action.help, action.option_strings
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--latents", __file__, "--num_samples", "3"],
+     "--latents and --num_samples exclude each other"),
+    (["--latents", __file__, "--truncation", "0.5"],
+     "--truncation applies to sampled latents, not to a --latents file"),
+])
+def test_generate_checks_its_options_together(tmp_path, capsys, extra, message) -> None:
+    code = main(["generate", "--generator_file", __file__, "--output_dir", str(tmp_path / "out"),
+                 *extra])
+    assert code == 2
+    assert message in one_error_line(capsys, "fagan generate")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["train"], ["generate", "--generator_file", __file__,
+                                                 "--output_dir", "out"]])
+def test_seeds_beyond_64_bits_are_one_line_errors(command, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--seed", str(2**64)])
+    assert info.value.code == 2
+    assert "--seed: expected a whole number in [0, 2^63)" in one_error_line(
+        capsys, f"fagan {command[0]}")

@@ -255,15 +255,24 @@ FLAG_CASES = [
     (["--data_percentage", "0"], "argument --data_percentage: expected a percentage in (0, 100]"),
     (["--data_percentage", "100.5"], "argument --data_percentage"),
     (["--data_percentage", "-10"], "argument --data_percentage"),
-    (["--images_dir", "no/such/folder"], "argument --images_dir: folder not found: no/such/folder"),
-    (["--generator_file", "no_such.pth"], "argument --generator_file: file not found: no_such.pth"),
-    (["--discriminator_file", "no_such.pth"], "argument --discriminator_file: file not found"),
-    (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+    (["--images_dir", "no/such/folder"],
+     "argument --images_dir: expected an existing folder, got 'no/such/folder'"),
+    (["--generator_file", "no_such.pth"],
+     "argument --generator_file: expected an existing file, got 'no_such.pth'"),
+    (["--discriminator_file", "no_such.pth"], "argument --discriminator_file: expected an "
+     "existing file"),
+    (["--precision", "fp8"], "argument --precision: expected one of fp32, bf16, fp16, got 'fp8'"),
     (["--num_workers", "-1"], "argument --num_workers"),
+    (["--seed", str(2**64)], f"argument --seed: expected a whole number in [0, 2^63), got "
+     f"'{2**64}'"),
+    (["--seed", "-1"], "argument --seed: expected a whole number in [0, 2^63)"),
+    (["--ema_decay", "1"], "argument --ema_decay: expected a number in [0, 1), got '1'"),
 ]
 # These pass argparse and are caught when the options are checked (importing torch).
 LATE_FLAG_CASES = [
     (["--start", "5", "--num_epochs", "3"], "--start 5 is after --num_epochs 3: nothing to train"),
+    (["--eval_num_samples", "1"], "--eval_num_samples must be a whole number >= 2, got 1"),
+    (["--augment", "colour"], "unknown augmentation 'colour' in policy 'colour'"),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,13 @@ import torch.multiprocessing as mp
 
 from fagan.checkpoint import load_file
 from fagan.errors import FaganError
-from fagan.train import TrainOptions, train
+from fagan.train import StopReason, TrainOptions, train
+
+# What training_state.pth holds.
+STATE_KEYS = {"format", "format_version", "fagan_version", "generator", "discriminator",
+              "ema_generator", "g_optimizer", "d_optimizer", "scaler", "epoch", "batch", "step",
+              "rng", "fixed_latents", "sampler", "generator_config", "discriminator_config",
+              "latent_size", "image_size", "options"}
 
 
 def small_options(tmp: Path, **overrides) -> TrainOptions:
@@ -36,11 +43,15 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     assert whole.step == 6
 
     first = train(small_options(tmp_path / "split", max_steps=3))
-    assert first.step == 3 and first.stopped_early == "max_steps"
+    assert first.step == 3 and first.stopped_early is StopReason.MAX_STEPS
     state = load_file(tmp_path / "split" / "models" / "training_state.pth")
     assert (state["epoch"], state["batch"], state["step"]) == (1, 3, 3)
-    resumed = train(small_options(tmp_path / "split", max_steps=6, resume=True))
-    assert resumed.step == 6
+    assert set(state) == STATE_KEYS  # the format states written before still resume from
+    # the run's own options (batch size, seed, data, device, ...): only where and how long
+    split = tmp_path / "split"
+    resumed = train(TrainOptions(resume=True, model_dir=str(split / "models"),
+                                 sample_dir=str(split / "samples"), max_steps=6))
+    assert resumed.step == 6 and resumed.stopped is StopReason.MAX_STEPS
 
     assert_same_state(whole.generator.state_dict(), resumed.generator.state_dict())
     assert_same_state(whole.discriminator.state_dict(), resumed.discriminator.state_dict())
@@ -49,6 +60,27 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     fresh = train(small_options(tmp_path / "fresh", max_steps=1))
     assert not torch.equal(fresh.generator.state_dict()["model.0.value_conv.weight"],
                            whole.generator.state_dict()["model.0.value_conv.weight"])
+
+
+def test_resume_after_the_data_changed_continues_from_the_next_epoch(tmp_path: Path,
+                                                                     faces32: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for face in sorted(faces32.iterdir())[:24]:
+        (images / face.name).write_bytes(face.read_bytes())
+    options = small_options(tmp_path, images_dir=str(images), generator_config="small32",
+                            discriminator_config="small32", data_percentage=100.0,
+                            num_epochs=2, max_steps=2, num_samples=4)
+    # 24 images at batch 8: 3 batches per epoch; stopped in epoch 1 after batch 2
+    assert train(options).step == 2
+    for face in sorted(images.iterdir())[:8]:  # now 2 batches per epoch: another order
+        face.unlink()
+    with pytest.warns(UserWarning, match="continuing from the start of epoch 2, not exactly"):
+        resumed = train(replace(options, resume=True, max_steps=100))
+    assert (resumed.step, resumed.epoch, resumed.stopped) == (4, 3, StopReason.DONE)
+    state = load_file(tmp_path / "models" / "training_state.pth")
+    assert (state["epoch"], state["batch"], state["step"]) == (2, 2, 4)
+    assert (tmp_path / "models" / "GAN_GEN_2.pth").is_file()
 
 
 def _free_port() -> int:

@@ -7,15 +7,26 @@ on stderr and exit status 2; a traceback reaching a user for a bad input is a bu
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from fagan import __version__
+from fagan import __version__, options
 from fagan.errors import FaganError
+from fagan.options import (
+    EXISTING_DIR,
+    EXISTING_FILE,
+    FLAG,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    TEXT,
+    option,
+)
+from fagan.train_options import TrainOptions
 
 EXIT_USAGE = 2
 
@@ -28,26 +39,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------- argument types
-def _number(kind: Callable[[str], Any], test: Callable[[Any], bool], what: str):
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if isinstance(value, float) and not math.isfinite(value) or not test(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    parse.__name__ = what  # argparse names the type in messages
-    return parse
-
-
-positive_int = _number(int, lambda v: v >= 1, "a whole number >= 1")
-non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
-any_int = _number(int, lambda v: True, "a whole number")
-positive_float = _number(float, lambda v: v > 0, "a positive number")
-percentage = _number(float, lambda v: 0 < v <= 100, "a percentage in (0, 100]")
-unit_interval = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+# for the subcommands whose flags are not built from an option dataclass: the same kinds
+positive_int = POSITIVE_INT.argparse_type()
+positive_float = POSITIVE_FLOAT.argparse_type()
+seed = SEED.argparse_type()
+any_int = options.Kind(int, lambda v: isinstance(v, int), "a whole number").argparse_type()
 
 
 def existing_file(text: str) -> str:
@@ -63,161 +59,111 @@ def existing_dir(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- train
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The original train.py's flags (same names and meaning) and the new ones."""
-    o = p.add_argument_group("the original train.py's flags")
-    o.add_argument("--generator_config", help="generator architecture: a .conf/.yaml file or a "
-                   "built-in name (fagan64, sagan64, small32); default fagan64, or small32 for "
-                   "the embedded demo")
-    o.add_argument("--discriminator_config", help="discriminator architecture, likewise")
-    o.add_argument("--generator_file", type=existing_file,
-                   help="initial generator weights (ours or attn-gan-pytorch's GAN_GEN_*.pth)")
-    o.add_argument("--discriminator_file", type=existing_file,
-                   help="initial discriminator weights")
-    o.add_argument("--images_dir", type=existing_dir, help="folder of training images (flat "
-                   "or nested); default data/celeba if present, else the embedded demo faces")
-    o.add_argument("--sample_dir", default="samples/fagan_1", help="sample grids go here")
-    o.add_argument("--model_dir", default="models/fagan_1",
-                   help="weights, training state, logs and plots go here")
-    o.add_argument("--loss_function", default="relativistic-hinge",
-                   help="hinge, relativistic-hinge, standard, lsgan, wgan-gp, "
-                   "relativistic-standard, relativistic-lsgan")
-    o.add_argument("--latent_size", type=positive_int,
-                   help="latent size (default: the generator config's input channels, 128)")
-    o.add_argument("--batch_size", type=positive_int, default=32)
-    o.add_argument("--start", type=positive_int, default=1, help="number of the first epoch")
-    o.add_argument("--num_epochs", type=positive_int, default=12, help="number of the last epoch")
-    o.add_argument("--feedback_factor", type=positive_int, default=62,
-                   help="loss logs and sample grids per epoch")
-    o.add_argument("--checkpoint_factor", type=positive_int, default=1,
-                   help="save weights every N epochs")
-    o.add_argument("--g_lr", type=positive_float, default=0.0001)
-    o.add_argument("--d_lr", type=positive_float, default=0.0004)
-    o.add_argument("--data_percentage", type=percentage, default=100.0,
-                   help="share of the data used per epoch")
-    o.add_argument("--num_workers", type=non_negative_int, default=3,
-                   help="data loading processes")
-    n = p.add_argument_group("beyond the original")
-    n.add_argument("--seed", type=any_int, default=0)
-    n.add_argument("--resume", action="store_true",
-                   help="continue exactly from the training state in --model_dir")
-    n.add_argument("--ema_decay", type=unit_interval, default=0.999,
-                   help="decay of the generator's moving average used for samples (0: off)")
-    n.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="bf16 autocast (CPU and GPU) or fp16 with a gradient scaler (GPU)")
-    n.add_argument("--image_size", type=positive_int,
-                   help="training image size (must match the generator's output)")
-    n.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    n.add_argument("--n_critic", type=positive_int, default=1,
-                   help="discriminator steps per generator step")
-    n.add_argument("--augment", help="DiffAugment policy such as color,translation,cutout, or "
-                   "none (default: that policy for the embedded demo, none for folders)")
-    n.add_argument("--max_steps", type=positive_int,
-                   help="stop after this many steps in all, saving a resumable state")
-    n.add_argument("--time_limit", type=positive_float,
-                   help="stop after this many seconds, saving a resumable state")
-    n.add_argument("--num_samples", type=positive_int, default=64,
-                   help="images in each sample grid")
-    n.add_argument("--no_tensorboard", dest="tensorboard", action="store_false",
-                   help="do not write TensorBoard events")
-    cl = n.add_mutually_exclusive_group()
-    cl.add_argument("--channels_last", dest="channels_last", action="store_true", default=None,
-                    help="channels-last memory format (default: on with --precision bf16/fp16)")
-    cl.add_argument("--no_channels_last", dest="channels_last", action="store_false",
-                    help="contiguous (NCHW) memory format, also with bf16/fp16")
-    n.add_argument("--compile", action="store_true", help="torch.compile both networks")
-    n.add_argument("--eval_every", type=positive_int,
-                   help="every N steps, measure the EMA generator against real images "
-                   "(logged to stats.jsonl and TensorBoard)")
-    n.add_argument("--eval_metrics", default="swd",
-                   help="metrics for --eval_every: swd, fid, kid, is (fid/kid/is need "
-                   "--inception_weights)")
-    n.add_argument("--eval_num_samples", type=positive_int, default=1000,
-                   help="real (and generated) images per evaluation")
-    n.add_argument("--inception_weights", type=existing_file,
-                   help="InceptionV3 weights file for FID/KID/IS (never downloaded)")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from fagan.train import TrainOptions, train
+    from fagan.train import train
 
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "func", "parser")}
-    if values["images_dir"] is None and Path("data/celeba").is_dir():
-        values["images_dir"] = "data/celeba"  # the original's default
-    train(TrainOptions(**values))
+    opts = options.from_namespace(TrainOptions, args)
+    if opts.images_dir is None and not opts.resume and Path("data/celeba").is_dir():
+        opts.images_dir = "data/celeba"  # the original's default
+    train(opts, given=options.given_options(args))
     return 0
 
 
 # --------------------------------------------------------------------------- generate
-def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--generator_file", type=existing_file, required=True,
-                   help="GAN_GEN_*.pth (ours or attn-gan-pytorch's) or a training_state.pth")
-    p.add_argument("--generator_config",
-                   help="architecture file or built-in name (optional for a training state)")
-    p.add_argument("--output_dir", required=True, help="where the PNGs go")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--latents", type=existing_file,
-                     help="N x latent_size float tensor saved with torch.save")
-    src.add_argument("--num_samples", type=positive_int, help="number of images (default 64)")
-    p.add_argument("--seed", type=any_int, default=0, help="seed of the latents")
-    p.add_argument("--latent_size", type=positive_int,
-                   help="latent size (default: from the config, 128 for the original's)")
-    p.add_argument("--truncation", type=positive_float,
-                   help="truncate latents to |z| <= T (truncation trick)")
-    p.add_argument("--batch_size", type=positive_int, default=64)
-    p.add_argument("--grid", action="store_true", help="one grid.png instead of one file each")
-    p.add_argument("--no_ema", dest="prefer_ema", action="store_false",
-                   help="from a training state, use the raw generator, not its EMA")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+@dataclass(kw_only=True)
+class GenerateOptions:
+    """``fagan generate``: images from a trained generator."""
+
+    generator_file: str = option(MISSING, EXISTING_FILE, "GAN_GEN_*.pth (ours or "
+                                 "attn-gan-pytorch's) or a training_state.pth")
+    generator_config: str | None = option(None, TEXT, "architecture file or built-in name "
+                                          "(optional for a training state)")
+    output_dir: str = option(MISSING, TEXT, "where the PNGs go")
+    latents: str | None = option(None, EXISTING_FILE, "N x latent_size float tensor saved "
+                                 "with torch.save (instead of --num_samples)")
+    num_samples: int | None = option(None, POSITIVE_INT, "number of images (default 64)")
+    seed: int = option(0, SEED, "seed of the latents")
+    latent_size: int | None = option(None, POSITIVE_INT, "latent size (default: from the "
+                                     "config, 128 for the original's)")
+    truncation: float | None = option(None, POSITIVE_FLOAT, "truncate latents to |z| <= T "
+                                      "(truncation trick)")
+    batch_size: int = option(64, POSITIVE_INT, "images per forward pass")
+    grid: bool = option(False, FLAG, "one grid.png instead of one file each")
+    prefer_ema: bool = option(True, FLAG, "from a training state, use the raw generator, not "
+                              "its EMA", negative_flag="no_ema")
+    device: str = option("auto", TEXT, "auto, cpu, cuda, cuda:N or mps")
+
+    def validate(self) -> None:
+        """Checks every option, then the ones that exclude each other."""
+        options.check_fields(self)
+        if self.latents is not None and self.num_samples is not None:
+            raise FaganError("--latents and --num_samples exclude each other: the file's "
+                             "latents are the images")
+        if self.latents is not None and self.truncation is not None:
+            raise FaganError("--truncation applies to sampled latents, not to a --latents file")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from fagan.distributed import resolve_device
     from fagan.generate import load_generator, make_latents, read_latents, write_images
 
-    device = resolve_device(args.device)
-    generator = load_generator(args.generator_file, args.generator_config,
-                               latent_size=args.latent_size, device=device,
-                               prefer_ema=args.prefer_ema)
-    if args.latents is not None:
-        if args.truncation is not None:
-            raise FaganError("--truncation applies to sampled latents, not to a --latents file")
-        latents = read_latents(args.latents, generator.latent_size)
+    opts = options.from_namespace(GenerateOptions, args)
+    opts.validate()
+    device = resolve_device(opts.device)
+    generator = load_generator(opts.generator_file, opts.generator_config,
+                               latent_size=opts.latent_size, device=device,
+                               prefer_ema=opts.prefer_ema)
+    if opts.latents is not None:
+        latents = read_latents(opts.latents, generator.latent_size)
     else:
-        latents = make_latents(args.num_samples or 64, generator.latent_size, args.seed,
-                               args.truncation)
-    written = write_images(generator, latents, args.output_dir, batch_size=args.batch_size,
-                           grid=args.grid)
-    print(f"wrote {len(latents)} image(s) to {args.output_dir}"
-          + (f" as {written[0].name}" if args.grid else ""))
+        latents = make_latents(opts.num_samples or 64, generator.latent_size, opts.seed,
+                               opts.truncation)
+    written = write_images(generator, latents, opts.output_dir, batch_size=opts.batch_size,
+                           grid=opts.grid)
+    print(f"wrote {len(latents)} image(s) to {opts.output_dir}"
+          + (f" as {written[0].name}" if opts.grid else ""))
     return 0
 
 
 # --------------------------------------------------------------------------- plots, gif
-def add_plot_losses_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--loss_file", type=existing_file, required=True, help="a loss.log")
-    p.add_argument("--plot_file", required=True, help="the image to write, such as loss.png")
+@dataclass(kw_only=True)
+class PlotLossesOptions:
+    """``fagan plot-losses``: a run's loss curves as an image."""
+
+    loss_file: str = option(MISSING, EXISTING_FILE, "a loss.log")
+    plot_file: str = option(MISSING, TEXT, "the image to write, such as loss.png")
 
 
 def cmd_plot_losses(args: argparse.Namespace) -> int:
     from fagan.plots import plot_losses
 
-    print(f"wrote {plot_losses(args.loss_file, args.plot_file)}")
+    opts = options.from_namespace(PlotLossesOptions, args)
+    options.check_fields(opts)
+    print(f"wrote {plot_losses(opts.loss_file, opts.plot_file)}")
     return 0
 
 
-def add_make_gif_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sample_dir", type=existing_dir, required=True,
-                   help="folder of gen_<epoch>_<batch>.png grids")
-    p.add_argument("--output", required=True, help="the .gif (or .mp4) to write")
-    p.add_argument("--fps", type=positive_float, default=4.0)
+@dataclass(kw_only=True)
+class MakeGifOptions:
+    """``fagan make-gif``: a run's sample grids as an animation."""
+
+    sample_dir: str = option(MISSING, EXISTING_DIR, "folder of gen_<epoch>_<batch>.png grids")
+    output: str = option(MISSING, TEXT, "the .gif (or .mp4) to write")
+    fps: float = option(4.0, POSITIVE_FLOAT, "frames per second")
 
 
 def cmd_make_gif(args: argparse.Namespace) -> int:
     from fagan.animation import make_progress_gif
 
-    print(f"wrote {make_progress_gif(args.sample_dir, args.output, fps=args.fps)}")
+    opts = options.from_namespace(MakeGifOptions, args)
+    options.check_fields(opts)
+    print(f"wrote {make_progress_gif(opts.sample_dir, opts.output, fps=opts.fps)}")
     return 0
+
+
+def _declared(cls: type) -> Callable[[argparse.ArgumentParser], None]:
+    """The ``add_arguments`` of a subcommand whose options are the dataclass ``cls``."""
+    return lambda parser: options.add_arguments(parser, cls)
 
 
 # --------------------------------------------------------------------------- interpolate
@@ -352,7 +298,7 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
                    help="architecture file or built-in name (optional for a training state)")
     p.add_argument("--discriminator_config",
                    help="architecture file or built-in name (optional for a training state)")
-    p.add_argument("--seed", type=any_int, default=0, help="seed of the generated image")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the generated image")
     p.add_argument("--truncation", type=positive_float,
                    help="truncate the latent to |z| <= T")
     p.add_argument("--image", help="the real image for the discriminator")
@@ -490,10 +436,12 @@ def cmd_explore(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- main
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], int]]] = {
-    "train": ("train a FAGAN (the original train.py's flags)", add_train_arguments, cmd_train),
-    "generate": ("write images from a trained generator", add_generate_arguments, cmd_generate),
-    "plot-losses": ("plot a loss.log", add_plot_losses_arguments, cmd_plot_losses),
-    "make-gif": ("animate the sample grids of a run", add_make_gif_arguments, cmd_make_gif),
+    "train": ("train a FAGAN (the original train.py's flags)", _declared(TrainOptions),
+              cmd_train),
+    "generate": ("write images from a trained generator", _declared(GenerateOptions),
+                 cmd_generate),
+    "plot-losses": ("plot a loss.log", _declared(PlotLossesOptions), cmd_plot_losses),
+    "make-gif": ("animate the sample grids of a run", _declared(MakeGifOptions), cmd_make_gif),
     "interpolate": ("animate a walk through the latents of chosen seeds",
                     add_interpolate_arguments, cmd_interpolate),
     "evaluate": ("measure generated images against real ones (SWD, FID, KID, IS)",

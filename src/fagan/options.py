@@ -5,7 +5,8 @@ which records its help text, its kind (how text is parsed and which values are v
 and how it appears on the command line. From that single declaration:
 
 * :func:`add_arguments` builds the argparse flags (with defaults shown in ``--help``),
-* :func:`from_namespace` turns parsed arguments into the dataclass,
+* :func:`from_namespace` turns parsed arguments into the dataclass, and
+  :func:`given_options` tells which flags the command line gave,
 * :func:`check_fields` validates a dataclass built in Python (library use) with the
   same rules and messages the command line applies.
 
@@ -147,6 +148,23 @@ def _help(f: dataclasses.Field, text: str) -> str:
     return text
 
 
+class _Record(argparse.Action):
+    """Stores a flag's value (``const`` for a flag without one) and records that it was given."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        setattr(namespace, _GIVEN, given_options(namespace) | {self.dest})
+
+
+_GIVEN = "_given_options"
+
+
+def given_options(namespace: argparse.Namespace) -> frozenset[str]:
+    """The names of the options whose flags were given (not left at their defaults)."""
+    return getattr(namespace, _GIVEN, frozenset())
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Adds one flag (``--name``) per declared field of dataclass ``cls`` to ``parser``."""
     groups: dict[str | None, Any] = {None: parser}
@@ -162,21 +180,23 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         text = meta["help"]
         if kind is FLAG:
             negative = meta["negative_flag"]
+            switch = dict(dest=f.name, action=_Record, nargs=0)
             if f.default is None:  # tri-state: two flags, neither means "derive it"
                 pair = target.add_mutually_exclusive_group()
-                pair.add_argument(f"--{f.name}", dest=f.name, action="store_true",
-                                  default=None, help=text)
-                pair.add_argument(f"--{negative}", dest=f.name, action="store_false",
-                                  help=f"the opposite of --{f.name}")
+                pair.add_argument(f"--{f.name}", const=True, default=None, help=text, **switch)
+                pair.add_argument(f"--{negative}", const=False, default=None,
+                                  help=f"the opposite of --{f.name}", **switch)
             elif f.default is True:
-                target.add_argument(f"--{negative}", dest=f.name, action="store_false",
-                                    help=text)
+                target.add_argument(f"--{negative}", const=False, default=True, help=text,
+                                    **switch)
             else:
-                target.add_argument(f"--{f.name}", action="store_true", help=text)
+                target.add_argument(f"--{f.name}", const=True, default=False, help=text,
+                                    **switch)
             continue
         required = f.default is MISSING
         target.add_argument(f"--{f.name}", type=kind.argparse_type(), required=required,
-                            default=None if required else f.default, help=_help(f, text))
+                            action=_Record, default=None if required else f.default,
+                            help=_help(f, text))
 
 
 def from_namespace(cls: type, namespace: argparse.Namespace) -> Any:

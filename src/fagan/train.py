@@ -1,10 +1,13 @@
-"""Training: options, one discriminator step, one generator step, and the loop around them.
+"""Training: one discriminator step, one generator step, and the loop around them.
 
-The loop reads top to bottom: set-up (data, networks, optimisers, EMA, precision,
-resume), then per batch ``d_step`` x ``n_critic`` and ``g_step``, feedback (loss.log,
-stats.jsonl, TensorBoard, sample grids), checkpoints, and the end-of-run outputs (loss
-plot, progress GIF). Everything a run writes lives under ``--model_dir`` and
-``--sample_dir``. Precision is chosen once (an autocast context and a gradient scaler
+The loop (:func:`_train_epochs`) reads top to bottom: per batch ``d_step`` x ``n_critic``,
+``g_step``, the moving average, feedback (loss.log, stats.jsonl, TensorBoard, sample
+grids, ``--eval_every`` measures), then whether to stop; per epoch a checkpoint. Before
+it, :func:`_train` sets the run up: the resolved set-up (:func:`resolve_setup`), the data,
+the one :class:`~fagan.train_state.TrainState` that every step changes (resumed from
+``training_state.pth`` with ``--resume``), the run folder. After it come the end-of-run
+outputs (loss plot, progress GIF). Everything a run writes lives under ``--model_dir``
+and ``--sample_dir``. Precision is chosen once (an autocast context and a gradient scaler
 that are no-ops in fp32), so the steps have no precision branches.
 """
 
@@ -17,9 +20,10 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +32,13 @@ import torch.distributed as dist
 import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from fagan import __version__
 from fagan.animation import make_progress_gif
-from fagan.augment import diff_augment, parse_policy, random_hflip
-from fagan.checkpoint import (
-    TRAINING_STATE_FORMAT,
-    is_training_state,
-    load_file,
-    load_network,
-    load_state_into,
-    save_file,
-)
+from fagan.augment import diff_augment, random_hflip
+from fagan.checkpoint import load_network, save_file
 from fagan.config import (
     NetworkSpec,
     load_config,
@@ -58,124 +55,49 @@ from fagan.networks import Discriminator, Generator
 from fagan.plots import plot_losses
 from fagan.runlog import RunLog
 from fagan.sample import evenly_spaced, grid_uint8, to_uint8, write_grid
+from fagan.train_options import (
+    PRECISIONS,
+    TrainOptions,
+    default_num_workers,
+    given_by_default,
+    resumed_options,
+)
+from fagan.train_state import (
+    TRAINING_STATE,
+    RngState,
+    TrainState,
+    read_training_state,
+    sampler_key,
+    seeded_generators,
+)
 
-TRAINING_STATE = "training_state.pth"
+__all__ = ["PRECISIONS", "TRAINING_STATE", "StopReason", "TrainOptions", "TrainResult",
+           "TrainSetup", "TrainState", "d_step", "g_step", "resolve_setup", "train"]
+
 OPTIONS_FILE = "options.json"
+# The embedded demo (no --images_dir): 100 small faces, so a small architecture,
+# augmentation and flips, and each epoch goes through the faces this many times.
+DEMO_CONFIG = "small32"
 DEMO_AUGMENT = "color,translation,cutout"
-# One epoch of the embedded demo goes through its 100 faces this many times.
 DEMO_REPEATS = 32
-PRECISIONS = ("fp32", "bf16", "fp16")
-# What --resume reads from a training state.
-_STATE_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "scaler", "epoch",
-               "batch", "step", "rng", "fixed_latents", "sampler", "generator_config",
-               "discriminator_config")
 # Temporary files of saves killed mid-write (SIGKILL, power loss) older than this are removed.
 _STALE_TEMP_SECONDS = 120.0
 
 
-# --------------------------------------------------------------------------- options
-@dataclass
-class TrainOptions:
-    """Every training option; the command line's flags have the same names.
+class StopReason(str, Enum):
+    """Why a run ended."""
 
-    Defaults follow the original ``train.py`` except ``start`` (1, not 4). ``None``
-    means "derive it": the configs and image size from the data (the embedded demo
-    uses ``small32``, a folder ``fagan64``), the latent size from the generator config.
-    """
+    DONE = "done"  # every epoch up to --num_epochs
+    MAX_STEPS = "max_steps"
+    TIME_LIMIT = "time_limit"
+    SIGINT = "SIGINT"
+    SIGTERM = "SIGTERM"
+    OTHER_PROCESS = "another process"  # DDP: another rank was asked to stop
 
-    generator_config: str | None = None
-    discriminator_config: str | None = None
-    generator_file: str | None = None
-    discriminator_file: str | None = None
-    images_dir: str | None = None
-    sample_dir: str = "samples/fagan_1"
-    model_dir: str = "models/fagan_1"
-    loss_function: str = "relativistic-hinge"
-    latent_size: int | None = None
-    batch_size: int = 32
-    start: int = 1
-    num_epochs: int = 12
-    feedback_factor: int = 62
-    checkpoint_factor: int = 1
-    g_lr: float = 0.0001
-    d_lr: float = 0.0004
-    data_percentage: float = 100.0
-    num_workers: int = 3
-    # beyond the original
-    seed: int = 0
-    resume: bool = False
-    ema_decay: float = 0.999
-    precision: str = "fp32"
-    image_size: int | None = None
-    device: str = "auto"
-    n_critic: int = 1
-    augment: str | None = None
-    max_steps: int | None = None
-    time_limit: float | None = None
-    num_samples: int = 64
-    tensorboard: bool = True
-    channels_last: bool | None = None  # None: on for bf16/fp16, off for fp32
-    compile: bool = False
-    eval_every: int | None = None
-    eval_metrics: str = "swd"
-    eval_num_samples: int = 1000
-    inception_weights: str | None = None
-
-    def validate(self) -> None:
-        """Checks every option once, at the boundary.
-
-        Raises:
-            FaganError: naming the first bad option and its value.
-        """
-        positive_ints = ("batch_size", "num_epochs", "feedback_factor", "checkpoint_factor",
-                         "n_critic", "num_samples", "start")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise FaganError(f"--{name} must be a whole number >= 1, got {value!r}")
-        for name in ("latent_size", "image_size", "max_steps", "eval_every"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise FaganError(f"--{name} must be a whole number >= 1, got {value!r}")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise FaganError(f"--num_workers must be 0 or more, got {self.num_workers!r}")
-        for name in ("g_lr", "d_lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise FaganError(f"--{name} must be a positive number, got {value!r}")
-        if not 0 < self.data_percentage <= 100:
-            raise FaganError(
-                f"--data_percentage must be in (0, 100], got {self.data_percentage!r}"
-            )
-        if not 0 <= self.ema_decay < 1:
-            raise FaganError(f"--ema_decay must be in [0, 1) (0 turns EMA off), got {self.ema_decay!r}")
-        if self.precision not in PRECISIONS:
-            raise FaganError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.start > self.num_epochs:
-            raise FaganError(
-                f"--start {self.start} is after --num_epochs {self.num_epochs}: nothing to train"
-            )
-        if self.time_limit is not None and not self.time_limit > 0:
-            raise FaganError(f"--time_limit must be a positive number of seconds, got {self.time_limit!r}")
-        get_loss(self.loss_function)
-        if self.eval_every is not None:
-            from fagan.metrics import needs_inception, parse_metric_list
-            from fagan.metrics.inception import resolve_weights_path
-
-            if not isinstance(self.eval_num_samples, int) or self.eval_num_samples < 2:
-                raise FaganError(
-                    f"--eval_num_samples must be a whole number >= 2, got {self.eval_num_samples!r}"
-                )
-            if needs_inception(parse_metric_list(self.eval_metrics)):
-                resolve_weights_path(self.inception_weights)  # fails now, not hours later
-        if self.augment:
-            parse_policy(self.augment)
-        for name in ("generator_file", "discriminator_file"):
-            value = getattr(self, name)
-            if value is not None and not Path(value).is_file():
-                raise FaganError(f"--{name}: file not found: {value}")
-        if self.images_dir is not None and not Path(self.images_dir).is_dir():
-            raise FaganError(f"--images_dir: not a folder: {self.images_dir}")
+    @property
+    def resumable_only(self) -> bool:
+        """Stopped from outside: a state to resume from is saved, no final outputs."""
+        return self in (StopReason.SIGINT, StopReason.SIGTERM, StopReason.OTHER_PROCESS)
 
 
 # --------------------------------------------------------------------------- steps
@@ -271,8 +193,8 @@ def uses_channels_last(precision: str, channels_last: bool | None) -> bool:
 
     ``None`` (the default) picks it for bf16/fp16: oneDNN's bf16 convolutions (AMX,
     AVX-512 BF16) and GPU tensor cores work channels-last, and contiguous tensors are
-    reordered around every convolution (a FAGAN 64x64 bf16 iteration on a 2-core CPU:
-    1-7% faster channels-last); in fp32 on the CPU it was not faster (0-5% slower).
+    reordered around every convolution; in fp32 on the CPU it was not faster
+    (benchmarks/RESULTS.md).
     """
     if channels_last is not None:
         return channels_last
@@ -283,8 +205,8 @@ def make_adam(model: nn.Module, lr: float) -> torch.optim.Adam:
     """The original's optimiser, ``Adam(lr, betas=(0, 0.9))``, with PyTorch's fused kernel.
 
     The fused implementation (one kernel over all parameters instead of ~6 ops per
-    parameter) is used on CPUs and CUDA GPUs; it made a FAGAN 64x64 bf16 iteration ~3%
-    faster on a 2-core CPU. Elsewhere the default implementation.
+    parameter, faster: benchmarks/RESULTS.md) is used on CPUs and CUDA GPUs; elsewhere the
+    default implementation.
     """
     params = list(model.parameters())
     fused = bool(params) and all(
@@ -310,7 +232,7 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-# --------------------------------------------------------------------------- set-up helpers
+# --------------------------------------------------------------------------- set-up
 class _Repeat(Dataset):
     """Presents a small dataset ``times`` times per epoch."""
 
@@ -324,25 +246,51 @@ class _Repeat(Dataset):
         return self.base[index % len(self.base)]  # type: ignore[arg-type]
 
 
-@dataclass
-class _Setup:
-    """Everything resolved from the options before the first step."""
+@dataclass(frozen=True)
+class TrainSetup:
+    """What the options (and a resumed state) resolve to before the first step.
+
+    Attributes:
+        g_spec, d_spec: the architectures.
+        architecture: how to name them in messages.
+        latent_size, image_size: the generator's input and output sizes.
+        embedded: whether the run trains on the embedded demo faces (no ``--images_dir``).
+        augment_policy: the DiffAugment policy, "" for none.
+        hflip: whether real images are flipped at random (the demo's 100 faces).
+        repeats: passes over the images per epoch.
+        num_workers: data loading processes.
+    """
 
     g_spec: NetworkSpec
     d_spec: NetworkSpec
+    architecture: str
     latent_size: int
     image_size: int
     embedded: bool
     augment_policy: str
+    hflip: bool
+    repeats: int
+    num_workers: int
 
 
-def _resolve(opts: TrainOptions, saved: dict[str, Any] | None) -> _Setup:
+def resolve_setup(opts: TrainOptions, saved: dict[str, Any] | None = None) -> TrainSetup:
+    """Resolves the derived options: architecture, sizes and the embedded demo's defaults.
+
+    Args:
+        opts: validated options.
+        saved: the training state being resumed, whose architecture is used.
+
+    Raises:
+        FaganError: for a config that cannot be read or an ``--image_size`` the generator
+            does not make.
+    """
     embedded = opts.images_dir is None
+    default = DEMO_CONFIG if embedded else "fagan64"
     if saved is not None:
-        g_spec = parse_config(saved["generator_config"], "training state generator config")
-        d_spec = parse_config(saved["discriminator_config"], "training state discriminator config")
+        g_spec = parse_config(saved["generator_config"], "the training state's generator config")
+        d_spec = parse_config(saved["discriminator_config"],
+                              "the training state's discriminator config")
     else:
-        default = "small32" if embedded else "fagan64"
         g_spec = load_config(resolve_config_path(opts.generator_config or default, "gen"))
         d_spec = load_config(resolve_config_path(opts.discriminator_config or default, "dis"))
     latent_size = opts.latent_size or g_spec.in_channels
@@ -356,52 +304,281 @@ def _resolve(opts: TrainOptions, saved: dict[str, Any] | None) -> _Setup:
         policy = DEMO_AUGMENT if embedded else ""
     else:
         policy = "" if opts.augment.strip().lower() == "none" else opts.augment
-    return _Setup(g_spec, d_spec, latent_size, generator_size, embedded, policy)
+    workers = opts.num_workers
+    return TrainSetup(
+        g_spec, d_spec, architecture=opts.generator_config or default, latent_size=latent_size,
+        image_size=generator_size, embedded=embedded, augment_policy=policy, hflip=embedded,
+        repeats=DEMO_REPEATS if embedded else 1,
+        num_workers=default_num_workers(in_memory=embedded) if workers is None else workers)
 
 
-def _sampler_key(opts: TrainOptions, world_size: int, dataset_len: int) -> dict[str, Any]:
-    return {"seed": opts.seed, "batch_size": opts.batch_size, "world_size": world_size,
-            "data_percentage": opts.data_percentage, "dataset_len": dataset_len}
+@dataclass
+class _Data:
+    """The training images and the order they come in."""
+
+    images: Dataset  # one of each image (what --eval_every compares with)
+    sampler: ResumableSampler
+    loader: DataLoader
 
 
-def _rng_state(latent_rng: torch.Generator, aug_rng: torch.Generator) -> dict[str, Tensor]:
-    state = {"torch": torch.get_rng_state(), "latent": latent_rng.get_state(),
-             "augment": aug_rng.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+def _open_data(opts: TrainOptions, setup: TrainSetup, info: DistInfo, device: torch.device,
+               say: Callable[[str], None]) -> _Data:
+    """The images (the demo's repeated), this process's share of each epoch, the loader."""
+    dataset = base_dataset = open_dataset(opts.images_dir, setup.image_size)
+    if setup.embedded:
+        dataset = _Repeat(dataset, setup.repeats)
+        say(f"no --images_dir: training {setup.architecture} on the embedded demo faces "
+            "(scikit-image's LFW subset, 100 images)")
+    sampler = ResumableSampler(
+        len(dataset), batch_size=opts.batch_size, seed=opts.seed,
+        data_percentage=opts.data_percentage, rank=info.rank, world_size=info.world_size,
+    )
+    loader = build_loader(dataset, sampler, opts.batch_size, setup.num_workers,
+                          pin_memory=device.type == "cuda")
+    return _Data(base_dataset, sampler, loader)
 
 
-def _set_rng_state(state: dict[str, Tensor], latent_rng: torch.Generator,
-                   aug_rng: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    latent_rng.set_state(state["latent"])
-    aug_rng.set_state(state["augment"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+def _new_state(opts: TrainOptions, setup: TrainSetup, info: DistInfo, device: torch.device,
+               data: _Data, scaler: torch.amp.GradScaler,
+               say: Callable[[str], None]) -> TrainState:
+    """The state of a new run: fresh networks (or --generator_file's), step 0."""
+    G = Generator(setup.g_spec, setup.latent_size)
+    D = Discriminator(setup.d_spec, setup.image_size)
+    if opts.generator_file and not opts.resume:
+        load_network(G, opts.generator_file, "generator", prefer_ema=False)
+    if opts.discriminator_file and not opts.resume:
+        load_network(D, opts.discriminator_file, "discriminator")
+    if info.enabled and device.type == "cuda":
+        G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    elif info.enabled:
+        say("note: batch norm is synchronised across processes on GPUs only; on the CPU each "
+            "process normalises its own batch (buffers are taken from rank 0 at checkpoints)")
+    memory_format = _memory_format(opts)
+    G.to(device, memory_format=memory_format).train()
+    D.to(device, memory_format=memory_format).train()
+    ema = copy.deepcopy(G).eval().requires_grad_(False) if opts.ema_decay > 0 else None
+    latent_rng, aug_rng = seeded_generators(opts.seed, info.rank, device)
+    fixed_latents = torch.randn(
+        opts.num_samples, setup.latent_size, generator=torch.Generator().manual_seed(opts.seed))
+    key = sampler_key(seed=opts.seed, batch_size=opts.batch_size, world_size=info.world_size,
+                      data_percentage=opts.data_percentage, dataset_len=data.sampler.dataset_len)
+    run = {"generator_config": spec_to_dict(setup.g_spec),
+           "discriminator_config": spec_to_dict(setup.d_spec),
+           "latent_size": setup.latent_size, "image_size": setup.image_size,
+           "options": asdict(opts)}
+    return TrainState(G, D, ema, make_adam(G, opts.g_lr), make_adam(D, opts.d_lr), scaler,
+                      latent_rng, aug_rng, fixed_latents.to(device), key, run, epoch=opts.start)
 
 
-@contextmanager
-def _stop_on_signals() -> Iterator[dict[str, str | None]]:
-    """Turns the first SIGINT/SIGTERM into a request to stop after the current step."""
-    request: dict[str, str | None] = {"signal": None}
-    handled = (signal.SIGINT, signal.SIGTERM)
+def _resume(state: TrainState, saved: dict[str, Any], path: Path, info: DistInfo,
+            batches_per_epoch: int, say: Callable[[str], None]) -> None:
+    """Continues ``state`` from the saved one, exactly where the data order allows."""
+    exact = state.load_state_dict(saved, batches_per_epoch=batches_per_epoch, rank=info.rank,
+                                  source=str(path))
+    if not exact:
+        warnings.warn(
+            "the data order changed since the training state was saved (other images, batch "
+            "size, seed, data percentage or number of processes): continuing from the start "
+            f"of epoch {state.epoch}, not exactly", stacklevel=2)
+    say(f"resuming from {path}: epoch {state.epoch}, batch {state.batch}, step {state.step}")
 
-    def handler(signum: int, _frame: Any) -> None:
-        request["signal"] = signal.Signals(signum).name
-        for s in handled:  # a second signal stops at once
-            signal.signal(s, previous[s])
 
-    try:
-        previous = {s: signal.signal(s, handler) for s in handled}
-    except ValueError:  # not the main thread: no signal handling
-        yield request
-        return
-    try:
-        yield request
-    finally:
-        for s in handled:
-            signal.signal(s, previous[s])
+def _memory_format(opts: TrainOptions) -> torch.memory_format:
+    """The memory format of the networks and the real batches."""
+    if uses_channels_last(opts.precision, opts.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _for_training(net: nn.Module, opts: TrainOptions, info: DistInfo,
+                  device: torch.device) -> nn.Module:
+    """``net`` as the steps call it: wrapped for DDP and torch.compile where asked."""
+    if info.enabled:
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(net) if opts.compile else net
+
+
+@dataclass
+class _Inputs:
+    """The steps' inputs: real batches on the device, latents, augmentation."""
+
+    state: TrainState
+    setup: TrainSetup
+    device: torch.device
+    memory_format: torch.memory_format
+
+    def real(self, batch: Tensor) -> Tensor:
+        x = batch.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        return random_hflip(x, self.state.aug_rng) if self.setup.hflip else x
+
+    def latents(self, n: int) -> Tensor:
+        return torch.randn(n, self.setup.latent_size, device=self.device,
+                           generator=self.state.latent_rng)
+
+    def augment(self, x: Tensor) -> Tensor:
+        policy = self.setup.augment_policy
+        return diff_augment(x, policy, self.state.aug_rng) if policy else x
+
+
+# --------------------------------------------------------------------------- run outputs
+def _prepare_run_folder(opts: TrainOptions, setup: TrainSetup, info: DistInfo,
+                        device: torch.device, say: Callable[[str], None]) -> RunLog:
+    """Creates the run's folders and writes the resolved options and architectures."""
+    model_dir = Path(opts.model_dir)
+    for flag, folder in (("--model_dir", model_dir), ("--sample_dir", Path(opts.sample_dir))):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise FaganError(
+                f"{flag}: cannot create folder {folder}: {error.strerror or error}"
+            ) from None
+    _remove_stale_temp_files(model_dir, say)
+    run_log = RunLog(model_dir, tensorboard=opts.tensorboard)
+    resolved = {**asdict(opts), "latent_size": setup.latent_size,
+                "image_size": setup.image_size, "augment": setup.augment_policy or "none",
+                "num_workers": setup.num_workers,
+                "channels_last": uses_channels_last(opts.precision, opts.channels_last),
+                "world_size": info.world_size, "device": str(device),
+                "fagan_version": __version__}
+    _write_text(model_dir / OPTIONS_FILE, json.dumps(resolved, indent=2) + "\n")
+    for name, spec in (("gen.yaml", setup.g_spec), ("dis.yaml", setup.d_spec)):
+        _write_text(model_dir / name, yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
+    return run_log
+
+
+class _Feedback:
+    """What a run shows while it trains: a progress bar per epoch, loss.log / stats.jsonl /
+    TensorBoard records and sample grids ``--feedback_factor`` times per epoch, and the
+    ``--eval_every`` measures. Only the main process writes (``run_log`` is None elsewhere).
+    """
+
+    def __init__(self, opts: TrainOptions, run_log: RunLog | None, evaluator: _Evaluator | None,
+                 prec: Precision, batches_per_epoch: int, world_size: int) -> None:
+        self.opts, self.run_log, self.evaluator, self.prec = opts, run_log, evaluator, prec
+        self.interval = max(1, batches_per_epoch // opts.feedback_factor)
+        self.batches_per_epoch, self.world_size = batches_per_epoch, world_size
+        self.started = time.monotonic()
+        self.bar: tqdm | None = None
+
+    def __enter__(self) -> _Feedback:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end_epoch()  # on errors too: the error message gets a line of its own
+
+    def start_epoch(self, state: TrainState) -> None:
+        self.bar = tqdm(total=self.batches_per_epoch, initial=state.batch,
+                        desc=f"epoch {state.epoch}/{self.opts.num_epochs}",
+                        disable=self.run_log is None, unit="batch", dynamic_ncols=True,
+                        leave=True, file=sys.stderr)
+        self.window_start, self.window_images = time.monotonic(), 0
+
+    def end_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def after_step(self, state: TrainState, d_loss: float, g_loss: float, images: int) -> None:
+        """Progress, and the records, grids and measures that are due after this step."""
+        self.window_images += images * self.world_size
+        elapsed = time.monotonic() - self.window_start
+        rate = self.window_images / elapsed if elapsed > 0 else 0.0
+        assert self.bar is not None
+        self.bar.update(1)
+        self.bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_loss:.3f}", img_s=f"{rate:.1f}")
+        if self.run_log is None:
+            return
+        if state.batch % self.interval == 0 or state.batch == 1:
+            self.run_log.feedback({
+                "step": state.step, "epoch": state.epoch, "batch": state.batch,
+                "d_loss": d_loss, "g_loss": g_loss,
+                "gamma": state.generator.gammas() | {
+                    f"D.{k}": v for k, v in state.discriminator.gammas().items()},
+                "images_per_s": rate, "g_lr": state.g_opt.param_groups[0]["lr"],
+                "d_lr": state.d_opt.param_groups[0]["lr"],
+                "time": time.monotonic() - self.started,
+            })
+            self.sample_grid(state, f"{state.epoch}_{state.batch}")
+        if self.evaluator is not None and state.step % self.opts.eval_every == 0:
+            self.evaluate(state)
+
+    def sample_grid(self, state: TrainState, tag: str) -> Path:
+        """``gen_<tag>.png`` (and TensorBoard's image): the fixed latents' images."""
+        net = state.sampling_generator
+        was_training = net.training
+        net.eval()
+        with torch.no_grad(), self.prec.autocast():
+            images = net(state.fixed_latents).float()
+        net.train(was_training)
+        grid = grid_uint8(images)  # one layout for the PNG and TensorBoard
+        path = write_grid(grid, Path(self.opts.sample_dir) / f"gen_{tag}.png")
+        if self.run_log is not None:
+            self.run_log.image("samples", grid, state.step)
+        return path
+
+    def evaluate(self, state: TrainState) -> None:
+        assert self.evaluator is not None and self.run_log is not None
+        scores = self.evaluator(state.sampling_generator)
+        self.run_log.append_stats({"step": state.step, "epoch": state.epoch,
+                                   "batch": state.batch, "eval": scores})
+        message = f"step {state.step}: " + ", ".join(
+            f"{name} {value:.3f}" for name, value in scores.items() if not name[-1].isdigit())
+        if self.bar is not None:
+            self.bar.write(message)
+
+
+class _Checkpoints:
+    """Saves the training state (every process takes part) and the weights (the main one).
+
+    Attributes:
+        files: the weights files written so far, by role.
+    """
+
+    def __init__(self, model_dir: Path, info: DistInfo) -> None:
+        self.model_dir, self.info = model_dir, info
+        self.state_path = model_dir / TRAINING_STATE
+        self.files: dict[str, Path] = {}
+
+    def save_state(self, state: TrainState) -> None:
+        """``training_state.pth``: a collective under DDP, written by the main process."""
+        info = self.info
+        if info.enabled:  # rank 0's running statistics everywhere: all ranks hold one model
+            for net in (state.generator, state.discriminator, state.ema):
+                for buffer in [] if net is None else net.buffers():
+                    dist.broadcast(buffer, src=0)
+        saved = state.state_dict(gather=_all_gather if info.enabled else None)
+        if info.is_main:
+            save_file(saved, self.state_path)
+
+    def save_weights(self, state: TrainState) -> None:
+        """The original's ``GAN_GEN_<epoch>.pth`` and ``GAN_DIS_<epoch>.pth``, and the EMA's."""
+        if not self.info.is_main:
+            return
+        epoch, folder = state.epoch, self.model_dir
+        self.files["generator"] = save_file(state.generator.state_dict(),
+                                            folder / f"GAN_GEN_{epoch}.pth")
+        self.files["discriminator"] = save_file(state.discriminator.state_dict(),
+                                                folder / f"GAN_DIS_{epoch}.pth")
+        if state.ema is not None:
+            self.files["ema_generator"] = save_file(state.ema.state_dict(),
+                                                    folder / f"GAN_GEN_EMA_{epoch}.pth")
+
+    def end_of_epoch(self, state: TrainState, opts: TrainOptions) -> None:
+        """Every ``--checkpoint_factor`` epochs, and the first and last, as the original."""
+        epoch = state.epoch
+        if epoch % opts.checkpoint_factor == 0 or epoch == 1 or epoch == opts.num_epochs:
+            self.save_state(state)
+            self.save_weights(state)
+            if self.info.is_main and (self.model_dir / "loss.log").is_file():
+                plot_losses(self.model_dir / "loss.log", self.model_dir / "loss.png")
+
+
+def _all_gather(rng: RngState) -> list[RngState]:
+    """Every process's random streams, in rank order (a collective)."""
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, {k: v.cpu() for k, v in rng.items()})
+    return gathered
 
 
 class _Evaluator:
@@ -416,7 +593,8 @@ class _Evaluator:
         from fagan.metrics import needs_inception, parse_metric_list
         from fagan.metrics.inception import InceptionFeatures
 
-        picks = evenly_spaced(list(range(len(dataset))), opts.eval_num_samples)  # type: ignore[arg-type]
+        indices = list(range(len(dataset)))  # type: ignore[arg-type]
+        picks = evenly_spaced(indices, opts.eval_num_samples)
         self.real = to_uint8(torch.stack([dataset[k] for k in picks]))
         self.metrics = parse_metric_list(opts.eval_metrics)
         self.seed = opts.seed
@@ -440,24 +618,54 @@ class _Evaluator:
 
 @dataclass
 class TrainResult:
-    """What a run ended with."""
+    """What a run ended with.
+
+    Attributes:
+        stopped: why it ended.
+        files: the weights, loss plot, GIF and training state written at the end.
+    """
 
     generator: nn.Module
     discriminator: nn.Module
     ema_generator: nn.Module | None
     step: int
     epoch: int
-    stopped_early: str | None = None
+    stopped: StopReason = StopReason.DONE
     files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def stopped_early(self) -> StopReason | None:
+        """Why the run stopped before its last epoch; None when it trained them all."""
+        return None if self.stopped is StopReason.DONE else self.stopped
+
+
+@dataclass
+class _Run:
+    """The fixed parts of a run that the loop uses (the changing parts: :class:`TrainState`)."""
+
+    opts: TrainOptions
+    info: DistInfo
+    device: torch.device
+    G: nn.Module  # the networks as the steps call them (DDP, torch.compile)
+    D: nn.Module
+    loss: GANLoss
+    prec: Precision
+    inputs: _Inputs
+    data: _Data
+    feedback: _Feedback
+    checkpoints: _Checkpoints
 
 
 # --------------------------------------------------------------------------- the loop
-def train(opts: TrainOptions, log: Callable[[str], None] | None = None) -> TrainResult:
+def train(opts: TrainOptions, log: Callable[[str], None] | None = None, *,
+          given: Collection[str] | None = None) -> TrainResult:
     """Trains a GAN as the options say; see the module docstring for the outline.
 
     Args:
         opts: the options (validated here).
         log: where progress messages go (default: stderr of the main process).
+        given: with ``opts.resume``, the options the caller set; the others are the saved
+            run's (default: those that differ from their declared defaults).
 
     Returns:
         The trained networks and where the run stopped.
@@ -467,13 +675,21 @@ def train(opts: TrainOptions, log: Callable[[str], None] | None = None) -> Train
             (the last good checkpoint is left untouched).
     """
     opts.validate()
+    saved, notices = None, []
+    if opts.resume:
+        saved = read_training_state(Path(opts.model_dir) / TRAINING_STATE)
+        given = given_by_default(opts) if given is None else given
+        opts, notices = resumed_options(opts, saved.get("options"), given)
+        opts.validate()
     info, device = init_distributed(opts.device)
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if not info.is_main:
         say = lambda message: None  # noqa: E731
+    for notice in notices:
+        say(f"note: {notice}")
     cleanup = ExitStack()
     try:
-        return _train(opts, info, device, say, cleanup)
+        return _train(opts, saved, info, device, say, cleanup)
     except OSError as error:  # a full disk, no permission: a message, not a traceback
         where = f" ({error.filename})" if error.filename else ""
         raise FaganError(
@@ -485,301 +701,155 @@ def train(opts: TrainOptions, log: Callable[[str], None] | None = None) -> Train
         shutdown_distributed()
 
 
-def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
-           say: Callable[[str], None], cleanup: ExitStack) -> TrainResult:
-    model_dir, sample_dir = Path(opts.model_dir), Path(opts.sample_dir)
-    state_path = model_dir / TRAINING_STATE
-
-    # ---- resume: the saved state decides the architecture
-    saved = None
-    if opts.resume:
-        if not state_path.is_file():
-            raise FaganError(f"--resume: no training state in {model_dir} (expected {state_path})")
-        saved = load_file(state_path)
-        if not is_training_state(saved):
-            raise FaganError(f"--resume: {state_path} is not a fagan training state")
-        missing = [key for key in _STATE_KEYS if key not in saved]
-        if missing:
-            raise FaganError(f"--resume: {state_path} is incomplete: it lacks {', '.join(missing)}")
-    setup = _resolve(opts, saved)
-
-    # ---- data
+def _train(opts: TrainOptions, saved: dict[str, Any] | None, info: DistInfo,
+           device: torch.device, say: Callable[[str], None], cleanup: ExitStack) -> TrainResult:
+    """Sets the run up, trains, and writes the end-of-run outputs."""
+    model_dir = Path(opts.model_dir)
+    setup = resolve_setup(opts, saved)
     torch.manual_seed(opts.seed)
-    dataset = base_dataset = open_dataset(opts.images_dir, setup.image_size)
-    if setup.embedded:
-        dataset = _Repeat(dataset, DEMO_REPEATS)
-        say(f"no --images_dir: training {setup.g_spec.source} on the embedded demo faces "
-            "(scikit-image's LFW subset, 100 images)")
-    sampler = ResumableSampler(
-        len(dataset), batch_size=opts.batch_size, seed=opts.seed,
-        data_percentage=opts.data_percentage, rank=info.rank, world_size=info.world_size,
-    )
-    loader = build_loader(dataset, sampler, opts.batch_size, opts.num_workers,
-                          pin_memory=device.type == "cuda")
-    cleanup.callback(_stop_workers, loader)
-
-    # ---- networks, EMA, optimisers
-    G = Generator(setup.g_spec, setup.latent_size)
-    D = Discriminator(setup.d_spec, setup.image_size)
-    if opts.generator_file and saved is None:
-        load_network(G, opts.generator_file, "generator", prefer_ema=False)
-    if opts.discriminator_file and saved is None:
-        load_network(D, opts.discriminator_file, "discriminator")
-    if saved is not None:
-        load_state_into(G, saved["generator"], f"{state_path} generator")
-        load_state_into(D, saved["discriminator"], f"{state_path} discriminator")
-    if info.enabled and device.type == "cuda":
-        G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
-        D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
-    elif info.enabled:
-        say("note: batch norm is synchronised across processes on GPUs only; on the CPU each "
-            "process normalises its own batch (buffers are taken from rank 0 at checkpoints)")
-    memory_format = (torch.channels_last if uses_channels_last(opts.precision, opts.channels_last)
-                     else torch.contiguous_format)
-    G.to(device, memory_format=memory_format).train()
-    D.to(device, memory_format=memory_format).train()
-    ema = None
-    if opts.ema_decay > 0:
-        ema = copy.deepcopy(G).eval().requires_grad_(False)
-        if saved is not None and saved.get("ema_generator") is not None:
-            load_state_into(ema, saved["ema_generator"], f"{state_path} EMA generator")
-    g_opt = make_adam(G, opts.g_lr)
-    d_opt = make_adam(D, opts.d_lr)
+    data = _open_data(opts, setup, info, device, say)
+    cleanup.callback(_stop_workers, data.loader)
     prec = Precision.create(opts.precision, device)
-    loss = get_loss(opts.loss_function)
-    G_train: nn.Module = G
-    D_train: nn.Module = D
-    if info.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        G_train = DDP(G, device_ids=ids)
-        D_train = DDP(D, device_ids=ids)
-    if opts.compile:
-        G_train = torch.compile(G_train)
-        D_train = torch.compile(D_train)
-
-    # ---- random streams (all saved for an exact resume)
-    latent_rng = torch.Generator(device=device).manual_seed(opts.seed * 7919 + info.rank)
-    aug_rng = torch.Generator(device=device).manual_seed(opts.seed * 104729 + info.rank + 1)
-    fixed_latents = torch.randn(
-        opts.num_samples, setup.latent_size, generator=torch.Generator().manual_seed(opts.seed)
-    )
-    step, epoch, done_in_epoch = 0, opts.start, 0
+    state = _new_state(opts, setup, info, device, data, prec.scaler, say)
     if saved is not None:
-        g_opt.load_state_dict(saved["g_optimizer"])
-        d_opt.load_state_dict(saved["d_optimizer"])
-        prec.scaler.load_state_dict(saved["scaler"])
-        fixed_latents = saved["fixed_latents"]
-        step, epoch, done_in_epoch = saved["step"], saved["epoch"], saved["batch"]
-        rng_states = saved["rng"]
-        if len(rng_states) == info.world_size and saved["sampler"] == _sampler_key(
-            opts, info.world_size, len(dataset)
-        ):
-            _set_rng_state(rng_states[info.rank], latent_rng, aug_rng)
-        else:
-            warnings.warn(
-                "batch size, seed, data percentage, process count or data changed since the "
-                "training state was saved: continuing from the next epoch, not exactly",
-                stacklevel=2,
-            )
-            epoch, done_in_epoch = epoch + 1, sampler.batches_per_epoch
-        if done_in_epoch >= sampler.batches_per_epoch:
-            epoch, done_in_epoch = epoch + 1, 0
-        say(f"resuming from {state_path}: epoch {epoch}, batch {done_in_epoch}, step {step}")
-    fixed_latents = fixed_latents.to(device)
-
-    def augment(x: Tensor) -> Tensor:
-        return diff_augment(x, setup.augment_policy, aug_rng) if setup.augment_policy else x
-
-    def real_batch(x: Tensor) -> Tensor:
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
-        return random_hflip(x, aug_rng) if setup.embedded else x
-
-    # ---- run folder
-    run_log = None
-    if info.is_main:
-        for flag, folder in (("--model_dir", model_dir), ("--sample_dir", sample_dir)):
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise FaganError(
-                    f"{flag}: cannot create folder {folder}: {error.strerror or error}"
-                ) from None
-        _remove_stale_temp_files(model_dir, say)
-        run_log = RunLog(model_dir, tensorboard=opts.tensorboard)
-        resolved = {**asdict(opts), "latent_size": setup.latent_size,
-                    "image_size": setup.image_size, "augment": setup.augment_policy or "none",
-                    "channels_last": uses_channels_last(opts.precision, opts.channels_last),
-                    "world_size": info.world_size, "device": str(device),
-                    "fagan_version": __version__}
-        _write_text(model_dir / OPTIONS_FILE, json.dumps(resolved, indent=2) + "\n")
-        for name, spec in (("gen.yaml", setup.g_spec), ("dis.yaml", setup.d_spec)):
-            _write_text(model_dir / name, yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
-
+        _resume(state, saved, model_dir / TRAINING_STATE, info,
+                data.sampler.batches_per_epoch, say)
+    run_log = _prepare_run_folder(opts, setup, info, device, say) if info.is_main else None
     evaluator = None
     if opts.eval_every is not None and info.is_main:
-        evaluator = _Evaluator(base_dataset, opts, device)
-
-    def training_state(batch_in_epoch: int) -> dict[str, Any]:
-        rng = _rng_state(latent_rng, aug_rng)
-        if info.enabled:
-            gathered: list[Any] = [None] * info.world_size
-            dist.all_gather_object(gathered, {k: v.cpu() for k, v in rng.items()})
-            rng_all = gathered
-        else:
-            rng_all = [rng]
-        return {
-            "format": TRAINING_STATE_FORMAT, "format_version": 1, "fagan_version": __version__,
-            "generator": _unwrap(G).state_dict(), "discriminator": _unwrap(D).state_dict(),
-            "ema_generator": None if ema is None else ema.state_dict(),
-            "g_optimizer": g_opt.state_dict(), "d_optimizer": d_opt.state_dict(),
-            "scaler": prec.scaler.state_dict(),
-            "epoch": epoch, "batch": batch_in_epoch, "step": step,
-            "rng": rng_all, "fixed_latents": fixed_latents.cpu(),
-            "sampler": _sampler_key(opts, info.world_size, len(dataset)),
-            "generator_config": spec_to_dict(setup.g_spec),
-            "discriminator_config": spec_to_dict(setup.d_spec),
-            "latent_size": setup.latent_size, "image_size": setup.image_size,
-            "options": {f.name: getattr(opts, f.name) for f in fields(opts)},
-        }
-
-    def sync_buffers() -> None:
-        """Rank 0's running statistics everywhere, so that all ranks hold one model."""
-        if info.enabled:
-            for net in (_unwrap(G), _unwrap(D), ema):
-                for buffer in [] if net is None else net.buffers():
-                    dist.broadcast(buffer, src=0)
-
-    def save_state(batch_in_epoch: int) -> None:
-        sync_buffers()
-        state = training_state(batch_in_epoch)  # collective: every rank takes part
-        if info.is_main:
-            save_file(state, state_path)
-
-    def sample_grid(tag: str) -> Path:
-        net = ema if ema is not None else _unwrap(G)
-        was_training = net.training
-        net.eval()
-        with torch.no_grad(), prec.autocast():
-            images = net(fixed_latents).float()
-        net.train(was_training)
-        grid = grid_uint8(images)  # one layout for the PNG and TensorBoard
-        path = write_grid(grid, sample_dir / f"gen_{tag}.png")
-        if run_log is not None:
-            run_log.image("samples", grid, step)
-        return path
-
-    # ---- the loop
-    interval = max(1, sampler.batches_per_epoch // opts.feedback_factor)
-    started = time.monotonic()
-    stopped: str | None = None
-    if opts.max_steps is not None and step >= opts.max_steps:
-        stopped = "max_steps"
-    result_files: dict[str, Path] = {}
-    say(f"training on {device} ({info.world_size} process(es)), {len(dataset)} images, "
-        f"{sampler.batches_per_epoch} batches per epoch, loss {loss.name}, "
-        f"precision {opts.precision}")
-    # progress bars are closed on errors too: the error message gets a line of its own
-    with _stop_on_signals() as stop_request, ExitStack() as bars:
-        while stopped is None and epoch <= opts.num_epochs:
-            sampler.set_epoch(epoch)
-            sampler.set_start_batch(done_in_epoch)
-            bar = bars.enter_context(tqdm(
-                total=sampler.batches_per_epoch, initial=done_in_epoch,
-                desc=f"epoch {epoch}/{opts.num_epochs}", disable=not info.is_main,
-                unit="batch", dynamic_ncols=True, leave=True, file=sys.stderr))
-            window_start, window_images = time.monotonic(), 0
-            for i, batch in enumerate(loader, start=done_in_epoch + 1):
-                real = real_batch(batch)
-                for _ in range(opts.n_critic):
-                    z = torch.randn(real.shape[0], setup.latent_size, device=device,
-                                    generator=latent_rng)
-                    d_loss = d_step(G_train, D_train, real, z, loss, d_opt, prec, augment, aug_rng)
-                z = torch.randn(real.shape[0], setup.latent_size, device=device,
-                                generator=latent_rng)
-                g_loss = g_step(G_train, D_train, real, z, loss, g_opt, prec, augment)
-                if ema is not None:
-                    ema_update(ema, _unwrap(G), ema_decay_at(opts.ema_decay, step))
-                step += 1
-                done_in_epoch = i
-                window_images += real.shape[0] * info.world_size
-
-                if not (math.isfinite(d_loss) and math.isfinite(g_loss)):
-                    raise FaganError(
-                        f"training diverged at step {step} (epoch {epoch}, batch {i}): "
-                        f"d_loss={d_loss}, g_loss={g_loss}; the last checkpoint in "
-                        f"{model_dir} is left as it was (try lower learning rates or "
-                        "--precision fp32)"
-                    )
-                elapsed = time.monotonic() - window_start
-                rate = window_images / elapsed if elapsed > 0 else 0.0
-                bar.update(1)
-                bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_loss:.3f}", img_s=f"{rate:.1f}")
-                if info.is_main and (i % interval == 0 or i == 1):
-                    assert run_log is not None
-                    run_log.feedback({
-                        "step": step, "epoch": epoch, "batch": i,
-                        "d_loss": d_loss, "g_loss": g_loss,
-                        "gamma": _unwrap(G).gammas() | {
-                            f"D.{k}": v for k, v in _unwrap(D).gammas().items()},
-                        "images_per_s": rate, "g_lr": g_opt.param_groups[0]["lr"],
-                        "d_lr": d_opt.param_groups[0]["lr"],
-                        "time": time.monotonic() - started,
-                    })
-                    sample_grid(f"{epoch}_{i}")
-                if evaluator is not None and step % opts.eval_every == 0:
-                    assert run_log is not None
-                    scores = evaluator(ema if ema is not None else _unwrap(G))
-                    run_log.append_stats({"step": step, "epoch": epoch, "batch": i,
-                                          "eval": scores})
-                    bar.write(f"step {step}: " + ", ".join(
-                        f"{name} {value:.3f}" for name, value in scores.items()
-                        if not name[-1].isdigit()))
-
-                want_stop = stop_request["signal"]
-                if opts.max_steps is not None and step >= opts.max_steps:
-                    want_stop = want_stop or "max_steps"
-                if opts.time_limit is not None and time.monotonic() - started >= opts.time_limit:
-                    want_stop = want_stop or "time_limit"
-                if all_agree(want_stop is not None, info, device):
-                    stopped = want_stop or "another process"
-                    break
-            bar.close()
-            if stopped is not None:
-                save_state(done_in_epoch)
-                break
-
-            # ---- end of epoch: checkpoint as the original did
-            if epoch % opts.checkpoint_factor == 0 or epoch == 1 or epoch == opts.num_epochs:
-                save_state(done_in_epoch)
-                if info.is_main:
-                    result_files.update(_save_weights(model_dir, epoch, G, D, ema))
-                    if (model_dir / "loss.log").is_file():
-                        plot_losses(model_dir / "loss.log", model_dir / "loss.png")
-            epoch, done_in_epoch = epoch + 1, 0
-
-    # ---- end of run
-    if info.is_main:
-        assert run_log is not None
+        evaluator = _Evaluator(data.images, opts, device)
+    batches = data.sampler.batches_per_epoch
+    run = _Run(
+        opts=opts, info=info, device=device, loss=get_loss(opts.loss_function), prec=prec,
+        G=_for_training(state.generator, opts, info, device),
+        D=_for_training(state.discriminator, opts, info, device),
+        inputs=_Inputs(state, setup, device, _memory_format(opts)), data=data,
+        feedback=_Feedback(opts, run_log, evaluator, prec, batches, info.world_size),
+        checkpoints=_Checkpoints(model_dir, info))
+    say(f"training on {device} ({info.world_size} process(es)), {data.sampler.dataset_len} "
+        f"images, {batches} batches per epoch, loss {run.loss.name}, precision {opts.precision}")
+    stopped = _train_epochs(run, state)
+    if run_log is not None:
         run_log.close()
-        if stopped in (None, "max_steps", "time_limit"):
-            if stopped is not None:
-                result_files.update(_save_weights(model_dir, epoch, G, D, ema))
-            if (model_dir / "loss.log").is_file():
-                result_files["loss_plot"] = plot_losses(model_dir / "loss.log",
-                                                        model_dir / "loss.png")
-            if any(sample_dir.glob("gen_*_*.png")):
-                result_files["gif"] = make_progress_gif(
-                    sample_dir, sample_dir / "progress.gif", mp4=True)
-        if stopped in ("SIGINT", "SIGTERM", "another process"):
-            say(f"stopped by {stopped} at step {step}; training state saved to {state_path}; "
-                "continue with --resume")
-        else:
-            say(f"done at step {step}; weights and training state in {model_dir}, "
-                f"samples in {sample_dir}")
-    result_files["training_state"] = state_path
-    return TrainResult(_unwrap(G), _unwrap(D), ema, step, epoch, stopped, result_files)
+        _end_of_run(run, state, stopped, say)
+    files = {**run.checkpoints.files, "training_state": run.checkpoints.state_path}
+    return TrainResult(state.generator, state.discriminator, state.ema, state.step, state.epoch,
+                       stopped, files)
 
 
+def _train_epochs(run: _Run, state: TrainState) -> StopReason:
+    """The loop: epochs of batches, each a D step (x ``n_critic``) and a G step."""
+    opts, inputs, G, D, loss, prec = run.opts, run.inputs, run.G, run.D, run.loss, run.prec
+    stop = StopReason.MAX_STEPS if _reached(opts.max_steps, state.step) else None
+    with _stop_on_signals() as signals, run.feedback as feedback:
+        while stop is None and state.epoch <= opts.num_epochs:
+            run.data.sampler.set_epoch(state.epoch)
+            run.data.sampler.set_start_batch(state.batch)
+            feedback.start_epoch(state)
+            for i, batch in enumerate(run.data.loader, start=state.batch + 1):
+                real = inputs.real(batch)
+                for _ in range(opts.n_critic):
+                    d_loss = d_step(G, D, real, inputs.latents(len(real)), loss, state.d_opt,
+                                    prec, inputs.augment, state.aug_rng)
+                g_loss = g_step(G, D, real, inputs.latents(len(real)), loss, state.g_opt, prec,
+                                inputs.augment)
+                if state.ema is not None:
+                    decay = ema_decay_at(opts.ema_decay, state.step)
+                    ema_update(state.ema, state.generator, decay)
+                state.step, state.batch = state.step + 1, i
+                _check_finite(d_loss, g_loss, state, opts.model_dir)
+                feedback.after_step(state, d_loss, g_loss, len(real))
+                stop = _stop_reason(run, state, signals.reason, feedback.started)
+                if stop is not None:
+                    break
+            feedback.end_epoch()
+            if stop is not None:
+                run.checkpoints.save_state(state)
+                break
+            run.checkpoints.end_of_epoch(state, opts)
+            state.epoch, state.batch = state.epoch + 1, 0
+    return stop or StopReason.DONE
+
+
+def _reached(limit: int | None, step: int) -> bool:
+    """Whether ``step`` steps reach ``--max_steps`` (never when it is not set)."""
+    return limit is not None and step >= limit
+
+
+def _check_finite(d_loss: float, g_loss: float, state: TrainState, model_dir: str) -> None:
+    """Stops a diverged run before anything is saved from it."""
+    if not (math.isfinite(d_loss) and math.isfinite(g_loss)):
+        raise FaganError(
+            f"training diverged at step {state.step} (epoch {state.epoch}, batch "
+            f"{state.batch}): d_loss={d_loss}, g_loss={g_loss}; the last checkpoint in "
+            f"{model_dir} is left as it was (try lower learning rates or --precision fp32)"
+        )
+
+
+def _stop_reason(run: _Run, state: TrainState, signalled: StopReason | None,
+                 started: float) -> StopReason | None:
+    """Why to stop after this step, if at all; every process stops at the same step."""
+    opts, want = run.opts, signalled
+    if want is None and _reached(opts.max_steps, state.step):
+        want = StopReason.MAX_STEPS
+    if want is None and opts.time_limit is not None:
+        if time.monotonic() - started >= opts.time_limit:
+            want = StopReason.TIME_LIMIT
+    if all_agree(want is not None, run.info, run.device):
+        return want or StopReason.OTHER_PROCESS
+    return None
+
+
+def _end_of_run(run: _Run, state: TrainState, stopped: StopReason,
+                say: Callable[[str], None]) -> None:
+    """The final weights, loss plot and progress GIF (main process), and the last message."""
+    model_dir, sample_dir = Path(run.opts.model_dir), Path(run.opts.sample_dir)
+    files = run.checkpoints.files
+    if stopped.resumable_only:
+        say(f"stopped by {stopped.value} at step {state.step}; training state saved to "
+            f"{run.checkpoints.state_path}; continue with --resume")
+        return
+    if stopped is not StopReason.DONE:
+        run.checkpoints.save_weights(state)
+    if (model_dir / "loss.log").is_file():
+        files["loss_plot"] = plot_losses(model_dir / "loss.log", model_dir / "loss.png")
+    if any(sample_dir.glob("gen_*_*.png")):
+        files["gif"] = make_progress_gif(sample_dir, sample_dir / "progress.gif", mp4=True)
+    say(f"done at step {state.step}; weights and training state in {model_dir}, "
+        f"samples in {sample_dir}")
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_StopRequest]:
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current step."""
+    request = _StopRequest()
+    handled = (signal.SIGINT, signal.SIGTERM)
+
+    def handler(signum: int, _frame: Any) -> None:
+        request.reason = StopReason(signal.Signals(signum).name)
+        for s in handled:  # a second signal stops at once
+            signal.signal(s, previous[s])
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in handled}
+    except ValueError:  # not the main thread: no signal handling
+        yield request
+        return
+    try:
+        yield request
+    finally:
+        for s in handled:
+            signal.signal(s, previous[s])
+
+
+@dataclass
+class _StopRequest:
+    """A signal's request to stop, set by the handler, read by the loop."""
+
+    reason: StopReason | None = None
+
+
+# --------------------------------------------------------------------------- helpers
 def _stop_workers(loader: Any) -> None:
     """Shuts persistent loader workers down now.
 
@@ -823,14 +893,3 @@ def _remove_stale_temp_files(model_dir: Path, say: Callable[[str], None]) -> Non
     if removed:
         say(f"removed {len(removed)} temporary file(s) left in {model_dir} by saves that were "
             f"interrupted: {', '.join(sorted(removed))}")
-
-
-def _save_weights(model_dir: Path, epoch: int, G: nn.Module, D: nn.Module,
-                  ema: nn.Module | None) -> dict[str, Path]:
-    files = {
-        "generator": save_file(_unwrap(G).state_dict(), model_dir / f"GAN_GEN_{epoch}.pth"),
-        "discriminator": save_file(_unwrap(D).state_dict(), model_dir / f"GAN_DIS_{epoch}.pth"),
-    }
-    if ema is not None:
-        files["ema_generator"] = save_file(ema.state_dict(), model_dir / f"GAN_GEN_EMA_{epoch}.pth")
-    return files

@@ -50,10 +50,7 @@ from fagan.explore.params import (
 from fagan.layers.attention import attention_layers
 from fagan.networks import Discriminator, Generator
 
-try:  # the latent helpers' own module where it exists
-    from fagan.latents import latents_for_seeds, slerp
-except ImportError:  # pragma: no cover - depends on the package layout
-    from fagan.sample import latents_for_seeds, slerp
+from fagan.latents import latents_for_seeds, slerp
 from fagan.sample import to_uint8
 
 __all__ = ["DEFAULT_INLINE_MAX_POSITIONS", "Explorer", "encode_array", "png_bytes"]
