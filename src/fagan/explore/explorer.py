@@ -47,10 +47,9 @@ from fagan.explore.params import (
     RequestError,
     check_upload,
 )
+from fagan.latents import latents_for_seeds, slerp
 from fagan.layers.attention import attention_layers
 from fagan.networks import Discriminator, Generator
-
-from fagan.latents import latents_for_seeds, slerp
 from fagan.sample import to_uint8
 
 __all__ = ["DEFAULT_INLINE_MAX_POSITIONS", "Explorer", "encode_array", "png_bytes"]
