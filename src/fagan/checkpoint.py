@@ -1,7 +1,11 @@
 """Saving and loading weights and training states, safely.
 
 * Every file is read with ``torch.load(weights_only=True)``: a ``.pth`` crafted to run
-  code when unpickled is refused with a :class:`FaganError` before anything runs.
+  code when unpickled is refused with a :class:`FaganError` before anything runs. A file
+  that ``torch.save`` did not write (text, a plain pickle, another archive) never
+  reaches ``torch.load``: it is named for what it is, from its first bytes.
+* A training state is checked field by field (:func:`validate_training_state`) before
+  a resume uses any of it; latents from a file by :func:`check_latents`.
 * Every file is written atomically (temporary file in the same folder, fsync,
   ``os.replace``): a crash or a full disk mid-write leaves the previous file intact.
 * State dicts saved by attn-gan-pytorch (``...residual_conv.module.weight_bar``,
