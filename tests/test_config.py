@@ -692,11 +692,14 @@ def test_spec_to_dict_keeps_activation_slope_exactly() -> None:
 # --------------------------------------------------------------------------- hostile configs
 def billion_laughs(levels: int = 9) -> str:
     """The classic YAML alias bomb: 9 aliases of 9 aliases ... of a 9-item list, 9**9 values
-    (387 million) in about 600 bytes, placed where a layer mapping is expected."""
-    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    (387 million) in about 600 bytes, as the ``channels`` of an otherwise valid layer, whose
+    malformed value the message quotes."""
+    anchors = ['&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     for level in range(1, levels):
-        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]")
-    return "\n".join(lines) + f"\narchitecture: [*l{levels - 1}]\n"
+        anchors.append(f"&l{level} [{', '.join([f'*l{level - 1}'] * 9)}]")
+    return ("architecture:\n  - name: conv\n    channels: [" + ",\n      ".join(anchors)
+            + "]\n    kernel_dims: (4, 4)\n    stride: (2, 2)\n    padding: (1, 1)\n"
+            "    bias: True\n    batch_norm: False\n    activation: relu\n")
 
 
 def merge_bomb(levels: int = 30) -> str:
@@ -779,7 +782,7 @@ def test_alias_bombs_are_refused_in_little_time_and_memory(
 def test_the_bombs_really_are_bombs() -> None:
     """What the guard refuses is what it claims: 9**9 strings behind 9 lists, shared."""
     data = yaml.safe_load(billion_laughs())  # the loader shares aliased lists: cheap
-    level, distinct = data["architecture"][0], 1
+    level, distinct = data["architecture"][0]["channels"][-1], 1
     while isinstance(level[0], list):
         assert len(level) == 9 and all(item is level[0] for item in level)
         level, distinct = level[0], distinct + 1
