@@ -18,13 +18,17 @@ from attn_gan_pytorch import CustomLayers, Losses, Networks  # noqa: E402
 from attn_gan_pytorch.Utils import get_layer  # noqa: E402
 from easydict import EasyDict  # noqa: E402
 
-REFERENCE_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "fagan_configs"
+#: The original project's .conf files, kept in the repository (tests/fixtures).
+REFERENCE_CONFIGS = Path(__file__).resolve().parent / "fixtures" / "fagan_configs"
+#: The byte-for-byte originals beside the repository, where a checkout has them.
+SHARED_REFERENCE_CONFIGS = (
+    Path(__file__).resolve().parents[2] / "shared" / "reference" / "fagan_configs"
+)
 
 
 def reference_configs_dir() -> Path:
-    """The original project's config folder (beside the repo in ../shared)."""
-    if not REFERENCE_CONFIGS.is_dir():
-        pytest.skip(f"reference configs not found at {REFERENCE_CONFIGS}")
+    """The original project's config folder (``fagan_1``/``fagan_2``, each with
+    ``gen.conf`` and ``dis.conf``), as the repository's fixtures hold it."""
     return REFERENCE_CONFIGS
 
 
@@ -74,7 +78,8 @@ def randomize_batch_norms(model: torch.nn.Module, seed: int = 0) -> None:
 
 
 __all__ = [
-    "CustomLayers", "Losses", "Networks", "converge_spectral_norms", "randomize_batch_norms",
+    "CustomLayers", "Losses", "Networks", "REFERENCE_CONFIGS", "SHARED_REFERENCE_CONFIGS",
+    "converge_spectral_norms", "randomize_batch_norms",
     "randomize_gammas", "reference_configs_dir", "reference_discriminator",
     "reference_generator", "reference_layers",
 ]

@@ -3,24 +3,33 @@ wrapper prefixes, and attn-gan-pytorch state dicts."""
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import subprocess
 import sys
 import textwrap
+import time
+import warnings
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from fagan.checkpoint import (
+    TRAINING_STATE_FIELDS,
     TRAINING_STATE_FORMAT,
+    check_latents,
     load_file,
     load_network,
     load_state_into,
+    load_training_state,
     network_state_dict,
     save_file,
+    validate_training_state,
 )
 from fagan.config import load_config
 from fagan.errors import FaganError
@@ -175,7 +184,7 @@ def test_saved_file_has_the_usual_permissions(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o644
 
 
-# --------------------------------------------------------------------------- load_file
+# --------------------------------------------------------------------------- load_file: refused content
 class RunsCode:
     def __init__(self, command: str) -> None:
         self.command = command
@@ -184,34 +193,154 @@ class RunsCode:
         return (os.system, (self.command,))
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
-@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
-def test_load_file_refuses_code_and_runs_nothing(tmp_path: Path, writer: str) -> None:
-    marker = tmp_path / "pwned"
-    path = tmp_path / "GAN_GEN_9.pth"
-    payload = {"model.0.gamma": torch.zeros(1), "x": RunsCode(f"touch {marker}")}
-    if writer == "torch.save":
-        torch.save(payload, path)
-    else:
-        with open(path, "wb") as handle:
-            pickle.dump(payload, handle)
+def load_error(path: Path) -> str:
+    """load_file's message for ``path``: one short line that never repeats torch's advice."""
     with pytest.raises(FaganError) as info:
         load_file(path)
     message = str(info.value)
-    assert message.startswith(f"refusing to load {path}: ")
-    assert "could run code" in message
+    assert "\n" not in message and len(message) < 400, message
+    assert "weights_only" not in message, message
+    return message
+
+
+def test_load_file_refuses_code_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "GAN_GEN_9.pth"
+    torch.save({"model.0.gamma": torch.zeros(1), "x": RunsCode(f"touch {marker}")}, path)
+    message = load_error(path)
+    assert message == (
+        f"refusing to load {path}: it holds Python objects that could run code when unpickled "
+        f"(it names {os.system.__module__}.system); refused: only tensors and plain containers "
+        "are read"
+    )
     assert not marker.exists()
     with pytest.raises(FaganError, match="refusing"):
         load_network(small_generator(), path, "generator")
     assert not marker.exists()
-    # the file really is malicious: an unsafe load runs the payload
-    if writer == "torch.save":
-        torch.load(path, weights_only=False)
-    else:
-        pickle.loads(path.read_bytes())
+    torch.load(path, weights_only=False)  # the file really is malicious
     assert marker.exists()
 
 
+PICKLES_NAMING_GLOBALS = [
+    pytest.param(lambda marker: pickle.dumps({"x": RunsCode(f"touch {marker}")}, protocol=2),
+                 f"{os.system.__module__}.system", id="protocol-2"),
+    pytest.param(lambda marker: pickle.dumps([RunsCode(f"touch {marker}")], protocol=5),
+                 f"{os.system.__module__}.system", id="protocol-5"),
+    pytest.param(lambda marker: f"cos\nsystem\n(S'touch {marker}'\ntR.".encode(), "os.system",
+                 id="protocol-0-text"),
+    pytest.param(lambda marker: pickle.dumps({"w": torch.ones(2)}),
+                 "torch._utils._rebuild_tensor_v2", id="state-dict-pickled-by-pickle"),
+]
+
+
+@pytest.mark.parametrize("write,name", PICKLES_NAMING_GLOBALS)
+def test_plain_pickles_naming_code_are_refused_unread(tmp_path: Path, write, name: str) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "GAN_GEN_9.pth"
+    path.write_bytes(write(marker))
+    assert load_error(path) == (
+        f"refusing to load {path}: not a PyTorch weights file but a Python pickle that names "
+        f"{name}, so it could run code when unpickled; refused: only files written by "
+        "torch.save are read"
+    )
+    assert not marker.exists()
+    pickle.loads(path.read_bytes())  # each really is a pickle; the first three run code
+    assert marker.exists() == (name != "torch._utils._rebuild_tensor_v2")
+
+
+def _zip_without_torch_layout(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("weights/readme.txt", "not torch")
+
+
+def _npy(path: Path) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, np.zeros((2, 3), np.float32))
+
+
+FOREIGN_FILES = [
+    pytest.param(lambda p: p.write_text("hello\nthese are not weights\n"), "it looks like text",
+                 id="text"),
+    pytest.param(lambda p: p.write_text("cat\ndog\n(S'a'\n"), "it looks like text",
+                 id="text-that-starts-like-a-protocol-0-pickle"),
+    pytest.param(lambda p: p.write_bytes((CONFIGS / "small32" / "gen.yaml").read_bytes()),
+                 "it looks like text", id="a-config-given-as-weights"),
+    pytest.param(lambda p: p.write_text("é" * 3000), "it looks like text", id="utf8-text"),
+    pytest.param(lambda p: p.write_bytes(pickle.dumps({"a": 1, "b": [2.0]}, protocol=4)),
+                 "a Python pickle not written by torch.save", id="harmless-protocol-4-pickle"),
+    pytest.param(lambda p: p.write_bytes(pickle.dumps(list(range(300_000)) + [RunsCode("x")],
+                                                      protocol=4)),
+                 "a Python pickle not written by torch.save", id="pickle-longer-than-the-scan"),
+    pytest.param(_zip_without_torch_layout, "a zip archive without torch's data.pkl",
+                 id="other-zip"),
+    pytest.param(_npy, "a NumPy array file", id="numpy"),
+    pytest.param(lambda p: p.write_bytes(bytes(range(256)) * 40), "unknown binary content",
+                 id="binary"),
+]
+
+
+@pytest.mark.parametrize("write,kind", FOREIGN_FILES)
+def test_files_torch_did_not_write_are_not_weights_files(tmp_path: Path, write, kind: str) -> None:
+    path = tmp_path / "GAN_GEN_1.pth"
+    write(path)
+    assert load_error(path) == (
+        f"cannot read {path}: not a PyTorch weights file ({kind}); expected a state dict or "
+        "training state written by torch.save"
+    )
+
+
+def test_torch_file_in_pickle_protocol_4_is_named_so(tmp_path: Path) -> None:
+    """Harmless, but torch's weights-only loader does not read protocol 4's FRAME."""
+    path = tmp_path / "w.pth"
+    torch.save({"w": torch.ones(2)}, path, pickle_protocol=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's own warning about the protocol is not shown
+        message = load_error(path)
+    assert message == (
+        f"cannot read {path} safely: its pickle uses an instruction torch's weights-only loader "
+        "does not accept (FRAME, as pickle protocol 4 or later writes); save it again with "
+        "torch.save's default protocol"
+    )
+    torch.save({"w": torch.ones(2)}, path)  # the default protocol reads
+    assert torch.equal(load_file(path)["w"], torch.ones(2))
+
+
+def _torch_zip_head(path: Path) -> bytes:
+    torch.save(small_generator().state_dict(), path)
+    return path.read_bytes()[:4096]
+
+
+def _legacy_head(path: Path) -> bytes:
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    return pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+
+
+TWO_GB_FILES = [
+    pytest.param(lambda p: b"", "not a PyTorch weights file (unknown binary content)",
+                 id="zeros"),
+    pytest.param(lambda p: b"some notes\n" * 500,
+                 "not a PyTorch weights file (it looks like text)", id="text-then-zeros"),
+    pytest.param(_torch_zip_head, "not a complete PyTorch checkpoint (", id="torch-zip-start"),
+    pytest.param(_legacy_head, "not a complete PyTorch checkpoint (damaged: byte 0 where a "
+                 "pickle instruction should be)", id="legacy-torch-start"),
+]
+
+
+@pytest.mark.parametrize("head,words", TWO_GB_FILES)
+def test_two_gigabyte_files_are_refused_quickly(tmp_path: Path, head, words: str) -> None:
+    """Sparse 2 GiB files: refused from their first bytes or torch's index, not read whole."""
+    path = tmp_path / "big.pth"
+    start = head(tmp_path / "source.pth")
+    path.write_bytes(start)
+    os.truncate(path, 2 << 30)
+    assert path.stat().st_size == 2 << 30
+    began = time.perf_counter()
+    message = load_error(path)
+    assert time.perf_counter() - began < 10
+    assert message.startswith(f"cannot read {path}: ") and words in message, message
+
+
+# --------------------------------------------------------------------------- load_file: incomplete files
 @pytest.mark.parametrize("fraction", [0.0, 0.02, 0.3, 0.6, 0.95, 0.999])
 def test_load_file_truncated(tmp_path: Path, fraction: float) -> None:
     full = tmp_path / "full.pth"
@@ -219,26 +348,21 @@ def test_load_file_truncated(tmp_path: Path, fraction: float) -> None:
     data = full.read_bytes()
     path = tmp_path / "GAN_GEN_2.pth"
     path.write_bytes(data[: int(len(data) * fraction)])
-    with pytest.raises(FaganError) as info:
-        load_file(path)
-    message = str(info.value)
-    assert message.startswith(f"cannot read {path}: not a complete PyTorch checkpoint (")
-    assert "\n" not in message
+    message = load_error(path)
+    assert message.startswith(f"cannot read {path}: not a complete PyTorch checkpoint ("), message
     with pytest.raises(FaganError, match="not a complete PyTorch checkpoint"):
         load_network(small_generator(), path, "generator")
 
 
-@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.95])
+@pytest.mark.parametrize("fraction", [0.001, 0.3, 0.6, 0.95])
 def test_load_file_truncated_legacy_format(tmp_path: Path, fraction: float) -> None:
     full = tmp_path / "full.pth"
     torch.save(small_generator().state_dict(), full, _use_new_zipfile_serialization=False)
     data = full.read_bytes()
     path = tmp_path / "old.pth"
-    path.write_bytes(data[: int(len(data) * fraction)])
-    with pytest.raises(FaganError) as info:
-        load_file(path)
-    assert str(path) in str(info.value)
-    assert "\n" not in str(info.value)
+    path.write_bytes(data[: max(int(len(data) * fraction), 20)])
+    message = load_error(path)
+    assert message.startswith(f"cannot read {path}: not a complete PyTorch checkpoint ("), message
 
 
 def test_load_file_missing(tmp_path: Path) -> None:
@@ -376,6 +500,234 @@ def test_training_state_prefers_ema_generator(
         load_network(Discriminator(load_config(CONFIGS / "small32" / "dis.yaml")), path,
                      "discriminator")
     assert str(info.value) == f"{path}: this training state holds no discriminator weights"
+
+
+# --------------------------------------------------------------------------- training-state validation
+@pytest.fixture(scope="module")
+def written_state(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The training state a real two-step ``fagan train`` run wrote (small32, real faces)."""
+    from conftest import train_small_run
+
+    run = train_small_run(tmp_path_factory.mktemp("run"), max_steps=2, seed=1)
+    return load_file(run / "models" / "training_state.pth")
+
+
+def test_a_written_training_state_is_valid(written_state: dict, tmp_path: Path) -> None:
+    validate_training_state(written_state, "training_state.pth")
+    path = save_file(written_state, tmp_path / "training_state.pth")
+    again = load_training_state(path)
+    assert set(again) == set(written_state) and set(TRAINING_STATE_FIELDS) <= set(again)
+    assert again["step"] == written_state["step"] == 2
+    assert torch.equal(again["fixed_latents"], written_state["fixed_latents"])
+    assert state_equal(again["generator"], written_state["generator"])
+
+
+def _setter(field: str, value):
+    def change(state: dict) -> None:
+        state[field] = value() if callable(value) else value
+    return change
+
+
+def _remove(*fields: str):
+    def change(state: dict) -> None:
+        for field in fields:
+            del state[field]
+    return change
+
+
+def _set_in(path: tuple, value):
+    def change(state: dict) -> None:
+        target = state
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value() if callable(value) else value
+    return change
+
+
+def _first_key(field: str):
+    def change(state: dict) -> None:
+        key = next(iter(state[field]))
+        state[field][key] = state[field][key].to_sparse()
+    return change
+
+
+def _bomb() -> list:
+    bomb: list = ["lol"] * 9
+    for _ in range(8):
+        bomb = [bomb] * 9
+    return bomb
+
+
+BAD_STATES = [
+    # (change, field named in the message, words in the message)
+    pytest.param(_setter("step", "abc"), "'step'",
+                 "expected a non-negative integer, found str 'abc'", id="step-string"),
+    pytest.param(_setter("step", -3), "'step'", "found int -3", id="step-negative"),
+    pytest.param(_setter("step", True), "'step'", "found bool True", id="step-bool"),
+    pytest.param(_setter("epoch", -1), "'epoch'", "non-negative integer", id="epoch-negative"),
+    pytest.param(_setter("batch", 1.5), "'batch'", "found float 1.5", id="batch-float"),
+    pytest.param(_setter("batch", torch.tensor(3)), "'batch'", "found a int64 tensor of shape []",
+                 id="batch-tensor"),
+    pytest.param(_setter("rng", 5), "'rng'", "expected a list of generator states",
+                 id="rng-int"),
+    pytest.param(_setter("rng", []), "'rng'", "found list of 0 item(s)", id="rng-empty"),
+    pytest.param(_setter("rng", [5]), "'rng'[0]", "expected a mapping of generator states",
+                 id="rng-item-int"),
+    pytest.param(_set_in(("rng", 0), lambda: {"torch": torch.get_rng_state()}), "'rng'[0]",
+                 "lacks latent, augment", id="rng-missing-streams"),
+    pytest.param(_set_in(("rng", 0, "latent"), lambda: torch.zeros(5056)),
+                 "'rng'[0]['latent']", "expected a 1-D uint8 CPU tensor, found a float32 tensor",
+                 id="rng-float-state"),
+    pytest.param(_set_in(("rng", 0, "augment"), lambda: torch.zeros(2, 8, dtype=torch.uint8)),
+                 "'rng'[0]['augment']", "found a uint8 tensor of shape [2, 8]",
+                 id="rng-2d-state"),
+    pytest.param(_set_in(("rng", 0, "torch"), lambda: torch.zeros(12, dtype=torch.uint8)),
+                 "'rng'[0]['torch']", "expected the CPU generator's 5056-byte state, found 12",
+                 id="rng-short-cpu-state"),
+    pytest.param(_set_in(("rng", 0, "torch"), "state"), "'rng'[0]['torch']",
+                 "found str 'state'", id="rng-string-state"),
+    pytest.param(_setter("fixed_latents", lambda: [[0.0] * 128] * 4), "'fixed_latents'",
+                 "expected a tensor of latents, found list", id="latents-list"),
+    pytest.param(_setter("fixed_latents", lambda: torch.randn(4, 128).to_sparse()),
+                 "'fixed_latents'", "found a sparse_coo float32 tensor of shape [4, 128]",
+                 id="latents-sparse"),
+    pytest.param(_setter("fixed_latents", lambda: torch.randn(4, 128, 2)), "'fixed_latents'",
+                 "expected latents of shape N x 128, found [4, 128, 2]", id="latents-3d"),
+    pytest.param(_setter("fixed_latents", lambda: torch.randn(4, 100)), "'fixed_latents'",
+                 "expected latents of shape N x 128, found [4, 100]", id="latents-width"),
+    pytest.param(_setter("fixed_latents", lambda: torch.randn(0, 128)), "'fixed_latents'",
+                 "found [0, 128]", id="latents-none"),
+    pytest.param(_setter("fixed_latents", lambda: torch.ones(4, 128, dtype=torch.int64)),
+                 "'fixed_latents'", "latents must be floating point, found torch.int64",
+                 id="latents-int"),
+    pytest.param(_setter("fixed_latents", lambda: torch.full((4, 128), float("nan"))),
+                 "'fixed_latents'", "NaN or infinite", id="latents-nan"),
+    pytest.param(_setter("fixed_latents", lambda: torch.zeros(4, 128, device="meta")),
+                 "'fixed_latents'", "found a float32 tensor of shape [4, 128] on meta",
+                 id="latents-meta"),
+    pytest.param(_setter("sampler", "seed=0"), "'sampler'", "expected a mapping, found str",
+                 id="sampler-string"),
+    pytest.param(_set_in(("sampler", "seed"), _bomb), "'sampler'['seed']",
+                 "expected a number, found list of 9 item(s)", id="sampler-bomb-value"),
+    pytest.param(_setter("options", 5), "'options'", "expected a mapping of option names",
+                 id="options-int"),
+    pytest.param(_setter("generator_config", "small32"), "'generator_config'",
+                 "expected a config mapping, found str 'small32'", id="gen-config-string"),
+    pytest.param(_setter("discriminator_config", []), "'discriminator_config'",
+                 "expected a config mapping, found list", id="dis-config-list"),
+    pytest.param(_set_in(("generator_config", "architecture", 0, "stride"), "(2, x)"),
+                 "'generator_config'): architecture[0] (full_attention): field 'stride'",
+                 "malformed tuple '(2, x)'", id="gen-config-bad-layer"),
+    pytest.param(_setter("generator_config", lambda: {"architecture": [_bomb()]}),
+                 "'generator_config'", "expands to more than 100,000 values", id="gen-config-bomb"),
+    pytest.param(_remove("step"), "", "incomplete training state: it lacks step",
+                 id="missing-step"),
+    pytest.param(_remove("rng", "sampler", "scaler"), "",
+                 "incomplete training state: it lacks scaler, rng, sampler", id="missing-three"),
+    pytest.param(_remove("format"), "", "not a fagan training state (found dict of",
+                 id="no-format-tag"),
+    pytest.param(_setter("format_version", 7), "'format_version'",
+                 "7 is newer than this fagan reads (1)", id="newer-format"),
+    pytest.param(_setter("generator", {}), "'generator'",
+                 "expected a state dict of tensors, found dict of 0 item(s)", id="generator-empty"),
+    pytest.param(_setter("discriminator", [1, 2]), "'discriminator'",
+                 "expected a state dict of tensors, found list", id="discriminator-list"),
+    pytest.param(_first_key("generator"), "'generator'['model.0",
+                 "expected a dense CPU tensor, found a sparse_coo", id="generator-sparse-tensor"),
+    pytest.param(_set_in(("discriminator", "model.0.0.bias"), "zeros"),
+                 "'discriminator'['model.0.0.bias']", "found str 'zeros'",
+                 id="discriminator-string-weight"),
+    pytest.param(_setter("ema_generator", 5), "'ema_generator'", "state dict of tensors",
+                 id="ema-int"),
+    pytest.param(_setter("g_optimizer", lambda: {}), "'g_optimizer'",
+                 "expected an optimizer state dict", id="g-optimizer-empty"),
+    pytest.param(_set_in(("d_optimizer", "param_groups"), lambda: [{"params": ["a"]}]),
+                 "'d_optimizer'['param_groups'][0]", "'params' list of parameter numbers",
+                 id="d-optimizer-params"),
+    pytest.param(_set_in(("d_optimizer", "param_groups", 0, "lr"), "fast"),
+                 "'d_optimizer'['param_groups'][0]['lr']", "expected a number or flag",
+                 id="d-optimizer-lr-string"),
+    pytest.param(_set_in(("g_optimizer", "state", 0, "exp_avg"), lambda: torch.ones(3).to_sparse()),
+                 "'g_optimizer'['state'][0]['exp_avg']", "found a sparse_coo",
+                 id="g-optimizer-sparse-moment"),
+    pytest.param(_setter("scaler", "x"), "'scaler'", "expected a mapping", id="scaler-string"),
+    pytest.param(_setter("scaler", {"scale": "big"}), "'scaler'['scale']",
+                 "expected a number, found str 'big'", id="scaler-value"),
+    pytest.param(_setter("latent_size", 0), "'latent_size'", "expected a positive integer",
+                 id="latent-size-zero"),
+    pytest.param(_setter("latent_size", 100), "'latent_size'",
+                 "100 differs from the generator config's input channels, 128",
+                 id="latent-size-mismatch"),
+    pytest.param(_setter("image_size", "32"), "'image_size'", "found str '32'",
+                 id="image-size-string"),
+]
+
+
+@pytest.mark.parametrize("change,field,words", BAD_STATES)
+def test_bad_training_state_fields_give_one_line(
+    written_state: dict, tmp_path: Path, change, field: str, words: str
+) -> None:
+    state = copy.deepcopy(written_state)
+    change(state)
+    path = save_file(state, tmp_path / "training_state.pth")
+    with pytest.raises(FaganError) as info:
+        load_training_state(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}"), message
+    assert field in message and words in message, message
+    assert "\n" not in message and len(message) < 400, message
+
+
+@pytest.mark.parametrize("state", [[1, 2], "state", None, torch.zeros(3)],
+                         ids=["list", "string", "none", "tensor"])
+def test_not_a_training_state(tmp_path: Path, state) -> None:
+    with pytest.raises(FaganError) as info:
+        validate_training_state(state, tmp_path / "s.pth")
+    assert str(info.value).startswith(f"{tmp_path / 's.pth'}: not a fagan training state (found ")
+
+
+# --------------------------------------------------------------------------- latents
+@pytest.mark.parametrize(
+    "latents,words",
+    [
+        (torch.randn(3, 128).to_sparse(), "expected a dense tensor of latents, found a sparse_coo"),
+        (torch.randn(3, 128).to_sparse_csr(), "found a sparse_csr float32 tensor"),
+        (torch.ones(3, 128, dtype=torch.int32), "latents must be floating point, found torch.int32"),
+        (torch.ones(3, 128, dtype=torch.complex64), "must be floating point, found torch.complex64"),
+        (torch.randn(128), "expected latents of shape N x 128, found [128]"),
+        (torch.randn(2, 3, 128), "expected latents of shape N x 128, found [2, 3, 128]"),
+        (torch.randn(3, 100), "expected latents of shape N x 128, found [3, 100]"),
+        (torch.randn(3, 128, 2, 2), "found [3, 128, 2, 2]"),
+        (torch.tensor([[float("inf")] * 128]), "NaN or infinite"),
+        ({"z": torch.randn(3, 128)}, "expected a tensor of latents, found dict of 1 item(s)"),
+        (torch.quantize_per_tensor(torch.randn(3, 128), 0.1, 0, torch.qint8),
+         "found a qint8 tensor of shape [3, 128]"),
+    ],
+    ids=["sparse", "sparse-csr", "int", "complex", "1-d", "3-d", "width", "4-d-not-1x1", "inf",
+         "dict", "quantized"],
+)
+def test_bad_latents(tmp_path: Path, latents, words: str) -> None:
+    path = tmp_path / "latents.pth"
+    torch.save(latents, path)
+    with pytest.raises(FaganError) as info:
+        check_latents(load_file(path), str(path), 128)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and words in message, message
+    assert "\n" not in message and len(message) < 300
+
+
+@pytest.mark.parametrize(
+    "latents",
+    [torch.randn(3, 128), torch.randn(3, 128, 1, 1), torch.randn(3, 128).half(),
+     torch.randn(3, 128, dtype=torch.float64)],
+    ids=["2-d", "original-4-d", "float16", "float64"],
+)
+def test_good_latents(tmp_path: Path, latents: torch.Tensor) -> None:
+    path = tmp_path / "latents.pth"
+    torch.save(latents, path)
+    out = check_latents(load_file(path), str(path), 128)
+    assert out.dtype == torch.float32 and tuple(out.shape) == (3, 128)
+    torch.testing.assert_close(out, latents.reshape(3, 128).float())
 
 
 # --------------------------------------------------------------------------- attn-gan-pytorch files

@@ -1,12 +1,19 @@
-"""Tests for fagan.config: the original .conf files, our YAML configs, and every kind of bad config.
+"""Tests for fagan.config: the original .conf files, our YAML configs, built-in names, every
+kind of bad config, and configs built to exhaust memory, time or the stack.
 
-Bad configs are made by editing the text of the original project's files, so each test
-reads what a user who mistyped one line of a real config would give us.
+Bad configs are made by editing the text of the original project's files (kept byte for
+byte in tests/fixtures), so each test reads what a user who mistyped one line of a real
+config would give us.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +21,9 @@ import torch
 import yaml
 
 from fagan.config import (
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_DEPTH,
+    MAX_CONFIG_VALUES,
     BatchNormSpec,
     ConvSpec,
     DropoutSpec,
@@ -21,8 +31,10 @@ from fagan.config import (
     IgnoreAttnMapsSpec,
     NetworkSpec,
     SelfAttentionSpec,
+    builtin_config_names,
     load_config,
     parse_config,
+    resolve_config_path,
     spec_to_dict,
 )
 from fagan.errors import FaganError
@@ -31,17 +43,17 @@ from fagan.networks import Discriminator, Generator
 
 REPO = Path(__file__).resolve().parents[1]
 OUR_CONFIGS = REPO / "configs"
-REFERENCE_CONFIGS = REPO.parent / "shared" / "reference" / "fagan_configs"
+ORIGINAL_CONFIGS = REPO / "tests" / "fixtures" / "fagan_configs"
+# the byte-for-byte originals beside the repository, where a checkout has them
+SHARED_CONFIGS = REPO.parent / "shared" / "reference" / "fagan_configs"
 
 ORIGINAL_FILES = [("fagan_1", "gen"), ("fagan_1", "dis"), ("fagan_2", "gen"), ("fagan_2", "dis")]
 OUR_FILES = [(name, role) for name in ("fagan64", "sagan64", "small32") for role in ("gen", "dis")]
 
 
 def original(run: str, role: str) -> Path:
-    path = REFERENCE_CONFIGS / run / f"{role}.conf"
-    if not path.is_file():
-        pytest.skip(f"reference config not found at {path}")
-    return path
+    """One of the original project's .conf files, as the repository's fixtures hold it."""
+    return ORIGINAL_CONFIGS / run / f"{role}.conf"
 
 
 def ours(name: str, role: str) -> Path:
@@ -127,6 +139,32 @@ def test_original_conf_files_parse(run: str, role: str) -> None:
         assert on_meta(Discriminator, spec).image_size == 64
 
 
+@pytest.mark.parametrize("run,role", ORIGINAL_FILES)
+def test_fixtures_are_the_original_files(run: str, role: str) -> None:
+    shared = SHARED_CONFIGS / run / f"{role}.conf"
+    if not shared.is_file():
+        pytest.skip(f"no reference copy at {shared} to compare the fixture with")
+    assert original(run, role).read_bytes() == shared.read_bytes()
+
+
+def test_fixtures_keep_the_original_format() -> None:
+    """What makes the .conf format itself: tuples as unquoted ``(a, b)``, quoted names and
+    activations, capitalised booleans, both spellings of the norm flags, no final newline
+    in dis.conf; whatever reads these reads the users' files."""
+    gen, dis = original("fagan_1", "gen").read_text(), original("fagan_1", "dis").read_text()
+    assert gen.startswith("# configuration for the Generator architecture\n\narchitecture:\n")
+    assert "    channels: (128, 512)\n    kernel_dims: (4, 4)\n" in gen
+    assert '    name: "conv_transpose"\n' in gen and '    activation: "tanh"\n' in gen
+    assert "    use_spectral_norm: True\n" in gen and "    spectral_norm: True\n" in gen
+    assert "    transpose_conv: True\n" in gen and "    channels: 128\n" in gen
+    assert '    activation: "lrelu(0.3)"' in dis and dis.endswith('activation: "lrelu(1.0)"')
+    data = yaml.safe_load(gen)
+    assert data["architecture"][0]["channels"] == "(128, 512)"  # a string, as the original read it
+    assert data["architecture"][0]["bias"] is True
+    for role in ("gen", "dis"):
+        assert original("fagan_1", role).read_bytes() == original("fagan_2", role).read_bytes()
+
+
 @pytest.mark.parametrize(
     "name,role,image_size",
     [(name, role, 32 if name == "small32" else 64) for name, role in OUR_FILES],
@@ -184,6 +222,81 @@ def test_fagan64_state_dict_matches_converted_reference(role: str) -> None:
     expected = net.state_dict()
     assert sorted(converted) == sorted(expected)
     assert all(tuple(converted[k].shape) == tuple(expected[k].shape) for k in expected)
+
+
+# --------------------------------------------------------------------------- files and built-in names
+BUILTIN_SIZES = {"fagan64": 64, "sagan64": 64, "small32": 32}
+
+
+def test_builtin_names_are_the_shipped_folders() -> None:
+    assert builtin_config_names() == sorted(BUILTIN_SIZES)
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_SIZES))
+@pytest.mark.parametrize("role", ["gen", "dis"])
+def test_load_config_accepts_builtin_names(name: str, role: str) -> None:
+    spec = load_config(name, role)
+    assert spec.layers == load_config(ours(name, role)).layers
+    assert spec.source.endswith(f"{name}/{role}.yaml")
+    size = BUILTIN_SIZES[name]
+    if role == "gen":
+        assert spec.output_shape(spec.in_channels, 1, 1) == (3, size, size)
+    else:
+        assert spec.output_shape(3, size, size) == (1, 1, 1)
+
+
+def test_load_config_name_defaults_to_the_generator() -> None:
+    assert load_config("fagan64").layers == load_config("fagan64", "gen").layers
+    assert load_config("fagan64").layers != load_config("fagan64", "dis").layers
+    # the README's library example
+    generator = Generator(load_config("fagan64"), latent_size=128).eval()
+    with torch.no_grad():
+        assert tuple(generator(torch.randn(2, 128)).shape) == (2, 3, 64, 64)
+
+
+def test_a_file_is_read_whatever_the_role() -> None:
+    assert load_config(original("fagan_1", "gen"), "dis").layers == load_config(
+        original("fagan_1", "gen")).layers
+
+
+def test_a_file_wins_over_a_builtin_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "fagan64").write_text(original("fagan_1", "dis").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert load_config("fagan64").source == "fagan64"
+    assert isinstance(load_config("fagan64").layers[0], FullAttentionSpec)
+    assert load_config("fagan64").output_shape(3, 64, 64) == (1, 1, 1)  # the file's, a D
+
+
+def test_resolve_config_path_keeps_working() -> None:
+    assert resolve_config_path("small32", "dis") == OUR_CONFIGS.parent / "src" / "fagan" / (
+        "configs/small32/dis.yaml")
+    assert resolve_config_path(str(original("fagan_1", "gen")), "gen") == original("fagan_1", "gen")
+    # the form existing callers use
+    assert load_config(resolve_config_path("sagan64", "dis")).layers == load_config(
+        "sagan64", "dis").layers
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["nowhere/gen.conf", "fagan65", "", "x" * 10_000],
+    ids=["missing-file", "unknown-name", "empty", "name-too-long-for-a-path"],
+)
+def test_neither_file_nor_builtin_name(tmp_path: Path, value: str) -> None:
+    message = config_error(value)
+    shown = value if len(value) < 100 else value[:50]
+    assert message.startswith(f"config not found: {shown}"), message
+    assert message.endswith(
+        "(give a .conf or .yaml file, or one of the built-in fagan64, sagan64, small32)")
+    assert len(message) < 300
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    assert config_error(tmp_path).startswith(f"config not found: {tmp_path} (give a .conf")
+
+
+def test_unknown_role_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="role must be one of"):
+        load_config("fagan64", "generator")
 
 
 # --------------------------------------------------------------------------- tuple forms
@@ -448,15 +561,6 @@ def test_invalid_yaml_names_the_line(tmp_path: Path, old: str, new: str, line: i
     assert message.startswith(f"{path}: invalid YAML at line {line}:"), message
 
 
-def test_missing_file(tmp_path: Path) -> None:
-    path = tmp_path / "nowhere" / "gen.conf"
-    assert config_error(path) == f"config file not found: {path}"
-
-
-def test_directory_instead_of_file(tmp_path: Path) -> None:
-    assert config_error(tmp_path) == f"config file not found: {tmp_path}"
-
-
 @pytest.mark.parametrize("content", ["", "\n\n", "# only a comment\n"], ids=["empty", "blank", "comment"])
 def test_empty_file(tmp_path: Path, content: str) -> None:
     path = tmp_path / "gen.conf"
@@ -583,3 +687,250 @@ def test_spec_to_dict_keeps_activation_slope_exactly() -> None:
     spec = parse_config(data)
     assert spec.layers[0].activation.slope == 0.1234567
     assert parse_config(spec_to_dict(spec)) == spec
+
+
+# --------------------------------------------------------------------------- hostile configs
+def billion_laughs(levels: int = 9) -> str:
+    """The classic YAML alias bomb: 9 aliases of 9 aliases ... of a 9-item list, 9**9 values
+    (387 million) in about 600 bytes, as the ``channels`` of an otherwise valid layer, whose
+    malformed value the message quotes."""
+    anchors = ['&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        anchors.append(f"&l{level} [{', '.join([f'*l{level - 1}'] * 9)}]")
+    return ("architecture:\n  - name: conv\n    channels: [" + ",\n      ".join(anchors)
+            + "]\n    kernel_dims: (4, 4)\n    stride: (2, 2)\n    padding: (1, 1)\n"
+            "    bias: True\n    batch_norm: False\n    activation: relu\n")
+
+
+def merge_bomb(levels: int = 30) -> str:
+    """Merge keys naming each level's mapping twice: 2**30 entries to merge, which PyYAML
+    versions without duplicate-key pruning in ``flatten_mapping`` copy level after level."""
+    lines = ["m0: &m0 {a: 1, b: 2}"]
+    for level in range(1, levels):
+        lines.append(f"m{level}: &m{level} {{<<: [*m{level - 1}, *m{level - 1}]}}")
+    return "\n".join(lines) + f"\narchitecture: [*m{levels - 1}]\n"
+
+
+def shared_list_bomb() -> list:
+    """The billion laughs as Python data: a list holding the same list 9 times, 9 deep."""
+    bomb: list = ["lol"] * 9
+    for _ in range(8):
+        bomb = [bomb] * 9
+    return bomb
+
+
+_LIMITED = textwrap.dedent("""
+    import json, resource, sys, time
+    import torch
+    from fagan.checkpoint import load_file, save_file
+    from fagan.config import load_config, parse_config
+    from fagan.errors import FaganError
+
+    def vm_bytes():
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("VmSize:"))
+        return int(line.split()[1]) * 1024
+
+    # what the case may add to the address space the imports took
+    limit = int(sys.argv[3])
+    resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + limit, resource.RLIM_INFINITY))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    try:
+        exec(sys.argv[2])
+        out = {"message": None}
+    except FaganError as error:
+        out = {"message": str(error)}
+    out["seconds"] = time.perf_counter() - start
+    out["added_peak_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+    print(json.dumps(out))
+""")
+
+_PYTHON_BOMB = "bomb = ['lol'] * 9\nfor _ in range(8):\n    bomb = [bomb] * 9\n"
+BOMBS = [
+    pytest.param("load_config(sys.argv[1])", billion_laughs(), id="yaml-billion-laughs"),
+    pytest.param("load_config(sys.argv[1])", merge_bomb(), id="yaml-merge-keys"),
+    pytest.param(_PYTHON_BOMB + "parse_config({'architecture': [bomb]}, 'state')", None,
+                 id="shared-python-lists"),
+    pytest.param(_PYTHON_BOMB + "save_file({'architecture': [bomb]}, sys.argv[1] + '.pth')\n"
+                 "parse_config(load_file(sys.argv[1] + '.pth'), 'state')", None,
+                 id="shared-lists-through-a-weights-file"),
+]
+
+
+@pytest.mark.parametrize("case,text", BOMBS)
+def test_alias_bombs_are_refused_in_little_time_and_memory(
+    tmp_path: Path, case: str, text: str | None
+) -> None:
+    """Run with 1 GiB more address space than the imports took, as a guard: without the
+    size check, building the error message alone expands the bomb to gigabytes."""
+    path = tmp_path / "bomb.conf"
+    if text is not None:
+        assert len(text.encode()) < 1_000
+        path.write_text(text)
+    result = subprocess.run([sys.executable, "-c", _LIMITED, str(path), case, str(1 << 30)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    assert out["message"] is not None
+    assert "refusing the configuration: it expands to more than 100,000 values" in out["message"]
+    assert "\n" not in out["message"] and len(out["message"]) < 300
+    assert out["seconds"] < 10
+    assert out["added_peak_kib"] < 100 * 1024
+
+
+def test_the_bombs_really_are_bombs() -> None:
+    """What the guard refuses is what it claims: 9**9 strings behind 9 lists, shared."""
+    data = yaml.safe_load(billion_laughs())  # the loader shares aliased lists: cheap
+    level, distinct = data["architecture"][0]["channels"][-1], 1
+    while isinstance(level[0], list):
+        assert len(level) == 9 and all(item is level[0] for item in level)
+        level, distinct = level[0], distinct + 1
+    assert level == ["lol"] * 9 and distinct == 9 and 9 ** 9 > MAX_CONFIG_VALUES
+    bomb = shared_list_bomb()
+    assert all(item is bomb[0] for item in bomb) and bomb[0][0][0][0][0][0][0][0][0] == "lol"
+    assert yaml.safe_load(merge_bomb(levels=12))["architecture"] == [{"a": 1, "b": 2}]
+
+
+def _nested_yaml(depth: int, style: str) -> str:
+    if style == "flow":
+        return "architecture: " + "[" * depth + "]" * depth + "\n"
+    return "architecture:\n" + "".join(" " * (2 * i + 2) + "-\n" for i in range(depth))
+
+
+def _nested_list(depth: int) -> list:
+    root: list = []
+    current = root
+    for _ in range(depth):
+        current.append([])
+        current = current[0]
+    return root
+
+
+def _cyclic_list() -> list:
+    cycle: list = []
+    cycle.append(cycle)
+    return cycle
+
+
+HOSTILE_FILES = [
+    pytest.param(_nested_yaml(1000, "flow"), f"nested more than {MAX_CONFIG_DEPTH} levels deep",
+                 id="1000-deep-flow"),
+    pytest.param(_nested_yaml(1000, "block"), f"nested more than {MAX_CONFIG_DEPTH} levels deep",
+                 id="1000-deep-block"),
+    pytest.param("architecture: " + "[" * 300_000, f"nested more than {MAX_CONFIG_DEPTH} levels",
+                 id="300000-open-brackets"),
+    pytest.param("architecture: &a [*a]\n", "alias *a at line 1 is used inside its own anchor",
+                 id="alias-in-its-own-anchor"),
+    pytest.param("architecture:\n  - name: conv\n    channels: " + "7" * 5000 + "\n",
+                 "invalid value: Exceeds the limit (4300 digits)", id="5000-digit-integer"),
+    pytest.param("architecture: [{name: conv, channels: '" + "9" * 900_000 + "', kernel_dims: 3,"
+                 " stride: 1, padding: 1, bias: True, batch_norm: False, activation: relu}]\n",
+                 "field 'channels': malformed tuple '9999", id="900kB-string"),
+    pytest.param("architecture: [{name: '" + "x" * 900_000 + "'}]\n",
+                 "field 'name': unknown layer 'xxxx", id="900kB-layer-name"),
+]
+
+
+@pytest.mark.parametrize("text,words", HOSTILE_FILES)
+def test_hostile_files_give_one_short_line(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "gen.conf"
+    path.write_text(text)
+    start = time.perf_counter()
+    message = config_error(path)
+    assert time.perf_counter() - start < 20
+    assert message.startswith(f"{path}: ") and words in message, message[:300]
+    assert "\n" not in message and len(message) < 400
+
+
+@pytest.mark.parametrize("size", [MAX_CONFIG_BYTES + 1, 50 << 20])
+def test_oversized_file_is_refused_unread(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "gen.conf"
+    with open(path, "wb") as handle:  # valid YAML all through: a comment
+        handle.write(b"#" * size)
+    assert config_error(path) == (
+        f"{path}: refusing a config file over 1 MiB (an architecture file has a few "
+        "kilobytes); is it the right file?"
+    )
+
+
+def test_file_just_under_the_size_limit_is_read(tmp_path: Path) -> None:
+    text = original("fagan_1", "gen").read_text()
+    path = tmp_path / "gen.conf"
+    path.write_text(text + "#" * (MAX_CONFIG_BYTES - len(text.encode()) - 1) + "\n")
+    assert path.stat().st_size == MAX_CONFIG_BYTES
+    assert load_config(path).layers == load_config(original("fagan_1", "gen")).layers
+
+
+def test_binary_file_is_not_a_config(tmp_path: Path) -> None:
+    path = tmp_path / "GAN_GEN_1.pth"
+    torch.save({"w": torch.ones(2)}, path)
+    message = config_error(path)
+    assert message.startswith(f"{path}: not a text config file (byte "), message
+
+
+CONV = {"name": "conv", "channels": "(3, 8)", "kernel_dims": "(3, 3)", "stride": "(1, 1)",
+        "padding": "(1, 1)", "bias": True, "batch_norm": False, "activation": "relu"}
+
+HOSTILE_DATA = [
+    pytest.param(lambda: {"architecture": _nested_list(1000)},
+                 f"nested more than {MAX_CONFIG_DEPTH} levels deep", id="1000-deep"),
+    pytest.param(lambda: {"architecture": _nested_list(200_000)},
+                 f"nested more than {MAX_CONFIG_DEPTH} levels deep", id="200000-deep"),
+    pytest.param(lambda: {"architecture": _cyclic_list()}, "it contains itself", id="cycle"),
+    pytest.param(lambda: {"architecture": [{"name": "conv"}] * (MAX_CONFIG_VALUES // 2)},
+                 "expands to more than 100,000 values", id="100000-layers"),
+    pytest.param(lambda: {"architecture": [[0] * (MAX_CONFIG_VALUES + 1)]},
+                 "expands to more than 100,000 values", id="a-list-of-100001"),
+    pytest.param(lambda: {"architecture": [dict(CONV, channels="1" * 50_000_000)]},
+                 "field 'channels': malformed tuple '1111", id="50MB-string-value"),
+    pytest.param(lambda: {"architecture": [dict(CONV, activation="lrelu(" + "1" * 50_000_000)]},
+                 "field 'activation': cannot parse activation 'lrelu(1111", id="50MB-activation"),
+    pytest.param(lambda: {"architecture": [{"name": "y" * 50_000_000}]},
+                 "field 'name': unknown layer 'yyyy", id="50MB-layer-name"),
+    pytest.param(lambda: {"architecture": [{"name": "conv", "z" * 50_000_000: 1}]},
+                 "field 'zzzz", id="50MB-key"),
+    pytest.param(lambda: {"architecture": [{"name": "dropout", "drop_prob": 10 ** 200_000}]},
+                 "<an integer of 664386 bits>", id="200000-digit-integer"),
+    pytest.param(lambda: {"architecture": [{"name": "dropout", "drop_prob": shared_list_bomb()[:2]}]},
+                 "expands to more than 100,000 values", id="bomb-as-a-value"),
+    pytest.param(lambda: {"architecture": [{"name": "self_attention", "channels": 8, "bias": True,
+                                            "squeeze_factor": torch.zeros(1).expand(10_000, 10_000)}]},
+                 "got a float32 tensor of shape [10000, 10000]", id="tensor-value"),
+    pytest.param(lambda: {"architecture": [{"name": "dropout", "drop_prob": 0.5}], 7: "x" * 10**7},
+                 "unknown top-level key 7", id="non-string-top-level-key"),
+]
+
+
+@pytest.mark.parametrize("make,words", HOSTILE_DATA)
+def test_hostile_data_gives_one_short_line(make, words: str) -> None:
+    """parse_config on a mapping from a training state: the same guard as for files."""
+    data = make()
+    start = time.perf_counter()
+    with pytest.raises(FaganError) as info:
+        parse_config(data, "state.pth (generator_config)")
+    message = str(info.value)
+    assert time.perf_counter() - start < 10
+    assert message.startswith("state.pth (generator_config): ") and words in message, message
+    assert "\n" not in message and len(message) < 400
+
+
+@pytest.mark.parametrize(
+    "key,value,shown",
+    [
+        ("kernel_dims", "(" + "4" * 10_000 + ", 4)", "'(44444"),
+        ("kernel_dims", ["a" * 10_000] * 2, "['aaaa"),
+        ("bias", {"x" * 10_000: 1}, "{'xxxx"),
+        ("activation", "lrelu(" + "0" * 10_000 + ")", "'lrelu(0000"),
+        ("activation", 12, "12"),
+    ],
+    ids=["long-tuple", "list-of-long-strings", "mapping", "long-activation", "number-activation"],
+)
+def test_quoted_values_are_bounded(tmp_path: Path, key: str, value, shown: str) -> None:
+    data = yaml.safe_load(original("fagan_1", "dis").read_text())
+    data["architecture"][2][key] = value
+    with pytest.raises(FaganError) as info:
+        parse_config(data, "dis.conf")
+    message = str(info.value)
+    assert message.startswith(f"dis.conf: architecture[2] (conv): field '{key}': "), message
+    assert shown in message and len(message) < 300

@@ -1,7 +1,11 @@
 """Saving and loading weights and training states, safely.
 
 * Every file is read with ``torch.load(weights_only=True)``: a ``.pth`` crafted to run
-  code when unpickled is refused with a :class:`FaganError` before anything runs.
+  code when unpickled is refused with a :class:`FaganError` before anything runs. A file
+  that ``torch.save`` did not write (text, a plain pickle, another archive) never
+  reaches ``torch.load``: it is named for what it is, from its first bytes.
+* A training state is checked field by field (:func:`validate_training_state`) before
+  a resume uses any of it; latents from a file by :func:`check_latents`.
 * Every file is written atomically (temporary file in the same folder, fsync,
   ``os.replace``): a crash or a full disk mid-write leaves the previous file intact.
 * State dicts saved by attn-gan-pytorch (``...residual_conv.module.weight_bar``,
@@ -12,6 +16,10 @@
 from __future__ import annotations
 
 import pickle
+import pickletools
+import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,39 +27,175 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fagan.errors import FaganError
+from fagan.errors import FaganError, brief_repr, brief_text, describe_tensor
 from fagan.fileio import atomic_write
 
 TRAINING_STATE_FORMAT = "fagan-training-state"
+#: The newest training-state layout this version reads.
+TRAINING_STATE_VERSION = 1
 _LEGACY_SUFFIXES = (".module.weight_bar", ".module.weight_u", ".module.weight_v")
+# torch.save's legacy (pre-zip) format opens with this number, pickled with protocol 2
+_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+_ZIP_MAGIC = b"PK\x03\x04"
+# how much of a file that is not a torch file is read to tell a pickle from other content
+_PICKLE_SCAN_BYTES = 1 << 20
 
 
+# --------------------------------------------------------------------------- reading files
 def load_file(path: str | Path) -> Any:
     """Reads a torch file with ``weights_only=True`` onto the CPU.
 
+    Only a file in one of ``torch.save``'s formats (its zip archive, or the legacy
+    pickle opening with torch's magic number) reaches ``torch.load``; anything else is
+    refused unread. Messages never quote torch's own text beyond a bounded detail (its
+    advice to pass ``weights_only=False`` in particular is never repeated).
+
     Raises:
-        FaganError: missing file, a file that would run code when unpickled, or a
-            file that is not a (complete) PyTorch checkpoint.
+        FaganError: one line, for: a missing file; a file that is not a PyTorch weights
+            file (text, a plain pickle, another archive); a torch file holding Python
+            objects that could run code when unpickled; a truncated or damaged one.
     """
     path = Path(path)
     if not path.is_file():
         raise FaganError(f"file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError as error:
+        raise FaganError(f"cannot read {path}: {error.strerror or error}") from None
+    if not head:
+        raise FaganError(f"cannot read {path}: not a complete PyTorch checkpoint (the file is empty)")
+    if not _is_torch_file(path, head):
+        raise _foreign_file_error(path)
+    try:
+        with warnings.catch_warnings():  # the refusal below says it better
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # torch's first line is generic; the line naming the refused global says what it is
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line),
-                      lines[0] if lines else "unsafe content")
+        raise _unpickling_error(path, str(error)) from None
+    except MemoryError:
+        raise FaganError(f"cannot read {path}: not enough memory to load it") from None
+    except Exception as error:  # torch's many ways of finding a file incomplete or damaged
         raise FaganError(
+            f"cannot read {path}: not a complete PyTorch checkpoint ({_torch_detail(error)})"
+        ) from None
+
+
+def _is_torch_file(path: Path, head: bytes) -> bool:
+    """Whether ``head`` (the first bytes of ``path``) opens one of torch.save's formats."""
+    if head.startswith(_LEGACY_MAGIC):
+        return True
+    if not head.startswith(_ZIP_MAGIC):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name == "data.pkl" or name.endswith("/data.pkl")
+                       for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):  # truncated: no central directory
+        # torch writes <archive>/data.pkl first; its local header names it
+        name_length = int.from_bytes(head[26:28], "little")
+        return head[30:30 + name_length].endswith(b"data.pkl")
+
+
+def _foreign_file_error(path: Path) -> FaganError:
+    """The message for a file torch.save did not write, from its first megabyte (read,
+    never unpickled): a pickle that would call code when unpickled is named as such."""
+    with open(path, "rb") as handle:
+        start = handle.read(_PICKLE_SCAN_BYTES)
+    names = _pickle_globals(start, complete=len(start) < _PICKLE_SCAN_BYTES)
+    if names:
+        return FaganError(
+            f"refusing to load {path}: not a PyTorch weights file but a Python pickle that "
+            f"names {brief_text(names[0], 80)}, so it could run code when unpickled; refused: "
+            "only files written by torch.save are read"
+        )
+    kind = "a Python pickle not written by torch.save" if names is not None else (
+        _foreign_kind(start[:4096]))
+    return FaganError(
+        f"cannot read {path}: not a PyTorch weights file ({kind}); expected a state dict or "
+        "training state written by torch.save"
+    )
+
+
+def _pickle_globals(data: bytes, *, complete: bool) -> list[str] | None:
+    """The globals (``module.name``) a pickle would import, read with ``pickletools``
+    without running anything; ``None`` when ``data`` is not a pickle (text, say, parses
+    as a few opcodes and then fails). ``complete``: ``data`` is the whole file; otherwise
+    a pickle opening with a protocol 2+ header may run past the end."""
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST"):
+                names.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL":
+                names.append(".".join(strings[-2:]) if len(strings) >= 2 else "a global")
+            elif isinstance(arg, str):
+                strings.append(arg)
+            if opcode.name == "STOP":
+                return names
+    except Exception:  # not a pickle, or one cut by the read
+        if complete or not (data[:1] == b"\x80" and data[1:2] in b"\x02\x03\x04\x05"):
+            return None
+        return names
+    return None
+
+
+def _foreign_kind(head: bytes) -> str:
+    """What a file that is neither a torch file nor a pickle seems to be, for the message."""
+    if head.startswith(_ZIP_MAGIC):
+        return "a zip archive without torch's data.pkl"
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy array file"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "it looks like text"
+        except UnicodeDecodeError as error:
+            if error.start >= len(head) - 3:  # a character cut by the read
+                return "it looks like text"
+    return "unknown binary content"
+
+
+def _unpickling_error(path: Path, message: str) -> FaganError:
+    """torch's refusal under ``weights_only``, rephrased."""
+    if found := re.search(r"GLOBAL ([\w.]{1,200})", message):
+        return FaganError(
             f"refusing to load {path}: it holds Python objects that could run code when "
-            f"unpickled, and only plain tensors and containers are accepted ({detail})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
-        raise FaganError(
-            f"cannot read {path}: not a complete PyTorch checkpoint "
-            f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else 'empty'})"
-        ) from None
+            f"unpickled (it names {found.group(1)}); refused: only tensors and plain "
+            "containers are read"
+        )
+    if found := re.search(r"Unsupported operand (\d{1,3})\b", message):
+        code = int(found.group(1))
+        if code > 255 or chr(code) not in pickletools.code2op:
+            return FaganError(
+                f"cannot read {path}: not a complete PyTorch checkpoint (damaged: byte {code} "
+                "where a pickle instruction should be)"
+            )
+        return FaganError(
+            f"cannot read {path} safely: its pickle uses an instruction torch's weights-only "
+            f"loader does not accept ({pickletools.code2op[chr(code)].name}, as pickle "
+            "protocol 4 or later writes); save it again with torch.save's default protocol"
+        )
+    if re.search(r"truncated|ran out of input|EOF", message, re.IGNORECASE):
+        return FaganError(f"cannot read {path}: not a complete PyTorch checkpoint (it ends early)")
+    return FaganError(
+        f"refusing to load {path}: it holds Python objects that could run code when "
+        f"unpickled ({_torch_detail(pickle.UnpicklingError(message))}); refused: only "
+        "tensors and plain containers are read"
+    )
+
+
+def _torch_detail(error: BaseException) -> str:
+    """A bounded one-line account of torch's error, without its advice on ``weights_only``."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines
+              if "weights_only" not in line and "documentation" not in line.lower()]
+    if "WeightsUnpickler error:" in " ".join(useful):
+        useful = [line.split("WeightsUnpickler error:", 1)[-1].strip() for line in useful]
+        useful = [line for line in useful if line]
+    detail = useful[0] if useful else "no detail given"
+    return brief_text(f"{type(error).__name__}: {detail}", 160)
 
 
 def save_file(obj: Any, path: str | Path) -> Path:
@@ -87,6 +231,226 @@ def _torch_save(obj: Any, path: Path) -> None:
 def is_training_state(obj: Any) -> bool:
     """Whether ``obj`` is a full training state written by ``fagan train``."""
     return isinstance(obj, Mapping) and obj.get("format") == TRAINING_STATE_FORMAT
+
+
+# --------------------------------------------------------------------------- validation
+#: The fields ``fagan train --resume`` reads from a training state.
+TRAINING_STATE_FIELDS = (
+    "generator", "discriminator", "g_optimizer", "d_optimizer", "scaler", "epoch", "batch",
+    "step", "rng", "fixed_latents", "sampler", "generator_config", "discriminator_config",
+)
+_RNG_KEYS = ("torch", "latent", "augment")
+_Scalar = (bool, int, float, type(None))
+
+
+def _found(value: Any) -> str:
+    """What a value is, for a message: its type and a bounded repr, or a tensor's kind."""
+    if isinstance(value, Tensor):
+        return describe_tensor(value)
+    if isinstance(value, (Mapping, list, tuple)):
+        return f"{type(value).__name__} of {len(value)} item(s) {brief_repr(value, 60)}"
+    return f"{type(value).__name__} {brief_repr(value, 60)}"
+
+
+def _is_plain_tensor(value: Any) -> bool:
+    """A dense, CPU, non-quantized, non-nested tensor: what a weights file holds."""
+    return (isinstance(value, Tensor) and value.layout == torch.strided and not value.is_nested
+            and not value.is_quantized and value.device.type == "cpu")
+
+
+def _is_count(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_latents(value: Any, source: str, latent_size: int | None = None) -> Tensor:
+    """Checks a tensor of latents and returns it as float32.
+
+    Accepts a dense floating-point ``N x latent_size`` tensor (or ``N x latent_size x
+    1 x 1``, as the original fed its generator) of finite values, N >= 1.
+
+    Args:
+        value: what a file held.
+        source: names the file (and field) in messages.
+        latent_size: the size each latent must have; any when ``None``.
+
+    Raises:
+        FaganError: one line saying what was found instead.
+    """
+    want = f"N x {latent_size}" if latent_size is not None else "N x latent_size"
+    if not isinstance(value, Tensor):
+        raise FaganError(f"{source}: expected a tensor of latents, found {_found(value)}")
+    if not _is_plain_tensor(value):
+        raise FaganError(f"{source}: expected a dense tensor of latents, found {_found(value)}")
+    if value.dim() == 4 and tuple(value.shape[2:]) == (1, 1):
+        value = value.flatten(1)
+    if value.dim() != 2 or value.shape[0] < 1 or value.shape[1] < 1 or (
+        latent_size is not None and value.shape[1] != latent_size
+    ):
+        raise FaganError(
+            f"{source}: expected latents of shape {want}, found {list(value.shape)}")
+    if not value.is_floating_point():
+        raise FaganError(f"{source}: latents must be floating point, found {value.dtype}")
+    if not torch.isfinite(value).all():
+        raise FaganError(f"{source}: latents contain NaN or infinite values")
+    return value.float()
+
+
+def validate_training_state(state: Any, path: str | Path) -> None:
+    """Checks every field ``fagan train --resume`` reads, before anything uses one.
+
+    Network weights are state dicts of dense CPU tensors; optimisers are
+    ``Optimizer.state_dict()`` mappings; ``epoch``/``batch``/``step`` non-negative
+    integers; ``rng`` a list (one per process) of mappings of uint8 CPU generator
+    states; ``fixed_latents`` a dense 2-D float tensor as wide as the generator's input;
+    the two configs valid architectures (:func:`fagan.config.parse_config`, with its size
+    guard); ``sampler`` and ``options`` mappings; ``latent_size``/``image_size`` positive
+    integers where present.
+
+    Raises:
+        FaganError: one line naming the file and the first field that is wrong.
+    """
+    from fagan.config import parse_config
+
+    if not is_training_state(state):
+        raise FaganError(f"{path}: not a fagan training state (found {_found(state)})")
+    missing = [key for key in TRAINING_STATE_FIELDS if key not in state]
+    if missing:
+        raise FaganError(f"{path}: incomplete training state: it lacks {', '.join(missing)}")
+
+    def fail(field: str, problem: str) -> FaganError:
+        return FaganError(f"{path}: training state field {field}: {problem}")
+
+    version = state.get("format_version", 1)
+    if not _is_count(version, 1):
+        raise fail("'format_version'", f"expected a positive integer, found {_found(version)}")
+    if version > TRAINING_STATE_VERSION:
+        raise fail("'format_version'", f"{version} is newer than this fagan reads "
+                   f"({TRAINING_STATE_VERSION}); update fagan to resume from it")
+    for field in ("generator", "discriminator", "ema_generator"):
+        if field == "ema_generator" and state.get(field) is None:
+            continue
+        _check_state_dict(state[field], f"'{field}'", fail)
+    for field in ("g_optimizer", "d_optimizer"):
+        _check_optimizer(state[field], f"'{field}'", fail)
+    _check_numbers(state["scaler"], "'scaler'", fail)
+    for field in ("epoch", "batch", "step"):
+        if not _is_count(state[field]):
+            raise fail(f"'{field}'", f"expected a non-negative integer, found {_found(state[field])}")
+    _check_rng(state["rng"], fail)
+    _check_numbers(state["sampler"], "'sampler'", fail)
+    for field in ("latent_size", "image_size"):
+        if field in state and not _is_count(state[field], 1):
+            raise fail(f"'{field}'", f"expected a positive integer, found {_found(state[field])}")
+    options = state.get("options", {})
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise fail("'options'", f"expected a mapping of option names, found {_found(options)}")
+
+    specs = {}
+    for field in ("generator_config", "discriminator_config"):
+        if not isinstance(state[field], dict):
+            raise fail(f"'{field}'", f"expected a config mapping, found {_found(state[field])}")
+        specs[field] = parse_config(state[field], f"{path} (training state field '{field}')")
+    latent_size = specs["generator_config"].in_channels
+    if state.get("latent_size", latent_size) != latent_size:
+        raise fail("'latent_size'", f"{state['latent_size']} differs from the generator "
+                   f"config's input channels, {latent_size}")
+    check_latents(state["fixed_latents"], f"{path}: training state field 'fixed_latents'",
+                  latent_size)
+
+
+def _check_state_dict(value: Any, field: str, fail: Any) -> None:
+    if not isinstance(value, Mapping) or not value:
+        raise fail(field, f"expected a state dict of tensors, found {_found(value)}")
+    for key, tensor in value.items():
+        if not isinstance(key, str):
+            raise fail(field, f"key {brief_repr(key, 60)} is not a parameter name")
+        if not _is_plain_tensor(tensor):
+            raise fail(f"{field}[{brief_repr(key, 60)}]",
+                       f"expected a dense CPU tensor, found {_found(tensor)}")
+
+
+def _check_optimizer(value: Any, field: str, fail: Any) -> None:
+    if not isinstance(value, Mapping) or not isinstance(value.get("state"), Mapping) or \
+            not isinstance(value.get("param_groups"), list) or not value["param_groups"]:
+        raise fail(field, "expected an optimizer state dict (a mapping with 'state' and "
+                   f"'param_groups'), found {_found(value)}")
+    for number, group in enumerate(value["param_groups"]):
+        where = f"{field}['param_groups'][{number}]"
+        if not isinstance(group, Mapping) or not isinstance(group.get("params"), list) or \
+                not all(_is_count(index) for index in group["params"]):
+            raise fail(where, f"expected a mapping with a 'params' list of parameter "
+                       f"numbers, found {_found(group)}")
+        for key, setting in group.items():
+            if key != "params" and not _is_setting(setting):
+                raise fail(f"{where}[{brief_repr(key, 40)}]",
+                           f"expected a number or flag, found {_found(setting)}")
+    for index, per_parameter in value["state"].items():
+        where = f"{field}['state'][{brief_repr(index, 20)}]"
+        if not _is_count(index) or not isinstance(per_parameter, Mapping):
+            raise fail(where, f"expected a parameter number and a mapping of tensors, found "
+                       f"{_found(per_parameter)}")
+        for key, entry in per_parameter.items():
+            if not (_is_plain_tensor(entry) or _is_setting(entry)):
+                raise fail(f"{where}[{brief_repr(key, 40)}]",
+                           f"expected a dense CPU tensor or a number, found {_found(entry)}")
+
+
+def _is_setting(value: Any) -> bool:
+    """A hyperparameter as optimizers store them: a scalar, a 0-d tensor, or a short tuple
+    of numbers (Adam's betas)."""
+    if isinstance(value, _Scalar):
+        return True
+    if isinstance(value, Tensor):
+        return _is_plain_tensor(value) and value.numel() == 1
+    return isinstance(value, (tuple, list)) and len(value) <= 4 and all(
+        isinstance(v, (int, float)) or (_is_plain_tensor(v) and v.numel() == 1) for v in value)
+
+
+def _check_numbers(value: Any, field: str, fail: Any) -> None:
+    """A mapping of names to scalars or one-element tensors (the scaler, the sampler key)."""
+    if not isinstance(value, Mapping):
+        raise fail(field, f"expected a mapping, found {_found(value)}")
+    for key, entry in value.items():
+        if not isinstance(key, str) or not _is_setting(entry) or isinstance(entry, (tuple, list)):
+            raise fail(f"{field}[{brief_repr(key, 40)}]",
+                       f"expected a number, found {_found(entry)}")
+
+
+def _check_rng(value: Any, fail: Any) -> None:
+    if not isinstance(value, list) or not value:
+        raise fail("'rng'", f"expected a list of generator states (one per process), found "
+                   f"{_found(value)}")
+    cpu_state_size = torch.get_rng_state().numel()
+    for rank, states in enumerate(value):
+        if not isinstance(states, Mapping):
+            raise fail(f"'rng'[{rank}]", f"expected a mapping of generator states, found "
+                       f"{_found(states)}")
+        missing = [key for key in _RNG_KEYS if key not in states]
+        if missing:
+            raise fail(f"'rng'[{rank}]", f"lacks {', '.join(missing)}")
+        for key in (*_RNG_KEYS, "cuda"):
+            if key not in states:
+                continue
+            state = states[key]
+            if not _is_plain_tensor(state) or state.dtype != torch.uint8 or state.dim() != 1 \
+                    or state.numel() == 0:
+                raise fail(f"'rng'[{rank}]['{key}']",
+                           f"expected a 1-D uint8 CPU tensor, found {_found(state)}")
+            if key == "torch" and state.numel() != cpu_state_size:
+                raise fail(f"'rng'[{rank}]['torch']", f"expected the CPU generator's "
+                           f"{cpu_state_size}-byte state, found {state.numel()} bytes")
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Reads a training state written by ``fagan train`` and validates every field resume
+    reads (:func:`validate_training_state`).
+
+    Raises:
+        FaganError: unreadable or unsafe file, or a field that is missing or wrong.
+    """
+    state = load_file(path)
+    validate_training_state(state, path)
+    return state
 
 
 def is_legacy_state_dict(state: Mapping[str, Any]) -> bool:

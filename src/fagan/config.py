@@ -19,13 +19,21 @@ from typing import Any
 
 import yaml
 
-from fagan.errors import FaganError
-from fagan.layers.activations import ActivationSpec, parse_activation
+from fagan.errors import FaganError, brief_repr, brief_text
+from fagan.layers.activations import ACTIVATION_FORMS, ActivationSpec, parse_activation
 
 Pair = tuple[int, int]
 
 #: The architectures shipped with the package, one folder each with gen.yaml and dis.yaml.
 BUILTIN_CONFIGS = Path(__file__).resolve().parent / "configs"
+#: The roles a configuration file plays: the generator's or the discriminator's.
+ROLES = ("gen", "dis")
+
+# Limits past which a configuration is refused before it is looked at: an architecture
+# has a few hundred values nested 4 levels deep in a file of a few kilobytes.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 50
 
 
 # --------------------------------------------------------------------------- specs
@@ -164,6 +172,9 @@ LAYER_NAMES = tuple(sorted(_SCHEMA))
 
 _INT = r"\s*([-+]?\d+)\s*"
 _TUPLE = re.compile(rf"^\(?{_INT},{_INT}\)?$")
+# Longer strings are not a tuple or an activation, and are not parsed to find out.
+_MAX_TUPLE_TEXT = 64
+_MAX_ACTIVATION_TEXT = 64
 
 
 class _Field:
@@ -174,34 +185,37 @@ class _Field:
         self.values = values
 
     def fail(self, key: str, problem: str) -> FaganError:
-        return FaganError(f"{self.where}: field '{key}': {problem}")
+        return FaganError(f"{self.where}: field {_key(key)}: {problem}")
 
     def pair(self, key: str, *, minimum: int = 0) -> Pair:
         raw = self.values[key]
         if isinstance(raw, bool):
-            raise self.fail(key, f"expected a pair of integers like \"(4, 4)\", got {raw!r}")
+            raise self.fail(
+                key, f"expected a pair of integers like \"(4, 4)\", got {brief_repr(raw)}")
         if isinstance(raw, int):
             value = (raw, raw)
         elif isinstance(raw, (list, tuple)) and len(raw) == 2 and all(
             isinstance(v, int) and not isinstance(v, bool) for v in raw
         ):
             value = (raw[0], raw[1])
-        elif isinstance(raw, str) and (match := _TUPLE.match(raw.strip())):
+        elif isinstance(raw, str) and len(raw) <= _MAX_TUPLE_TEXT and (
+            match := _TUPLE.match(raw.strip())
+        ):
             value = (int(match.group(1)), int(match.group(2)))
         else:
             raise self.fail(
-                key, f"malformed tuple {raw!r}; expected two integers like \"(4, 4)\""
+                key, f"malformed tuple {brief_repr(raw)}; expected two integers like \"(4, 4)\""
             )
         if min(value) < minimum:
-            raise self.fail(key, f"values must be >= {minimum}, got {value}")
+            raise self.fail(key, f"values must be >= {minimum}, got {brief_repr(value)}")
         return value
 
     def integer(self, key: str, *, minimum: int = 1) -> int:
         raw = self.values[key]
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise self.fail(key, f"expected an integer, got {raw!r}")
+            raise self.fail(key, f"expected an integer, got {brief_repr(raw)}")
         if raw < minimum:
-            raise self.fail(key, f"must be >= {minimum}, got {raw}")
+            raise self.fail(key, f"must be >= {minimum}, got {brief_repr(raw)}")
         return raw
 
     def boolean(self, key: str) -> bool:
@@ -210,33 +224,41 @@ class _Field:
             return raw
         if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
             return raw.strip().lower() == "true"
-        raise self.fail(key, f"expected True or False, got {raw!r}")
+        raise self.fail(key, f"expected True or False, got {brief_repr(raw)}")
 
     def probability(self, key: str) -> float:
         raw = self.values[key]
         if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < 1:
-            raise self.fail(key, f"expected a number in [0, 1), got {raw!r}")
+            raise self.fail(key, f"expected a number in [0, 1), got {brief_repr(raw)}")
         return float(raw)
 
     def activation(self, key: str) -> ActivationSpec | None:
         raw = self.values[key]
         if raw is None:
             return None
-        try:
-            return parse_activation(raw)
-        except ValueError as error:
-            raise self.fail(key, str(error)) from None
+        if isinstance(raw, str) and len(raw) <= _MAX_ACTIVATION_TEXT:
+            try:
+                return parse_activation(raw)
+            except ValueError:
+                pass
+        raise self.fail(key, f"cannot parse activation {brief_repr(raw)}; expected {ACTIVATION_FORMS}")
+
+
+def _key(key: Any) -> str:
+    """A field name as messages quote it: ``'kernel_dims'``, bounded."""
+    return f"'{key}'" if isinstance(key, str) and len(key) <= 40 else brief_repr(key, 40)
 
 
 def _parse_layer(where: str, raw: Any) -> LayerSpec:
     if not isinstance(raw, dict):
-        raise FaganError(f"{where}: expected a mapping of fields, got {raw!r}")
+        raise FaganError(f"{where}: expected a mapping of fields, got {brief_repr(raw)}")
     if "name" not in raw:
         raise FaganError(f"{where}: field 'name': missing; one of {', '.join(LAYER_NAMES)}")
     name = raw["name"]
     if not isinstance(name, str) or name.lower() not in _SCHEMA:
         raise FaganError(
-            f"{where}: field 'name': unknown layer {name!r}; one of {', '.join(LAYER_NAMES)}"
+            f"{where}: field 'name': unknown layer {brief_repr(name)}; one of "
+            f"{', '.join(LAYER_NAMES)}"
         )
     name = name.lower()
     where = f"{where} ({name})"
@@ -246,13 +268,14 @@ def _parse_layer(where: str, raw: Any) -> LayerSpec:
     for key, value in raw.items():
         if key == "name":
             continue
-        canonical = aliases.get(key, key)
+        canonical = aliases.get(key, key) if isinstance(key, str) else key
         if canonical not in required and canonical not in optional:
             known = ", ".join(sorted((*required, *optional)))
-            raise FaganError(f"{where}: field '{key}': unknown key; {name} takes {known}")
+            raise FaganError(f"{where}: field {_key(key)}: unknown key; {name} takes {known}")
         if canonical in values and values[canonical] != value:
             raise FaganError(
-                f"{where}: field '{key}': conflicts with '{canonical}' given as {values[canonical]!r}"
+                f"{where}: field {_key(key)}: conflicts with '{canonical}' given as "
+                f"{brief_repr(values[canonical])}"
             )
         values[canonical] = value
     for key in required:
@@ -357,22 +380,161 @@ def _layer_output_shape(
     return layer.out_channels, sizes[0], sizes[1]
 
 
+# --------------------------------------------------------------------------- size guard
+def check_config_size(data: Any, source: str) -> None:
+    """Refuses a loaded document too large or too deeply nested to be an architecture.
+
+    Runs before anything else looks at ``data`` (a YAML document or a mapping from a
+    training state). Containers met more than once (YAML aliases, shared references in a
+    pickle) are counted each time they are met, as a full walk would see them, but
+    measured once: an alias bomb is measured in time linear in its size on disk. No
+    recursion, so any depth is measured without a ``RecursionError``.
+
+    Raises:
+        FaganError: more than :data:`MAX_CONFIG_VALUES` values once shared parts are
+            expanded, nesting deeper than :data:`MAX_CONFIG_DEPTH`, or a container that
+            holds itself.
+    """
+    measured: dict[int, int] = {}  # id of a finished container -> values it expands to
+    on_path: set[int] = set()
+    distinct = 0
+    # one frame per open container: [container, iterator over its children, values so far]
+    stack: list[list[Any]] = []
+
+    def open_container(container: Any) -> None:
+        nonlocal distinct
+        distinct += 1
+        if len(stack) >= MAX_CONFIG_DEPTH:
+            raise FaganError(
+                f"{source}: refusing the configuration: nested more than {MAX_CONFIG_DEPTH} "
+                "levels deep (an architecture needs 4)"
+            )
+        on_path.add(id(container))
+        stack.append([container, iter(_children(container)), 1])
+
+    def add(values: int) -> None:
+        stack[-1][2] += values
+        if stack[-1][2] > MAX_CONFIG_VALUES or distinct > MAX_CONFIG_VALUES:
+            raise FaganError(
+                f"{source}: refusing the configuration: it expands to more than "
+                f"{MAX_CONFIG_VALUES:,} values (YAML aliases and shared parts counted where "
+                "they are used); an architecture has a few hundred"
+            )
+
+    if not isinstance(data, (dict, list, tuple)):
+        return
+    open_container(data)
+    while stack:
+        frame = stack[-1]
+        child = next(frame[1], _DONE)
+        if child is _DONE:
+            stack.pop()
+            on_path.discard(id(frame[0]))
+            measured[id(frame[0])] = frame[2]
+            if stack:
+                add(frame[2])
+        elif not isinstance(child, (dict, list, tuple)):
+            add(1)
+        elif id(child) in measured:
+            add(measured[id(child)])
+        elif id(child) in on_path:
+            raise FaganError(
+                f"{source}: refusing the configuration: it contains itself (a YAML anchor "
+                "or shared reference used inside its own value)"
+            )
+        else:
+            open_container(child)
+
+
+_DONE = object()
+
+
+def _children(container: dict | list | tuple) -> Any:
+    if isinstance(container, dict):
+        for key, value in container.items():
+            yield key
+            yield value
+    else:
+        yield from container
+
+
+def _check_yaml_events(text: str, source: str) -> None:
+    """:func:`check_config_size` on YAML text, from the parser's events, before the
+    document is built.
+
+    Building can itself blow up (merge keys ``<<: [*a, *a]``, whose entries some PyYAML
+    versions copy level after level) or recurse past Python's limit (nesting), so the
+    size and depth are measured on the event stream first, each anchor's expanded size
+    recorded once.
+    """
+    anchors: dict[str, int | None] = {}  # anchor -> expanded size; None while still open
+    # one entry per open collection: [values so far, its anchor]
+    stack: list[list[Any]] = []
+
+    def too_big() -> FaganError:
+        return FaganError(
+            f"{source}: refusing the configuration: it expands to more than "
+            f"{MAX_CONFIG_VALUES:,} values (YAML aliases and shared parts counted where they "
+            "are used); an architecture has a few hundred"
+        )
+
+    def add(values: int) -> None:
+        if stack:
+            stack[-1][0] += values
+            if stack[-1][0] > MAX_CONFIG_VALUES:
+                raise too_big()
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            if len(stack) >= MAX_CONFIG_DEPTH:
+                raise FaganError(
+                    f"{source}: refusing the configuration: nested more than "
+                    f"{MAX_CONFIG_DEPTH} levels deep at line {event.start_mark.line + 1} "
+                    "(an architecture needs 4)"
+                )
+            if event.anchor is not None:
+                anchors[event.anchor] = None
+            stack.append([1, event.anchor])
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            values, anchor = stack.pop()
+            if anchor is not None:
+                anchors[anchor] = values
+            add(values)
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor is not None:
+                anchors[event.anchor] = 1
+            add(1)
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor in anchors and anchors[event.anchor] is None:
+                raise FaganError(
+                    f"{source}: refusing the configuration: alias *{brief_text(event.anchor, 40)}"
+                    f" at line {event.start_mark.line + 1} is used inside its own anchor's value"
+                )
+            add(anchors.get(event.anchor) or 1)  # an undefined alias is the loader's to report
+
+
 # --------------------------------------------------------------------------- loading
 def parse_config(data: Any, source: str = "<config>") -> NetworkSpec:
-    """Parses an already-loaded YAML document into a :class:`NetworkSpec`.
+    """Parses an already-loaded document into a :class:`NetworkSpec`.
 
     Args:
-        data: the YAML document (a mapping with an ``architecture`` list).
+        data: the YAML document, or the mapping a training state holds (a mapping with
+            an ``architecture`` list).
         source: the name used in messages.
 
     Raises:
-        FaganError: for any problem, naming the source, layer and field.
+        FaganError: for any problem, naming the source, layer and field; a document
+            too large or too deep to be an architecture (:func:`check_config_size`) is
+            refused before it is looked at.
     """
+    check_config_size(data, source)
     if not isinstance(data, dict) or "architecture" not in data:
         raise FaganError(f"{source}: expected a mapping with an 'architecture' list of layers")
-    unknown = sorted(set(data) - {"architecture"})
+    unknown = [key for key in data if key != "architecture"]
     if unknown:
-        raise FaganError(f"{source}: unknown top-level key {unknown[0]!r}; only 'architecture'")
+        raise FaganError(
+            f"{source}: unknown top-level key {brief_repr(unknown[0], 40)}; only 'architecture'"
+        )
     architecture = data["architecture"]
     if not isinstance(architecture, list) or not architecture:
         raise FaganError(f"{source}: 'architecture' must be a non-empty list of layers")
@@ -400,49 +562,78 @@ def _check_channels(layer: LayerSpec, channels: int, where: str) -> int:
     return channels if out is None else out
 
 
-def load_config(path: str | Path) -> NetworkSpec:
-    """Reads and validates an architecture file (``.conf`` or ``.yaml``).
+def load_config(source: str | Path, role: str = "gen") -> NetworkSpec:
+    """Reads and validates an architecture: a ``.conf``/``.yaml`` file or a built-in name.
 
-    YAML is read with the safe loader; nothing in the file is evaluated.
+    ``load_config("fagan64")`` is the built-in generator, ``load_config("fagan64", "dis")``
+    its discriminator; a path to a file is read whatever ``role`` says. YAML is read
+    with the safe loader; nothing in the file is evaluated. A file over
+    :data:`MAX_CONFIG_BYTES`, or whose aliases expand past :data:`MAX_CONFIG_VALUES`
+    values or whose nesting passes :data:`MAX_CONFIG_DEPTH`, is refused before it is built.
+
+    Args:
+        source: a file path, or a built-in name (:func:`builtin_config_names`).
+        role: ``"gen"`` or ``"dis"``: which of a built-in architecture's two files.
 
     Raises:
-        FaganError: a missing/unreadable file, invalid YAML, or any invalid layer.
+        FaganError: neither a file nor a built-in name, an unreadable or oversized file,
+            invalid YAML, or any invalid layer.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FaganError(f"config file not found: {path}")
+    path = resolve_config_path(source, role)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise FaganError(f"cannot read config file {path}: {error}") from None
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise FaganError(f"cannot read config file {path}: {error.strerror or error}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise FaganError(
+            f"{path}: refusing a config file over {MAX_CONFIG_BYTES // (1 << 20)} MiB "
+            "(an architecture file has a few kilobytes); is it the right file?"
+        )
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise FaganError(
+            f"{path}: not a text config file (byte {error.start} is not UTF-8)"
+        ) from None
+    try:
+        _check_yaml_events(text, str(path))
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or "invalid YAML"
-        raise FaganError(f"{path}: invalid YAML{line}: {problem}") from None
+        raise FaganError(f"{path}: invalid YAML{line}: {brief_text(problem)}") from None
+    except ValueError as error:  # a scalar YAML accepts but Python refuses (a huge integer)
+        raise FaganError(f"{path}: invalid value: {brief_text(str(error))}") from None
     return parse_config(data, source=str(path))
 
 
-def resolve_config_path(value: str, role: str) -> Path:
+def resolve_config_path(value: str | Path, role: str) -> Path:
     """A config file path, or a built-in architecture name such as ``fagan64``.
 
     Args:
-        value: a file path or one of the folders in ``fagan/configs``.
-        role: ``gen`` or ``dis``.
+        value: a file path or one of :func:`builtin_config_names`.
+        role: ``"gen"`` or ``"dis"``.
 
     Raises:
         FaganError: if it is neither.
+        ValueError: if ``role`` is neither ``"gen"`` nor ``"dis"`` (a programming error).
     """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     path = Path(value)
-    if path.is_file():
-        return path
-    builtin = BUILTIN_CONFIGS / value / f"{role}.yaml"
-    if builtin.is_file():
-        return builtin
-    names = ", ".join(sorted(p.name for p in BUILTIN_CONFIGS.iterdir() if p.is_dir()))
-    raise FaganError(f"config not found: {value} (give a file, or one of the built-in {names})")
+    try:
+        if path.is_file():
+            return path
+    except OSError:  # a name too long to be a path, say: not a file, then
+        pass
+    if str(value) in builtin_config_names():
+        return BUILTIN_CONFIGS / str(value) / f"{role}.yaml"
+    raise FaganError(
+        f"config not found: {brief_text(str(value))} (give a .conf or .yaml file, or one of "
+        f"the built-in {', '.join(builtin_config_names())})"
+    )
 
 
 def builtin_config_names() -> list[str]:
@@ -504,6 +695,7 @@ def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
 __all__ = [
     "ActivationSpec", "BatchNormSpec", "ConvSpec", "DropoutSpec", "FullAttentionSpec",
     "IgnoreAttnMapsSpec", "LAYER_NAMES", "LayerSpec", "NetworkSpec", "SelfAttentionSpec",
-    "BUILTIN_CONFIGS", "builtin_config_names", "load_config", "parse_config",
+    "BUILTIN_CONFIGS", "MAX_CONFIG_BYTES", "MAX_CONFIG_DEPTH", "MAX_CONFIG_VALUES", "ROLES",
+    "builtin_config_names", "check_config_size", "load_config", "parse_config",
     "resolve_config_path", "spec_to_dict",
 ]
