@@ -19,7 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from fagan import __version__
-from fagan.checkpoint import TRAINING_STATE_FORMAT, is_training_state, load_file, load_state_into
+from fagan.checkpoint import (
+    TRAINING_STATE_FORMAT,
+    is_training_state,
+    load_file,
+    load_state_into,
+    validate_training_state,
+)
 from fagan.errors import FaganError
 
 TRAINING_STATE = "training_state.pth"
@@ -45,6 +51,7 @@ def read_training_state(path: Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in saved]
     if missing:
         raise FaganError(f"--resume: {path} is incomplete: it lacks {', '.join(missing)}")
+    validate_training_state(saved, path)
     return saved
 
 
