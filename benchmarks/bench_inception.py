@@ -147,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     path = common.result_path("inception")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
+    cpus = info["logical_cpus"] or 1
+    shared = (f"The load average was above the {cpus} CPUs: other work shared the machine, so "
+              "the absolute rates are a fraction of an idle machine's; the speed-ups compare "
+              "variants run in turn under that load." if load_before and
+              max(load_before[0], (load_after or load_before)[0]) > cpus else "")
     body = "\n".join([
         "## Inception features (bench_inception.py)",
         "",
@@ -164,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "before (float32, NCHW); `fold+cl` (batch norms folded into the convolutions, "
         "channels-last, float32) is fagan's default. Feature diff: largest relative L2 "
         "difference of an image's features from `before`'s; FID diff: from `before`'s FID.",
+        *(["", shared] if shared else []),
         "",
         common.markdown_table(header, table),
         "",

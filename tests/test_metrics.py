@@ -657,6 +657,35 @@ def test_real_inception_fid_equals_torchmetrics_when_weights_available(no_networ
     assert fid_from_features(fr, ff) == pytest.approx(float(metric.compute()), rel=1e-3)
 
 
+def test_folded_network_keeps_features_and_logits_of_a_state_dict_file(tmp_path,
+                                                                     monkeypatch) -> None:
+    """torch-fidelity's weights file layout (random weights, built here): folding the batch
+    norms and channels-last leave features and logits as the plain module gives them."""
+    tfi = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    with monkeypatch.context() as m:
+        m.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    g = torch.Generator().manual_seed(1)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):  # non-trivial statistics to fold
+            module.running_mean.uniform_(-0.1, 0.1, generator=g)
+            module.running_var.uniform_(0.5, 2.0, generator=g)
+            module.bias.data.uniform_(-0.1, 0.1, generator=g)
+    path = tmp_path / WEIGHTS_FILENAME
+    torch.save(net.state_dict(), path)
+    plain = load_inception_network(path, fold=False)
+    fast = load_inception_network(path)
+    assert fast.has_logits and not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    images = _u8(2, 48, 3)
+    with torch.inference_mode():
+        (f0, l0), (f1, l1) = plain(images), fast(images)
+    assert f0.shape == (2, 2048) and l0.shape == (2, 1008)
+    assert float(((f1 - f0).norm(dim=1) / f0.norm(dim=1)).max()) < 1e-4
+    assert float(((l1 - l0).norm(dim=1) / l0.norm(dim=1)).max()) < 1e-4
+
+
 # ----------------------------------------------------------------------------- packaged TorchScript
 
 
