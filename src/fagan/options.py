@@ -110,6 +110,12 @@ EXISTING_FILE = Kind(str, lambda v: isinstance(v, str) and Path(v).is_file(), "a
 EXISTING_DIR = Kind(str, lambda v: isinstance(v, str) and Path(v).is_dir(), "an existing folder")
 
 
+def int_range(low: int, high: int) -> Kind:
+    """A kind that accepts whole numbers from ``low`` to ``high`` (both included)."""
+    return Kind(int, lambda v: _is_int(v) and low <= v <= high,
+                f"a whole number from {low} to {high}")
+
+
 def choice(*values: str) -> Kind:
     """A kind that accepts one of ``values``."""
     return Kind(str, lambda v: v in values, "one of " + ", ".join(values))
