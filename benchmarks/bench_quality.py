@@ -311,18 +311,28 @@ def prepare_dataset(source: Path, name: str, work_dir: Path, fraction: float,
 
 
 # --------------------------------------------------------------------------- fagan CLI
-def run_fagan(args: Sequence[str], log_file: Path | None = None) -> subprocess.CompletedProcess:
-    """``python -m fagan <args>`` with this repository's source; output appended to ``log_file``."""
+def run_fagan(args: Sequence[str], log_file: Path) -> subprocess.CompletedProcess:
+    """``python -m fagan <args>`` with this repository's source.
+
+    Its output goes to ``log_file`` as it comes (``tail -f`` shows training progress);
+    the returned process holds that output in ``stdout``.
+    """
     env = dict(os.environ)
     src = str(ROOT / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run([sys.executable, "-m", "fagan", *args], capture_output=True,
-                          text=True, env=env)
-    if log_file is not None:
-        with open(log_file, "a", encoding="utf-8") as handle:
-            handle.write(f"$ fagan {' '.join(args)}\n{proc.stdout}{proc.stderr}"
-                         f"[exit {proc.returncode}]\n")
-    return proc
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a", encoding="utf-8") as handle:
+        handle.write(f"$ fagan {' '.join(args)}\n")
+        handle.flush()
+        start = handle.tell()
+        proc = subprocess.run([sys.executable, "-m", "fagan", *args], stdout=handle,
+                              stderr=subprocess.STDOUT, env=env)
+        handle.seek(0, os.SEEK_END)
+        handle.write(f"[exit {proc.returncode}]\n")
+    with open(log_file, "rb") as raw:
+        raw.seek(start)
+        output = raw.read().decode("utf-8", errors="replace")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, output, "")
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -915,7 +925,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> int:
             log(f"[{index}/{len(args.cell_list)}] {cell.name}: done before, skipped")
             continue
         log(f"[{index}/{len(args.cell_list)}] {cell.name}: training {args.steps} steps "
-            f"in {folder}")
+            f"(progress: tail -f {folder / 'cell.log'})")
         try:
             result = run_cell(cell, budget, data, folder, evaluator, floors, eval_samples,
                               grid_dir, log)
