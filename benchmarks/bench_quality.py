@@ -325,14 +325,19 @@ def run_fagan(args: Sequence[str], log_file: Path) -> subprocess.CompletedProces
         handle.write(f"$ fagan {' '.join(args)}\n")
         handle.flush()
         start = handle.tell()
-        proc = subprocess.run([sys.executable, "-m", "fagan", *args], stdout=handle,
-                              stderr=subprocess.STDOUT, env=env)
+        with subprocess.Popen([sys.executable, "-m", "fagan", *args], stdout=handle,
+                              stderr=subprocess.STDOUT, env=env) as process:
+            try:
+                returncode = process.wait()
+            except KeyboardInterrupt:  # the child got the signal too: `fagan train` saves
+                process.wait()         # its state before it stops; let it
+                raise
         handle.seek(0, os.SEEK_END)
-        handle.write(f"[exit {proc.returncode}]\n")
+        handle.write(f"[exit {returncode}]\n")
     with open(log_file, "rb") as raw:
         raw.seek(start)
         output = raw.read().decode("utf-8", errors="replace")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, output, "")
+    return subprocess.CompletedProcess(process.args, returncode, output, "")
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -505,6 +510,15 @@ def read_stats(models: Path) -> tuple[list[list[float]], dict[str, float]]:
     return [[step, track[step]] for step in sorted(track)], last
 
 
+def saved_step(state: Path) -> int:
+    """The step a training state was saved at (0 when there is none)."""
+    import torch
+
+    if not state.is_file():
+        return 0
+    return int(torch.load(state, map_location="cpu", weights_only=True)["step"])
+
+
 def late_std(track: Sequence[Sequence[float]]) -> float | None:
     """Standard deviation of the tracked SWD over the second half of training."""
     values = [v for _, v in track[len(track) // 2:]]
@@ -554,6 +568,10 @@ def train_cell(cell: Cell, budget: Budget, data: Dataset, run: Path,
             raise BenchError(f"{cell.name}: fagan train failed: {message} (log: {log_file})")
         record: dict[str, Any] = {"wall_s": wall, "diverged": True, "message": message}
     else:
+        reached = saved_step(state)
+        if reached < budget.steps:  # stopped by a signal: the state is saved
+            raise BenchError(f"{cell.name}: training stopped at step {reached} of "
+                             f"{budget.steps}; rerun to resume it")
         track, last = read_stats(run / "models")
         loop = last.get("time")  # seconds from the loop's start to the last record
         record = {"wall_s": wall, "diverged": False,
@@ -894,6 +912,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as error:
         print(f"bench_quality: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bench_quality: interrupted; run the same command again to continue",
+              file=sys.stderr)
+        return 130
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> int:
