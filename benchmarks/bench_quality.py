@@ -409,6 +409,31 @@ class Evaluator:
         self.log("notice: " + self.notice)
         self.metrics = ["swd"]
 
+    def refused(self, proc: subprocess.CompletedProcess) -> str | None:
+        """Why ``fagan evaluate`` refused the Inception weights, if that is how it failed."""
+        message = error_line(proc)
+        if self.inception_metrics and proc.returncode == 2 and (
+                "nception" in message or str(self.weights) in message):
+            return message.split(": error: ", 1)[-1].split(";")[0]
+        return None
+
+    def probe(self, folder: Path) -> None:
+        """Finds out at once whether ``fagan evaluate`` takes the Inception weights.
+
+        It checks the weights before it reads any image, so a run on an empty folder
+        fails on the weights if they are refused and on the images otherwise.
+        """
+        if not self.inception_metrics:
+            return
+        empty = folder / "probe"
+        empty.mkdir(parents=True, exist_ok=True)
+        proc = run_fagan(["evaluate", "--real_dir", str(empty), "--fake_dir", str(empty),
+                          "--metrics", ",".join(self.inception_metrics), "--device",
+                          self.device, "--inception_weights", str(self.weights)],
+                         folder / "probe.log")
+        if (reason := self.refused(proc)) is not None:
+            self._fall_back(f"fagan evaluate refused the Inception weights: {reason}")
+
     def __call__(self, real_dir: Path, output: Path, log_file: Path, *,
                  fake_dir: Path | None = None, generator_file: Path | None = None,
                  num_samples: int | None = None) -> dict[str, Any]:
@@ -429,12 +454,9 @@ class Evaluator:
             proc = run_fagan(args, log_file)
             if proc.returncode == 0:
                 return json.loads(output.read_text())
-            message = error_line(proc)
-            weights_refused = self.inception_metrics and proc.returncode == 2 and (
-                "nception" in message or str(self.weights) in message)
-            if not weights_refused:
-                raise BenchError(f"fagan evaluate failed: {message}")
-            reason = message.split(": error: ", 1)[-1].split(";")[0]
+            reason = self.refused(proc)
+            if reason is None:
+                raise BenchError(f"fagan evaluate failed: {error_line(proc)} (log: {log_file})")
             self._fall_back(f"fagan evaluate refused the Inception weights: {reason}")
 
 
@@ -642,21 +664,17 @@ def measure_floors(data: Dataset, evaluator: Evaluator, folder: Path
     Stored per metric set in ``folder``; measured once.
     """
     folder.mkdir(parents=True, exist_ok=True)
-
-    def stored() -> dict[str, dict[str, float]] | None:
-        path = folder / f"floors_{'-'.join(evaluator.metrics)}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    if (floors := stored()) is not None:
-        return floors
+    path = folder / f"floors_{'-'.join(evaluator.metrics)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
     log_file = folder / "floors.log"
-    train = flatten(evaluator(data.train, folder / "floor_train.json", log_file,
-                              fake_dir=data.heldout))
-    if (floors := stored()) is not None:  # fell back to fewer metrics, measured before
-        return floors
-    heldout = flatten(evaluator(data.heldout, folder / "floor_heldout.json", log_file,
-                                fake_dir=data.train_sub))
-    floors = {"train": train, "heldout": heldout}
+    floors = {
+        "train": flatten(evaluator(data.train, folder / "floor_train.json", log_file,
+                                   fake_dir=data.heldout)),
+        "heldout": flatten(evaluator(data.heldout, folder / "floor_heldout.json", log_file,
+                                     fake_dir=data.train_sub)),
+    }
+    # named after the metrics measured: a refused weights file may have left SWD only
     (folder / f"floors_{'-'.join(evaluator.metrics)}.json").write_text(
         json.dumps(floors, indent=1) + "\n")
     return floors
@@ -932,6 +950,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     weights = (Path(args.inception_weights).expanduser() if args.inception_weights
                else packaged_inception())
     evaluator = Evaluator(list(args.metrics), weights, args.device, work_dir / "stats", log)
+    evaluator.probe(work_dir / "stats")
     log("measuring the real-vs-real floors")
     floors = measure_floors(data, evaluator, data.root / "floors")
     eval_samples = args.eval_samples or data.n_heldout
