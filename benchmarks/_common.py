@@ -144,12 +144,12 @@ def run_worker(args: list[str], timeout: float | None = None,
     return {"error": f"worker exited with {proc.returncode}", "stderr_tail": tail}
 
 
-def update_results_md(section: str, body: str) -> Path:
-    """Replaces (or appends) the ``section`` block of benchmarks/RESULTS.md."""
+def update_results_md(section: str, body: str, path: Path = RESULTS_MD) -> Path:
+    """Replaces (or appends) the ``section`` block of benchmarks/RESULTS.md (or ``path``)."""
     start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
-    if RESULTS_MD.is_file():
-        text = RESULTS_MD.read_text()
+    if path.is_file():
+        text = path.read_text()
     else:
         text = (
             "# Benchmark results\n\n"
@@ -161,8 +161,8 @@ def update_results_md(section: str, body: str) -> Path:
         text = pattern.sub(lambda _m: block, text)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS_MD.write_text(text)
-    return RESULTS_MD
+    path.write_text(text)
+    return path
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
