@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from fagan import __version__
-from fagan.augment import diff_augment, parse_policy, random_hflip
+from fagan.augment import diff_augment, parse_policy
 from fagan.checkpoint import (
     TRAINING_STATE_FORMAT,
     is_training_state,
@@ -48,7 +48,7 @@ from fagan.config import (
     resolve_config_path,
     spec_to_dict,
 )
-from fagan.data import ResumableSampler, build_loader, open_dataset
+from fagan.data import ResumableSampler, check_dataset_path, open_training_data
 from fagan.distributed import DistInfo, all_agree, init_distributed, shutdown_distributed
 from fagan.errors import FaganError
 from fagan.fileio import atomic_write
@@ -61,8 +61,6 @@ from fagan.sample import evenly_spaced, grid_uint8, make_progress_gif, to_uint8,
 TRAINING_STATE = "training_state.pth"
 OPTIONS_FILE = "options.json"
 DEMO_AUGMENT = "color,translation,cutout"
-# One epoch of the embedded demo goes through its 100 faces this many times.
-DEMO_REPEATS = 32
 PRECISIONS = ("fp32", "bf16", "fp16")
 # What --resume reads from a training state.
 _STATE_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "scaler", "epoch",
@@ -173,8 +171,8 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
                 raise FaganError(f"--{name}: file not found: {value}")
-        if self.images_dir is not None and not Path(self.images_dir).is_dir():
-            raise FaganError(f"--images_dir: not a folder: {self.images_dir}")
+        if self.images_dir is not None:
+            check_dataset_path(self.images_dir, "--images_dir")
 
 
 # --------------------------------------------------------------------------- steps
@@ -310,19 +308,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 # --------------------------------------------------------------------------- set-up helpers
-class _Repeat(Dataset):
-    """Presents a small dataset ``times`` times per epoch."""
-
-    def __init__(self, base: Dataset, times: int) -> None:
-        self.base, self.times = base, times
-
-    def __len__(self) -> int:
-        return len(self.base) * self.times  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Tensor:
-        return self.base[index % len(self.base)]  # type: ignore[arg-type]
-
-
 @dataclass
 class _Setup:
     """Everything resolved from the options before the first step."""
@@ -504,18 +489,17 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
 
     # ---- data
     torch.manual_seed(opts.seed)
-    dataset = base_dataset = open_dataset(opts.images_dir, setup.image_size)
+    dataset = open_training_data(
+        opts.images_dir, setup.image_size, device, num_workers=opts.num_workers,
+        channels_last=uses_channels_last(opts.precision, opts.channels_last))
+    cleanup.callback(dataset.close)
     if setup.embedded:
-        dataset = _Repeat(dataset, DEMO_REPEATS)
-        say(f"no --images_dir: training {setup.g_spec.source} on the embedded demo faces "
-            "(scikit-image's LFW subset, 100 images)")
+        say(f"no --images_dir: training {setup.g_spec.source} on the embedded demo faces")
+    say(dataset.describe())
     sampler = ResumableSampler(
         len(dataset), batch_size=opts.batch_size, seed=opts.seed,
         data_percentage=opts.data_percentage, rank=info.rank, world_size=info.world_size,
     )
-    loader = build_loader(dataset, sampler, opts.batch_size, opts.num_workers,
-                          pin_memory=device.type == "cuda")
-    cleanup.callback(_stop_workers, loader)
 
     # ---- networks, EMA, optimisers
     G = Generator(setup.g_spec, setup.latent_size)
@@ -589,10 +573,6 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
     def augment(x: Tensor) -> Tensor:
         return diff_augment(x, setup.augment_policy, aug_rng) if setup.augment_policy else x
 
-    def real_batch(x: Tensor) -> Tensor:
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
-        return random_hflip(x, aug_rng) if setup.embedded else x
-
     # ---- run folder
     run_log = None
     if info.is_main:
@@ -616,7 +596,7 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
 
     evaluator = None
     if opts.eval_every is not None and info.is_main:
-        evaluator = _Evaluator(base_dataset, opts, device)
+        evaluator = _Evaluator(dataset.base, opts, device)
 
     def training_state(batch_in_epoch: int) -> dict[str, Any]:
         rng = _rng_state(latent_rng, aug_rng)
@@ -687,8 +667,8 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
                 desc=f"epoch {epoch}/{opts.num_epochs}", disable=not info.is_main,
                 unit="batch", dynamic_ncols=True, leave=True, file=sys.stderr))
             window_start, window_images = time.monotonic(), 0
-            for i, batch in enumerate(loader, start=done_in_epoch + 1):
-                real = real_batch(batch)
+            for i, batch in enumerate(dataset.batches(sampler, aug_rng), start=done_in_epoch + 1):
+                real = batch.images
                 for _ in range(opts.n_critic):
                     z = torch.randn(real.shape[0], setup.latent_size, device=device,
                                     generator=latent_rng)
@@ -777,19 +757,6 @@ def _train(opts: TrainOptions, info: DistInfo, device: torch.device,
                 f"samples in {sample_dir}")
     result_files["training_state"] = state_path
     return TrainResult(_unwrap(G), _unwrap(D), ema, step, epoch, stopped, result_files)
-
-
-def _stop_workers(loader: Any) -> None:
-    """Shuts persistent loader workers down now.
-
-    They ignore SIGTERM (so a group-wide signal cannot kill them mid-step), so the
-    interpreter's exit handler, which terminates children with SIGTERM and joins them,
-    would otherwise wait for them forever.
-    """
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
-    loader._iterator = None
 
 
 def _write_text(path: Path, text: str) -> None:
