@@ -163,7 +163,7 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
     Image.fromarray(arr).save(tmp_path / "deep.png")
     ds = ImageFolderDataset(tmp_path, S)
     level = round(32768 / 65535 * 255)  # 128, where clipping would give 255
-    assert torch.equal(ds[0], torch.full((3, S, S), float(level)).div_(127.5).sub_(1.0))
+    assert torch.equal(ds[0], torch.full((3, S, S), float(level)).mul_(2 / 255).sub_(1.0))
 
 
 @pytest.mark.parametrize(
@@ -334,7 +334,7 @@ def test_lfw_faces_match_an_independent_computation() -> None:
         diff = (torch.from_numpy(u8[row, :, :, 0]).double() - expected_bytes(row, 32)).abs()
         assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01
         assert (u8[row] == u8[row, :, :, :1]).all()  # grey in all three channels
-    assert torch.equal(x, torch.from_numpy(u8[0]).permute(2, 0, 1).float() / 127.5 - 1)
+    assert torch.equal(x, torch.from_numpy(u8[0]).permute(2, 0, 1).float() * (2 / 255) - 1)
     with pytest.raises(IndexError):
         ds[100]
 
@@ -825,9 +825,9 @@ def test_cache_is_written_once_and_mapped(tmp_path: Path, good_folder: Path) -> 
     stamp = npy.stat().st_mtime_ns
     second = open_training_data(good_folder, 8, cache=True, cache_dir=cache, progress=False)
     assert npy.stat().st_mtime_ns == stamp  # read, not written again
-    assert isinstance(second._images, np.memmap) and not second._images.flags.writeable
-    assert np.array_equal(second._images, first._images)
-    assert np.array_equal(second._images, open_training_data(good_folder, 8)._images)
+    assert isinstance(second.images.base, np.memmap) and not second.images.flags.writeable
+    assert np.array_equal(second.images, first.images)
+    assert np.array_equal(second.images, open_training_data(good_folder, 8).images)
     # a changed source is a new entry
     _solid((9, 9, 9)).save(good_folder / "z_new.png")
     third = open_training_data(good_folder, 8, cache=True, cache_dir=cache, progress=False)
@@ -839,7 +839,7 @@ def _open_in_child(args: tuple[str, str, str]) -> tuple[str, bytes]:
     folder, cache, _ = args
     data_ = open_training_data(folder, 8, cache=True, cache_dir=cache, progress=False,
                                workers=1)
-    return str(data_.cache_path), bytes(np.asarray(data_._images))
+    return str(data_.cache_path), data_.images.tobytes()
 
 
 def test_processes_share_one_cache_entry(tmp_path: Path, good_folder: Path) -> None:

@@ -115,7 +115,6 @@ _CACHE_FORMAT = 1
 #: Folders with more files than this get a progress bar while they are checked.
 _PROGRESS_THRESHOLD = 5000
 
-#: Fewer images than this are decoded in the calling process (no worker pool).
 # --------------------------------------------------------------------------------------------
 # Decoding a whole source into one array (cached on disk when large)
 # --------------------------------------------------------------------------------------------
@@ -884,8 +883,8 @@ class TrainingData:
     """The training images, decoded once (or streamed), and how an epoch presents them.
 
     ``len()`` is the number of items an epoch samples from: the images times
-    :attr:`repeat`. :meth:`batches` turns a sampler's indices into :class:`Batch` es on the
-    device: from memory it gathers ``images[indices]`` (uint8), moves the bytes to the
+    :attr:`repeat`. :meth:`batches` turns a sampler's indices into batches (:class:`Batch`)
+    on the device: from memory it gathers ``images[indices]`` (uint8), moves the bytes to the
     device and converts them there; when streaming, data-loader workers decode each batch.
     Both give the same values for the same indices.
 
@@ -930,7 +929,8 @@ class TrainingData:
         self.image_size = image_size
         self.source = source
         self.device = device
-        self._images = images
+        # a plain view of a memory map: np.memmap's indexing adds Python work to every gather
+        self._images = images.view(np.ndarray) if isinstance(images, np.memmap) else images
         self._stream = stream
         self.num_images = len(images) if images is not None else len(stream)  # type: ignore[arg-type]
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
@@ -952,6 +952,12 @@ class TrainingData:
         return self.num_images * self.repeat
 
     @property
+    def images(self) -> np.ndarray | None:
+        """The decoded ``(num_images, S, S, 3)`` uint8 array (read-only when mapped from the
+        cache), or None when streaming."""
+        return self._images
+
+    @property
     def base(self) -> Dataset[torch.Tensor]:
         """The images, each once, as a map-style dataset of ``(3, S, S)`` floats (evaluation)."""
         return _FloatView(self)
@@ -969,8 +975,7 @@ class TrainingData:
         if self.device.type == "cuda":
             u8 = u8 if u8.is_pinned() else u8.pin_memory()
         u8 = u8.to(self.device, non_blocking=True)
-        x = u8.movedim(-1, -3).to(torch.float32, memory_format=self.memory_format)
-        x = x.div_(127.5).sub_(1.0)  # exactly uint8_to_float
+        x = uint8_to_float(u8, self.memory_format)
         if self.hflip:
             from fagan.augment import random_hflip
 

@@ -364,14 +364,17 @@ def to_square_uint8(arr: np.ndarray, image_size: int, crop: str = "center") -> n
     return u8.permute(1, 2, 0).contiguous().numpy()  # (S, S, 3)
 
 
-def uint8_to_float(images: torch.Tensor) -> torch.Tensor:
-    """Bytes ``(..., H, W, 3)`` to float32 ``(..., 3, H, W)`` in ``[-1, 1]`` (``u / 127.5 - 1``).
+def uint8_to_float(images: torch.Tensor,
+                   memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:
+    """Bytes ``(..., H, W, 3)`` to float32 ``(..., 3, H, W)`` in ``[-1, 1]``: ``u * (2/255) - 1``.
 
-    The inverse of :func:`fagan.sample.to_uint8` byte for byte. The result is laid out
-    channels-last in memory (a permuted view of the bytes' layout, converted).
+    The inverse of :func:`fagan.sample.to_uint8` byte for byte. One multiplication and one
+    subtraction per value (no fused multiply-add), so the values are the same on every
+    device and in every layout. The default result is laid out channels-last in memory (the
+    bytes' own order); ``memory_format`` converts and reorders in one pass.
     """
-    x = images.movedim(-1, -3).to(torch.float32)
-    return x.div_(127.5).sub_(1.0)
+    x = images.movedim(-1, -3).to(torch.float32, memory_format=memory_format)
+    return x.mul_(2.0 / 255.0).sub_(1.0)
 
 
 def read_image(
@@ -407,6 +410,8 @@ def _describe_error(exc: BaseException) -> str:
         return f"too many pixels ({exc})"
     if isinstance(exc, zipfile.BadZipFile):
         return f"damaged in the zip ({exc})"
+    if isinstance(exc, OSError) and exc.errno is not None:  # missing, no permission, ...
+        return f"cannot read ({exc.strerror or exc})"
     text = str(exc) or type(exc).__name__
     if "truncated" in text:
         return "truncated"
@@ -457,18 +462,26 @@ class ImageSource:
         """A name for image ``index`` in messages."""
         return f"{self.path}/{self.names[index]}" if self.kind == "folder" else self.names[index]
 
-    def open(self, index: int) -> str | IO[bytes]:
-        """What PIL should open for image ``index``: a path, or the zip member's bytes.
+    def open(self, index: int) -> IO[bytes]:
+        """Image ``index``'s bytes as a binary file (the caller closes it).
 
         Raises:
-            _BadImage: For a zip member that is encrypted or too large uncompressed.
+            _BadImage: For an empty file, or a zip member that is encrypted or too large
+                uncompressed.
+            OSError: For a file that cannot be read.
             zipfile.BadZipFile: For a member whose data is damaged.
         """
         name = self.names[index]
         if self.kind == "folder":
-            return os.path.join(self.path, name)
+            handle = open(os.path.join(self.path, name), "rb")  # closed by the caller
+            if os.fstat(handle.fileno()).st_size == 0:
+                handle.close()
+                raise _BadImage("zero bytes")
+            return handle
         zf = _zip_handle(str(self.path), self.stamp, os.getpid())
         info = zf.getinfo(name)
+        if info.file_size == 0:
+            raise _BadImage("zero bytes")
         if info.flag_bits & 0x1:
             raise _BadImage("encrypted in the zip")
         if info.file_size > MAX_MEMBER_BYTES:
@@ -485,7 +498,8 @@ class ImageSource:
         Raises:
             Exception: One of ``_DECODE_ERRORS`` if it is not a usable image.
         """
-        arr, stored = _decode_sized(self.open(index), image_size)
+        with self.open(index) as handle:
+            arr, stored = _decode_sized(handle, image_size)
         return to_square_uint8(arr, image_size, crop), stored
 
     def subset(self, count: int) -> ImageSource:
