@@ -1,23 +1,40 @@
-"""Training data: image folders, the embedded LFW demo faces, and a resumable sampler.
+"""Training data: decoded once, gathered per batch on the device; the resumable sampler.
 
-Everything in this module is deterministic. Datasets never draw random numbers (batch-level
-augmentation lives in :mod:`fagan.augment` and runs in the training loop with its own
-:class:`torch.Generator`), and :class:`ResumableSampler` derives each epoch's order from
-``(seed, epoch)`` alone, so a run resumed mid-epoch sees exactly the batches it would have
-seen had it never stopped.
+Sources (:mod:`fagan.sources`): an images folder (class sub-folders give labels), a dataset
+zip in StyleGAN2-ADA's convention (``fagan prepare`` writes one), or, with no source
+given, the 100 LFW faces embedded in scikit-image (the demo).
 
-Images are returned as float32 tensors of shape ``(3, S, S)`` with values in ``[-1, 1]``.
+:func:`open_training_data` decodes a source once, in parallel over the CPU cores, into
+one uint8 array ``(N, S, S, 3)`` (pixels from :func:`fagan.sources.to_square_uint8`, the
+function ``fagan prepare`` writes with); :meth:`TrainingData.batches` gathers
+``array[indices]`` for the indices a :class:`ResumableSampler` yields and turns them into
+float ``[-1, 1]`` on the training device, with no loader processes and no decoding per
+epoch. Arrays of :data:`CACHE_MIN_BYTES` or more live in a memory-mapped ``.npy`` cache
+file (:func:`default_cache_dir`), written once (the first process takes a file lock) and
+mapped read-only by every process, so the ranks of one ``torchrun`` job share one copy and
+later runs start without decoding. Data larger than the memory budget
+(:func:`memory_budget`) is streamed instead, decoded per batch by data-loader workers.
+
+Everything is deterministic. Datasets draw no random numbers; the demo's random flip
+draws from the generator the training loop passes in; :class:`ResumableSampler` derives
+each epoch's order from ``(seed, epoch)`` alone, so a run resumed mid-epoch sees exactly
+the batches it would have seen had it never stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import signal
-import struct
 import warnings
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
+from contextlib import closing
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,245 +43,379 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from fagan.errors import FaganError
+from fagan.fileio import atomic_write
+from fagan.sources import (  # noqa: F401  (_decode, _DECODE_ERRORS, _to_model_tensor: attention maps)
+    _DECODE_ERRORS,
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    ImageSource,
+    _check_image_size,
+    _decode,
+    _describe_error,
+    _mixed_sizes,
+    _to_model_tensor,
+    _zip_image_sizes,
+    center_crop,
+    check_dataset_path,
+    decode_images,
+    find_images,
+    open_source,
+    read_image,
+    resize_shorter_side,
+    skip_summary,
+    to_square_uint8,
+    uint8_to_float,
+)
 
 __all__ = [
+    "CACHE_MIN_BYTES",
+    "DEMO_REPEATS",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "Batch",
+    "ImageArray",
     "ImageFolderDataset",
+    "ImageSource",
     "LFWFaces",
     "ResumableSampler",
+    "TrainingData",
     "build_loader",
+    "center_crop",
+    "check_dataset_path",
+    "default_cache_dir",
     "find_images",
+    "lfw_faces_uint8",
+    "load_images",
+    "memory_budget",
     "open_dataset",
+    "open_source",
+    "open_training_data",
+    "read_image",
+    "resize_shorter_side",
+    "to_square_uint8",
+    "uint8_to_float",
 ]
 
-#: File-name suffixes (lower case, with the dot) treated as images; matched case-insensitively.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
-)
+#: One epoch of the embedded demo goes through its 100 faces this many times.
+DEMO_REPEATS = 32
+
+#: Decoded arrays at least this large are cached on disk (memory-mapped, shared).
+CACHE_MIN_BYTES = 32 * 2**20
+
+#: Default memory budget: this share of the machine's physical memory.
+MEMORY_FRACTION = 0.5
+
+#: Environment variables: the cache folder, and the memory budget (bytes, or 500M, 8G...).
+CACHE_ENV = "FAGAN_DATA_CACHE"
+MEMORY_ENV = "FAGAN_DATA_MEMORY"
+
+#: Version of the cache files' layout; part of their key.
+_CACHE_FORMAT = 1
 
 #: Folders with more files than this get a progress bar while they are checked.
 _PROGRESS_THRESHOLD = 5000
 
-#: Exceptions that mean "this file is not a decodable image" (PIL plugins raise a variety).
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # includes PIL.UnidentifiedImageError and "image file is truncated"
-    ValueError,
-    SyntaxError,
-    EOFError,
-    struct.error,
-    IndexError,
-    KeyError,
-    TypeError,
-    Image.DecompressionBombError,
-)
-
-#: EXIF orientation tag value -> the transpose that undoes it.
-_EXIF_ORIENTATION = 0x0112
-_ORIENTATION_FIX = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-#: Modes holding more than 8 bits per pixel, which ``Image.convert`` would clip, not scale.
-_HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-
-
-def _check_image_size(image_size: int) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise FaganError(f"image size must be a positive whole number, got {image_size!r}")
-    return image_size
-
-
 # --------------------------------------------------------------------------------------------
-# Finding and decoding files
+# Decoding a whole source into one array (cached on disk when large)
 # --------------------------------------------------------------------------------------------
 
 
-def find_images(root: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
-    """List the image files under a folder, in a deterministic (sorted) order.
+@dataclass
+class ImageArray:
+    """A source decoded once.
 
-    The original project read one flat folder; nested folders are accepted too. Files are
-    recognised by suffix (:data:`IMAGE_EXTENSIONS`, any case). Hidden files and folders (names
-    starting with ``.``, such as macOS ``._photo.jpg`` resource forks) are ignored. Symbolic
-    links to folders are followed, each real folder visited once.
+    Attributes:
+        images: ``(N, S, S, 3)`` uint8 (a read-only memory map when it comes from the cache).
+        labels: ``(N,)`` int64 class labels, or None.
+        class_names: The classes' names by label, or None.
+        skipped: ``(name, reason)`` of every file left out.
+        total: The number of image files in the source.
+        stored_size: For a zip, the ``(width, height)`` all its images have.
+        cache_path: The ``.npy`` file ``images`` maps, or None.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    class_names: tuple[str, ...] | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    total: int = 0
+    stored_size: tuple[int, int] | None = None
+    cache_path: Path | None = None
+
+
+def _decode_to_array(source: ImageSource, image_size: int, *, workers: int | None,
+                     progress: bool | None) -> ImageArray:
+    """Decode every image of ``source`` into an in-memory array (unusable files skipped)."""
+    n, s = len(source), image_size
+    out = np.empty((n, s, s, 3), dtype=np.uint8)
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    first: tuple[tuple[int, int], int] | None = None
+    items = decode_images(source, s, workers=workers, progress=progress,
+                          desc=f"decoding {source.path.name}")
+    with closing(items):  # an error stops the workers at once
+        for item in items:
+            if item.image is None:
+                skipped.append((source.names[item.index], item.reason or "unusable"))
+                continue
+            if source.kind == "zip" and item.stored_size is not None:
+                if first is None:
+                    first = (item.stored_size, item.index)
+                elif item.stored_size != first[0]:
+                    raise _mixed_sizes(source, source.names[item.index], item.stored_size,
+                                       source.names[first[1]], first[0])
+            out[len(kept)] = item.image
+            kept.append(item.index)
+    if not kept:
+        raise FaganError(f"no usable images in {source.path}: "
+                         + skip_summary(source.path, skipped, n))
+    labels = None if source.labels is None else source.labels[np.asarray(kept)]
+    images = out if len(kept) == n else out[: len(kept)].copy()
+    return ImageArray(images, labels, source.class_names, skipped, n,
+                      first[0] if first is not None else None)
+
+
+def default_cache_dir() -> Path:
+    """Where decoded datasets are cached: ``$FAGAN_DATA_CACHE`` or ``~/.cache/fagan/data``.
+
+    Each dataset is one ``<name>-<S>px-<key>.npy`` (the uint8 images, memory-mapped by every
+    training process) with a ``.json`` beside it (labels, class names, skipped files) and a
+    ``.lock``. The key covers the source's path, its size and modification time (a zip) or
+    every file's (a folder), the image size and the format, so a changed source is decoded
+    again. Old entries are never removed automatically; deleting the folder is safe while
+    no training runs.
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(base).expanduser() / "fagan" / "data"
+
+
+def _cache_key(source: ImageSource, image_size: int) -> str:
+    ident = {"format": _CACHE_FORMAT, "kind": source.kind, "size": image_size,
+             "path": os.path.realpath(source.path), "labelled": source.labels is not None}
+    digest = hashlib.sha256()
+    if source.kind == "zip":
+        ident["file"] = list(source.stamp[:2])
+        digest.update(json.dumps(ident, sort_keys=True).encode())
+    else:
+        digest.update(json.dumps(ident, sort_keys=True).encode())
+        for name in source.names:
+            st = os.stat(os.path.join(source.path, name))
+            digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _read_cache(npy: Path, meta_path: Path, image_size: int) -> ImageArray | None:
+    """The cached array and its labels, or None if absent or incomplete."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        images = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if (images.dtype != np.uint8 or images.shape[1:] != (image_size, image_size, 3)
+            or images.shape[0] != meta.get("count")):
+        return None
+    labels = None if meta.get("labels") is None else np.asarray(meta["labels"], dtype=np.int64)
+    names = meta.get("class_names")
+    return ImageArray(
+        images, labels, None if names is None else tuple(names),
+        [tuple(s) for s in meta.get("skipped", [])], int(meta.get("total", len(images))),
+        None if meta.get("stored_size") is None else tuple(meta["stored_size"]), npy,
+    )
+
+
+def _write_cache(array: ImageArray, npy: Path, meta_path: Path) -> None:
+    meta = {"count": len(array.images), "total": array.total,
+            "labels": None if array.labels is None else array.labels.tolist(),
+            "class_names": None if array.class_names is None else list(array.class_names),
+            "skipped": [list(s) for s in array.skipped], "stored_size": array.stored_size}
+    atomic_write(npy, lambda tmp: np.save(tmp, array.images))
+    atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta), encoding="utf-8"))
+
+
+def load_images(
+    source: ImageSource,
+    image_size: int,
+    *,
+    workers: int | None = None,
+    progress: bool | None = None,
+    cache: bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> ImageArray:
+    """Decode a source once into a uint8 array, through the disk cache when it is large.
+
+    With the cache, the first process to take the entry's file lock decodes and writes it
+    (atomically: a temporary file renamed into place); every process, that one included,
+    then maps it read-only, so processes on one machine share one copy in the page cache.
+    A cache that cannot be written (read-only or full disk) is reported and skipped.
 
     Args:
-        root: The folder to search.
-        recursive: Also search sub-folders.
-
-    Returns:
-        The image paths (``root`` joined with the relative path), sorted.
+        source: The images.
+        image_size: The side ``S``.
+        workers: Decoding processes (default: the usable cores).
+        progress: Show a progress bar (None: when stderr is a terminal).
+        cache: Use the disk cache; None: when the array is :data:`CACHE_MIN_BYTES` or more.
+        cache_dir: The cache folder (default :func:`default_cache_dir`).
 
     Raises:
-        FaganError: If ``root`` is missing, is not a folder, or holds no image files.
+        FaganError: If no image is usable, or a zip's images differ in size.
     """
-    root = Path(root)
-    if not root.exists():
-        raise FaganError(f"images folder {root} does not exist")
-    if not root.is_dir():
-        raise FaganError(f"images folder {root} is not a folder")
+    size = _check_image_size(image_size)
+    if cache is None:
+        cache = len(source) * size * size * 3 >= CACHE_MIN_BYTES
+    if not cache:
+        array = _decode_to_array(source, size, workers=workers, progress=progress)
+    else:
+        array = _load_through_cache(source, size, workers, progress,
+                                    Path(cache_dir) if cache_dir else default_cache_dir())
+    if array.skipped:
+        warnings.warn(skip_summary(source.path, array.skipped, array.total), UserWarning,
+                      stacklevel=2)
+    return array
 
-    found: list[Path] = []
-    seen_dirs: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen_dirs:  # a symlink loop or a second link to the same folder
-            dirnames[:] = []
-            continue
-        seen_dirs.add(real)
-        if recursive:
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        else:
-            dirnames[:] = []
-        for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath, name))
-    if not found:
-        kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
-        where = "or its sub-folders " if recursive else ""
-        raise FaganError(f"no image files in {root} {where}(looked for {kinds})")
-    return sorted(found)
+
+def _load_through_cache(source: ImageSource, size: int, workers: int | None,
+                        progress: bool | None, folder: Path) -> ImageArray:
+    from filelock import FileLock, Timeout
+
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.path.name)[:60]
+    base = folder / f"{stem}-{size}px-{_cache_key(source, size)}"
+    npy, meta_path = Path(f"{base}.npy"), Path(f"{base}.json")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{base}.lock")
+        lock.acquire()
+    except (OSError, Timeout) as exc:
+        warnings.warn(f"cannot use the data cache in {folder} ({exc}); decoding into this "
+                      "process's memory", UserWarning, stacklevel=3)
+        return _decode_to_array(source, size, workers=workers, progress=progress)
+    try:
+        found = _read_cache(npy, meta_path, size)
+        if found is not None:
+            return found
+        array = _decode_to_array(source, size, workers=workers, progress=progress)
+        try:
+            _write_cache(array, npy, meta_path)
+        except OSError as exc:
+            warnings.warn(f"cannot write the data cache {npy} ({exc.strerror or exc}); keeping "
+                          "the images in this process's memory", UserWarning, stacklevel=3)
+            return array
+        return _read_cache(npy, meta_path, size) or array
+    finally:
+        lock.release()
+
+
+# --------------------------------------------------------------------------------------------
+# The embedded demo faces
+# --------------------------------------------------------------------------------------------
+
+
+def lfw_faces_uint8(image_size: int = 32) -> np.ndarray:
+    """The 100 faces of :func:`skimage.data.lfw_subset` as ``(100, S, S, 3)`` uint8.
+
+    ``lfw_subset()`` holds 200 greyscale 25x25 crops in ``[0, 1]``; rows 0-99 are faces and
+    rows 100-199 are not. Each face is resized to ``S`` (bilinear, antialiased,
+    ``align_corners=False``, in float32), rounded to bytes and repeated over three channels.
+    """
+    from skimage.data import lfw_subset
+
+    size = _check_image_size(image_size)
+    faces = np.asarray(lfw_subset()[: LFWFaces.NUM_FACES], dtype=np.float32)
+    x = torch.from_numpy(faces).unsqueeze(1)  # (100, 1, 25, 25) in [0, 1]
+    x = torch.nn.functional.interpolate(
+        x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    u8 = x.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)  # (100, 1, S, S)
+    return u8.permute(0, 2, 3, 1).expand(-1, -1, -1, 3).contiguous().numpy()
+
+
+class LFWFaces(Dataset[torch.Tensor]):
+    """The 100 embedded LFW faces (:func:`lfw_faces_uint8`) as ``(3, S, S)`` floats in ``[-1, 1]``.
+
+    Attributes:
+        image_size: The side ``S`` of the square images returned.
+        images: All faces, float32 of shape ``(100, 3, S, S)``.
+        paths: Always empty (the faces ship inside scikit-image).
+        skipped: Always empty.
+    """
+
+    NUM_FACES = 100
+
+    def __init__(self, image_size: int = 32) -> None:
+        """Load and resize the faces.
+
+        Raises:
+            FaganError: If ``image_size`` is not a positive integer.
+        """
+        self.image_size = _check_image_size(image_size)
+        u8 = torch.from_numpy(lfw_faces_uint8(self.image_size))
+        self.images: torch.Tensor = uint8_to_float(u8).contiguous()
+        self.paths: list[Path] = []
+        self.skipped: list[tuple[Path, str]] = []
+
+    def __len__(self) -> int:
+        """Always 100."""
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Return face ``index`` (a copy, so callers may modify it)."""
+        return self.images[index].clone()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(image_size={self.image_size}, images={len(self)})"
+
+
+# --------------------------------------------------------------------------------------------
+# The per-file dataset (evaluation, attention maps, and the benchmark's reference path)
+# --------------------------------------------------------------------------------------------
 
 
 def _header_problem(path: Path) -> str | None:
-    """Cheaply check that ``path`` looks like an image; return why not, or None if it does."""
+    """Cheaply check that ``path`` looks like an image; return why not, or None if it does.
+
+    PNGs are also read through once (chunk checksums, no decompression), which finds
+    truncated files.
+    """
     try:
         if path.stat().st_size == 0:
             return "zero bytes"
     except OSError as exc:
         return f"cannot read ({exc.strerror or exc})"
     try:
-        with Image.open(path) as im:  # reads the header only
-            width, height = im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                width, height = im.size
+                if im.format == "PNG":
+                    im.verify()
     except UnidentifiedImageError:
         return "not an image"
     except Image.DecompressionBombError:
         return "too many pixels"
     except _DECODE_ERRORS as exc:
-        return f"unreadable ({exc})"
+        return _describe_error(exc)
     if width < 1 or height < 1:
         return "empty image"
     return None
 
 
-def _pil_to_array(im: Image.Image) -> np.ndarray:
-    """Convert any PIL image to an ``(H, W, 3)`` array: uint8, or float32 in ``[0, 1]``.
-
-    Transparent pixels are composited over white. 16-bit and 32-bit greyscale are scaled
-    (``Image.convert("L")`` would clip them): ``I;16`` by 1/65535; ``I`` by 1/65535 when any
-    value exceeds 255 and by 1/255 otherwise; ``F`` as is when its maximum is at most 1 and by
-    1/255 otherwise.
-    """
-    mode = im.mode
-    if mode in _HIGH_BIT_MODES:
-        arr = np.asarray(im).astype(np.float32)
-        peak = float(arr.max()) if arr.size else 0.0
-        if mode.startswith("I;16") or (mode == "I" and peak > 255):
-            arr /= 65535.0
-        elif mode == "I" or peak > 1.0:
-            arr /= 255.0
-        arr = np.clip(arr, 0.0, 1.0)
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    if mode in _ALPHA_MODES or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        rgb = Image.alpha_composite(white, rgba).convert("RGB")
-    elif mode != "RGB":
-        rgb = im.convert("RGB")
-    else:
-        rgb = im
-    return np.array(rgb, dtype=np.uint8)  # a writable copy, for torch.from_numpy
-
-
-def _decode(path: Path, image_size: int) -> np.ndarray:
-    """Decode ``path`` to an RGB array, applying its EXIF orientation.
-
-    JPEGs are decoded at a reduced DCT scale when that still leaves both sides at least
-    ``image_size`` pixels (``Image.draft``), which makes large photos much faster to read.
-    """
-    with Image.open(path) as im:
-        if im.format == "JPEG":
-            im.draft(None, (image_size, image_size))
-        im.load()
-        try:
-            orientation = im.getexif().get(_EXIF_ORIENTATION)
-        except _DECODE_ERRORS:  # malformed EXIF: keep the pixels as stored
-            orientation = None
-        fix = _ORIENTATION_FIX.get(orientation) if isinstance(orientation, int) else None
-        out = im.transpose(fix) if fix is not None else im
-        return _pil_to_array(out)
-
-
-def resize_shorter_side(t: torch.Tensor, size: int) -> torch.Tensor:
-    """A float (C, H, W) image resized so its shorter side is ``size`` (bilinear, antialiased).
-
-    The same computation as ``torchvision.transforms.v2.functional.resize(t, [size],
-    antialias=True)`` (the longer side becomes ``int(size * long / short)``), done with
-    :func:`torch.nn.functional.interpolate` directly: importing torchvision costs a
-    training process ~165 MB of memory and ~1 s of start-up for this one call.
-    """
-    height, width = t.shape[-2:]
-    short, long = (height, width) if height <= width else (width, height)
-    new_long = int(size * long / short)
-    new_h, new_w = (size, new_long) if height <= width else (new_long, size)
-    if (new_h, new_w) == (height, width):
-        return t
-    out = torch.nn.functional.interpolate(
-        t.unsqueeze(0), size=(new_h, new_w), mode="bilinear", align_corners=False,
-        antialias=True,
-    )
-    return out.squeeze(0)
-
-
-def center_crop(t: torch.Tensor, size: int) -> torch.Tensor:
-    """The central ``size`` x ``size`` window of a (C, H, W) image with both sides >= size.
-
-    Offsets rounded as ``torchvision.transforms.v2.functional.center_crop`` rounds them.
-    """
-    height, width = t.shape[-2:]
-    top = int(round((height - size) / 2.0))
-    left = int(round((width - size) / 2.0))
-    return t[..., top:top + size, left:left + size]
-
-
-def _to_model_tensor(arr: np.ndarray, image_size: int) -> torch.Tensor:
-    """Resize the shorter side, centre-crop, and scale an ``(H, W, 3)`` array to ``[-1, 1]``."""
-    t = torch.from_numpy(arr).permute(2, 0, 1)
-    t = t.to(torch.float32).div_(255.0) if t.dtype == torch.uint8 else t.to(torch.float32)
-    if min(t.shape[-2:]) != image_size:
-        t = resize_shorter_side(t, image_size)
-    if tuple(t.shape[-2:]) != (image_size, image_size):
-        t = center_crop(t, image_size)
-    return t.mul(2.0).sub_(1.0).clamp_(-1.0, 1.0).contiguous()
-
-
-# --------------------------------------------------------------------------------------------
-# Datasets
-# --------------------------------------------------------------------------------------------
-
-
 class ImageFolderDataset(Dataset[torch.Tensor]):
-    """The images in a folder (and its sub-folders), as ``(3, S, S)`` tensors in ``[-1, 1]``.
+    """The images in a folder (and its sub-folders), decoded one by one on access.
 
-    Each image is converted to RGB (greyscale is repeated over the channels, palettes are
-    expanded, CMYK is converted, and any transparency is composited over white), rotated by
-    its EXIF orientation, resized so its shorter side is ``image_size`` (bilinear, antialiased),
-    centre-cropped to a square, and scaled from ``[0, 1]`` to ``[-1, 1]``. No randomness.
+    Items are ``(3, S, S)`` float tensors in ``[-1, 1]``: :func:`read_image`'s bytes (the
+    pixels training uses) scaled by :func:`uint8_to_float`. Training decodes a folder once
+    instead (:func:`open_training_data`); this per-file form serves evaluation and the
+    data benchmark's reference path.
 
     Unreadable files are dropped, never fatal. With ``check=True`` every file's header is
-    checked when the dataset is built (with a progress bar for more than 5000 files): empty
-    files and files PIL cannot identify are dropped and summarised in one warning. Files that
-    pass the header check but fail to decode (a truncated JPEG, say) are found on first read:
-    the item is replaced by the next readable image (wrapping around), the file is remembered
-    in this process's skip set, and a warning is given once per file. Data-loader workers
-    each keep their own skip set, so :attr:`skipped` in the main process lists only what the
-    main process found.
+    checked when the dataset is built (PNGs are also checked for truncation; a progress bar
+    shows for more than 5000 files): empty, truncated and foreign files are dropped and
+    summarised in one warning. Files that pass the check but fail to decode (a truncated
+    JPEG, an image above :data:`MAX_IMAGE_PIXELS`) are found on first read: the item is
+    replaced by the next readable image (wrapping around), the file is remembered in this
+    process's skip set, and a warning is given once per file.
 
     Attributes:
         root: The folder given.
@@ -317,12 +468,8 @@ class ImageFolderDataset(Dataset[torch.Tensor]):
             raise FaganError(f"no readable images in {self.root}")
 
     def _skip_summary(self, total: int) -> str:
-        examples = "; ".join(f"{self._name(p)}: {why}" for p, why in self.skipped[:3])
-        more = "; ..." if len(self.skipped) > 3 else ""
-        return (
-            f"skipped {len(self.skipped)} of {total} files in {self.root} that are not "
-            f"readable images (e.g. {examples}{more})"
-        )
+        named = [(self._name(p), why) for p, why in self.skipped]
+        return skip_summary(self.root, named, total)
 
     def _name(self, path: Path) -> str:
         try:
@@ -352,7 +499,7 @@ class ImageFolderDataset(Dataset[torch.Tensor]):
             try:
                 arr = _decode(path, self.image_size)
             except _DECODE_ERRORS as exc:
-                reason = f"cannot decode ({exc})"
+                reason = _describe_error(exc)
                 self._bad.add(path)
                 self.skipped.append((path, reason))
                 warnings.warn(
@@ -369,75 +516,6 @@ class ImageFolderDataset(Dataset[torch.Tensor]):
             f"{type(self).__name__}(root={str(self.root)!r}, image_size={self.image_size}, "
             f"images={len(self.paths)}, skipped={len(self.skipped)})"
         )
-
-
-class LFWFaces(Dataset[torch.Tensor]):
-    """The 100 embedded LFW faces of :func:`skimage.data.lfw_subset`, for demos and tests.
-
-    ``lfw_subset()`` holds 200 greyscale 25x25 crops; rows 0-99 are faces and rows 100-199 are
-    not, so only the first 100 are used. Each is resized to ``image_size`` (bilinear,
-    antialiased, ``align_corners=False``), repeated over three channels, and scaled to
-    ``[-1, 1]``. All 100 are computed once, at construction. No files, no randomness.
-
-    Attributes:
-        image_size: The side ``S`` of the square images returned.
-        images: All faces, float32 of shape ``(100, 3, S, S)``.
-        paths: Always empty (the faces ship inside scikit-image).
-        skipped: Always empty.
-    """
-
-    NUM_FACES = 100
-
-    def __init__(self, image_size: int = 32) -> None:
-        """Load and resize the faces.
-
-        Args:
-            image_size: The side of the square images returned.
-
-        Raises:
-            FaganError: If ``image_size`` is not a positive integer.
-        """
-        from skimage.data import lfw_subset
-
-        self.image_size = _check_image_size(image_size)
-        faces = np.asarray(lfw_subset()[: self.NUM_FACES], dtype=np.float32)
-        x = torch.from_numpy(faces).unsqueeze(1)  # (100, 1, 25, 25) in [0, 1]
-        x = torch.nn.functional.interpolate(
-            x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
-        )
-        x = x.clamp(0.0, 1.0).mul(2.0).sub(1.0)
-        self.images: torch.Tensor = x.repeat(1, 3, 1, 1).contiguous()
-        self.paths: list[Path] = []
-        self.skipped: list[tuple[Path, str]] = []
-
-    def __len__(self) -> int:
-        """Always 100."""
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        """Return face ``index`` (a copy, so callers may modify it)."""
-        return self.images[index].clone()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(image_size={self.image_size}, images={len(self)})"
-
-
-def open_dataset(images_dir: str | os.PathLike[str] | None, image_size: int) -> Dataset:
-    """Open the training images: a folder, or the embedded LFW faces when none is given.
-
-    Args:
-        images_dir: The images folder, or None for :class:`LFWFaces`.
-        image_size: The side of the square images returned.
-
-    Returns:
-        An :class:`ImageFolderDataset` or an :class:`LFWFaces`.
-
-    Raises:
-        FaganError: As :class:`ImageFolderDataset` does.
-    """
-    if images_dir is None:
-        return LFWFaces(image_size)
-    return ImageFolderDataset(images_dir, image_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -642,6 +720,7 @@ def build_loader(
     num_workers: int,
     *,
     pin_memory: bool = False,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader:
     """Wrap a dataset and a sampler in a deterministic :class:`~torch.utils.data.DataLoader`.
 
@@ -657,6 +736,7 @@ def build_loader(
         batch_size: Items per batch; must match ``sampler.batch_size`` where it has one.
         num_workers: Worker processes (0 loads in the calling process).
         pin_memory: Return batches in pinned memory (for faster copies to a GPU).
+        collate_fn: Makes a batch of items (default: PyTorch's, stacking tensors).
 
     Returns:
         The data loader.
@@ -687,4 +767,407 @@ def build_loader(
         persistent_workers=num_workers > 0,
         worker_init_fn=_init_worker if num_workers > 0 else None,
         generator=generator,
+        collate_fn=collate_fn,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Training data: what the training loop iterates over
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_bytes(text: str) -> int:
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in units else (raw, "")
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise FaganError(f"${MEMORY_ENV} must be a size such as 8G, 500M or 0, got {text!r}")
+    return int(value * units[unit])
+
+
+def memory_budget() -> int:
+    """How many bytes of decoded images are kept in memory before streaming instead.
+
+    ``$FAGAN_DATA_MEMORY`` (bytes, or with a unit: ``500M``, ``8G``; ``0`` always streams),
+    else :data:`MEMORY_FRACTION` of the machine's physical memory.
+
+    Raises:
+        FaganError: If ``$FAGAN_DATA_MEMORY`` is not a size.
+    """
+    env = os.environ.get(MEMORY_ENV)
+    if env:
+        return _parse_bytes(env)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        total = 8 * 2**30
+    return int(total * MEMORY_FRACTION)
+
+
+class _StreamDataset(Dataset[tuple[np.ndarray, int]]):
+    """Images decoded on access (by data-loader workers): ``((S, S, 3) uint8 array, label)``.
+
+    An unusable file is replaced by the next usable one (wrapping around) and warned
+    about once per process. Labels are -1 for unlabelled sources.
+    """
+
+    def __init__(self, source: ImageSource, image_size: int) -> None:
+        self.source, self.image_size = source, image_size
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        n = len(self.source)
+        for step in range(n):
+            j = (index + step) % n
+            if j in self._bad:
+                continue
+            try:
+                image, _ = self.source.read(j, self.image_size)
+            except _DECODE_ERRORS as exc:
+                self._bad.add(j)
+                warnings.warn(f"skipping {self.source.where(j)}: {_describe_error(exc)}; using "
+                              "the next image instead", UserWarning, stacklevel=2)
+                continue
+            label = -1 if self.source.labels is None else int(self.source.labels[j])
+            return image, label
+        raise FaganError(f"no usable images in {self.source.path}: none of {n} could be decoded")
+
+
+def _collate_arrays(items: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """A streamed batch as NumPy arrays ``(B, S, S, 3)`` and ``(B,)``.
+
+    Arrays travel from a loader worker through its pipe; tensors would go through shared
+    memory, whose per-batch handshake costs more CPU than copying 32 small images.
+    """
+    images = np.stack([image for image, _ in items])
+    labels = np.array([label for _, label in items], dtype=np.int64)
+    return images, labels
+
+
+class _Repeated(Dataset[Any]):
+    """A dataset presented ``times`` times per epoch (index ``i`` is item ``i mod len``)."""
+
+    def __init__(self, base: Dataset[Any], times: int) -> None:
+        self.base, self.times = base, times
+        self._n = len(base)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self._n * self.times
+
+    def __getitem__(self, index: int) -> Any:
+        return self.base[index % self._n]
+
+
+class _FloatView(Dataset[torch.Tensor]):
+    """The images of a :class:`TrainingData` (each once) as ``(3, S, S)`` floats in ``[-1, 1]``."""
+
+    def __init__(self, data: TrainingData) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data.num_images
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"image index {index} out of range for {len(self)} images")
+        u8 = self.data.uint8_images([index % len(self)])
+        return uint8_to_float(u8[0]).contiguous()
+
+
+class Batch(NamedTuple):
+    """A training batch on the training device.
+
+    Attributes:
+        images: ``(B, 3, S, S)`` float32 in ``[-1, 1]``, in the data's memory format.
+        labels: ``(B,)`` int64 class labels, or None for unlabelled data.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+
+
+class TrainingData:
+    """The training images, decoded once (or streamed), and how an epoch presents them.
+
+    ``len()`` is the number of items an epoch samples from: the images times
+    :attr:`repeat`. :meth:`batches` turns a sampler's indices into batches (:class:`Batch`)
+    on the device: from memory it gathers ``images[indices]`` (uint8), moves the bytes to the
+    device and converts them there; when streaming, data-loader workers decode each batch.
+    Both give the same values for the same indices.
+
+    Attributes:
+        image_size: The side ``S``.
+        num_images: The distinct images.
+        repeat: How many times an epoch goes through them (32 for the demo, else 1).
+        hflip: Whether each image is mirrored with probability 1/2 in every batch (the demo).
+        labels: ``(num_images,)`` int64 class labels, or None.
+        class_names: The classes' names by label, or None.
+        source: What the images are, for messages.
+        in_memory: True when decoded into memory; False when streamed.
+        cache_path: The memory-mapped cache file, or None.
+        skipped: ``(name, reason)`` of the files left out.
+        total_files: The image files the source held.
+        device: The training device.
+        memory_format: The layout of the batches.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        source: str,
+        device: torch.device,
+        images: np.ndarray | None = None,
+        stream: _StreamDataset | None = None,
+        labels: np.ndarray | None = None,
+        class_names: tuple[str, ...] | None = None,
+        repeat: int = 1,
+        hflip: bool = False,
+        channels_last: bool = False,
+        num_workers: int = 0,
+        skipped: Sequence[tuple[str, str]] = (),
+        total_files: int | None = None,
+        cache_path: Path | None = None,
+        note: str = "",
+    ) -> None:
+        """Use :func:`open_training_data` rather than this."""
+        if (images is None) == (stream is None):
+            raise ValueError("give images or stream, not both")
+        self.image_size = image_size
+        self.source = source
+        self.device = device
+        # a plain view of a memory map: np.memmap's indexing adds Python work to every gather
+        self._images = images.view(np.ndarray) if isinstance(images, np.memmap) else images
+        self._stream = stream
+        self.num_images = len(images) if images is not None else len(stream)  # type: ignore[arg-type]
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.class_names = class_names
+        self.repeat = repeat
+        self.hflip = hflip
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.num_workers = num_workers
+        self.skipped = list(skipped)
+        self.total_files = self.num_images + len(self.skipped) if total_files is None else total_files
+        self.cache_path = cache_path
+        self.in_memory = images is not None
+        self._note = note
+        self._loader: DataLoader | None = None
+        self._loader_sampler: Sampler[int] | None = None
+
+    def __len__(self) -> int:
+        """Items per epoch before any ``data_percentage``: images times :attr:`repeat`."""
+        return self.num_images * self.repeat
+
+    @property
+    def images(self) -> np.ndarray | None:
+        """The decoded ``(num_images, S, S, 3)`` uint8 array (read-only when mapped from the
+        cache), or None when streaming."""
+        return self._images
+
+    @property
+    def base(self) -> Dataset[torch.Tensor]:
+        """The images, each once, as a map-style dataset of ``(3, S, S)`` floats (evaluation)."""
+        return _FloatView(self)
+
+    def uint8_images(self, indices: Sequence[int]) -> torch.Tensor:
+        """Images ``indices`` (each in ``[0, num_images)``) as ``(K, S, S, 3)`` uint8 on the CPU."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if self._images is not None:
+            return torch.from_numpy(self._images[idx])
+        assert self._stream is not None
+        return torch.from_numpy(np.stack([self._stream[int(i)][0] for i in idx]))
+
+    def _to_device(self, u8: torch.Tensor, labels: torch.Tensor | None,
+                   generator: torch.Generator | None) -> Batch:
+        if self.device.type == "cuda":
+            u8 = u8 if u8.is_pinned() else u8.pin_memory()
+        u8 = u8.to(self.device, non_blocking=True)
+        x = uint8_to_float(u8, self.memory_format)
+        if self.hflip:
+            from fagan.augment import random_hflip
+
+            x = random_hflip(x, generator)
+        if labels is not None:
+            labels = labels.to(self.device, non_blocking=True)
+        return Batch(x, labels)
+
+    def batches(self, sampler: Sampler[int], generator: torch.Generator | None = None
+                ) -> Iterator[Batch]:
+        """One epoch's batches, in the order ``sampler`` yields indices.
+
+        Indices are grouped into batches of ``sampler.batch_size``; a short last group is
+        dropped when ``sampler.drop_last`` is set. Index ``i`` is image ``i mod num_images``.
+
+        Args:
+            sampler: The index order, usually a :class:`ResumableSampler` over ``len(self)``.
+            generator: Draws the random flips when :attr:`hflip` is set.
+
+        Yields:
+            The batches.
+        """
+        batch_size = int(getattr(sampler, "batch_size", 1))
+        drop_last = bool(getattr(sampler, "drop_last", False))
+        if self._images is None:
+            yield from self._streamed(sampler, batch_size, generator)
+            return
+        indices = iter(sampler)
+        while True:
+            chunk = list(islice(indices, batch_size))
+            if not chunk or (drop_last and len(chunk) < batch_size):
+                break
+            idx = np.asarray(chunk, dtype=np.int64) % self.num_images
+            u8 = torch.from_numpy(self._images[idx])  # a gathered copy: (B, S, S, 3)
+            labels = None if self.labels is None else torch.from_numpy(self.labels[idx])
+            yield self._to_device(u8, labels, generator)
+
+    def _streamed(self, sampler: Sampler[int], batch_size: int,
+                  generator: torch.Generator | None) -> Iterator[Batch]:
+        if self._loader is None or self._loader_sampler is not sampler:
+            self.close()
+            dataset: Dataset[Any] = self._stream  # type: ignore[assignment]
+            if self.repeat > 1:
+                dataset = _Repeated(dataset, self.repeat)
+            self._loader = build_loader(dataset, sampler, batch_size, self.num_workers,
+                                        collate_fn=_collate_arrays)
+            self._loader_sampler = sampler
+        for images, labels in self._loader:
+            yield self._to_device(torch.from_numpy(images),
+                                  None if self.labels is None else torch.from_numpy(labels),
+                                  generator)
+
+    def close(self) -> None:
+        """Shut down streaming workers now (they ignore SIGTERM; see :func:`build_loader`)."""
+        loader, self._loader = self._loader, None
+        if loader is None:
+            return
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        loader._iterator = None
+
+    def label_counts(self) -> dict[int, int]:
+        """Images per class label (empty for unlabelled data)."""
+        if self.labels is None:
+            return {}
+        counts = np.bincount(np.asarray(self.labels), minlength=len(self.class_names or ()))
+        return {label: int(c) for label, c in enumerate(counts)}
+
+    def describe(self) -> str:
+        """One line for the training log: source, count, size, where the pixels live, labels."""
+        s = self.image_size
+        text = f"data: {self.source}: {self.num_images:,} images at {s}x{s}{self._note}"
+        if self.in_memory:
+            assert self._images is not None
+            text += f", in memory ({self._images.nbytes / 2**20:,.1f} MB"
+            text += f", shared through {self.cache_path})" if self.cache_path else ")"
+        else:
+            text += f", streamed by {self.num_workers} loader worker(s)"
+        if self.skipped:
+            text += f"; {len(self.skipped)} of {self.total_files:,} files skipped as unusable"
+        counts = self.label_counts()
+        if not counts:
+            text += "; unlabelled"
+        else:
+            names = self.class_names or tuple(str(k) for k in counts)
+            shown = ", ".join(f"{names[k]} {c:,}" for k, c in list(counts.items())[:12])
+            more = ", ..." if len(counts) > 12 else ""
+            text += f"; {len(counts)} classes: {shown}{more}"
+        if self.repeat > 1:
+            text += f"; each epoch goes through them {self.repeat} times"
+        if self.hflip:
+            text += ", randomly mirrored"
+        return text
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(source={self.source!r}, images={self.num_images}, "
+                f"image_size={self.image_size}, in_memory={self.in_memory}, "
+                f"repeat={self.repeat})")
+
+
+def open_training_data(
+    images_dir: str | os.PathLike[str] | None,
+    image_size: int,
+    device: torch.device | str = "cpu",
+    *,
+    num_workers: int = 3,
+    channels_last: bool = False,
+    labels: str = "auto",
+    max_memory: int | None = None,
+    cache: bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> TrainingData:
+    """Open the training images: a folder, a dataset zip, or the demo faces when None.
+
+    Folders and zips are decoded once into memory (:func:`load_images`, through the disk
+    cache when large) unless the decoded images would exceed ``max_memory``; then they are
+    streamed by ``num_workers`` data-loader workers. The demo's 100 faces are repeated
+    :data:`DEMO_REPEATS` times per epoch and randomly mirrored.
+
+    Args:
+        images_dir: An images folder, a dataset zip, or None for the demo faces.
+        image_size: The side ``S`` of the training images.
+        device: Where batches go.
+        num_workers: Data-loader workers when streaming.
+        channels_last: Lay batches out channels-last.
+        labels: ``"auto"`` (class sub-folders or ``dataset.json``) or ``"none"``.
+        max_memory: Bytes of decoded images kept in memory (default :func:`memory_budget`).
+        cache: Use the disk cache (default: for arrays of :data:`CACHE_MIN_BYTES` or more).
+        cache_dir: The cache folder (default :func:`default_cache_dir`).
+        workers: Processes decoding into memory (default: the usable cores).
+        progress: Show progress bars (None: when stderr is a terminal).
+
+    Raises:
+        FaganError: For a missing or unusable source (see :func:`open_source`,
+            :func:`load_images`).
+    """
+    size = _check_image_size(image_size)
+    device = torch.device(device)
+    common: dict[str, Any] = {"image_size": size, "device": device,
+                              "channels_last": channels_last, "num_workers": num_workers}
+    if images_dir is None:
+        return TrainingData(images=lfw_faces_uint8(size), repeat=DEMO_REPEATS, hflip=True,
+                            source="the embedded demo faces (scikit-image's LFW subset)",
+                            **common)
+    source = open_source(images_dir, labels)
+    kind = "dataset zip" if source.kind == "zip" else "folder"
+    budget = memory_budget() if max_memory is None else max_memory
+    needed = len(source) * size * size * 3
+    if needed > budget:
+        if source.kind == "zip":
+            _zip_image_sizes(source, progress)
+        note = (f" ({needed / 2**20:,.0f} MB decoded, over the memory budget of "
+                f"{budget / 2**20:,.0f} MB)")
+        return TrainingData(stream=_StreamDataset(source, size), labels=source.labels,
+                            class_names=source.class_names, source=f"{kind} {source.path}",
+                            note=note, **common)
+    array = load_images(source, size, workers=workers, progress=progress, cache=cache,
+                        cache_dir=cache_dir)
+    note = ""
+    if array.stored_size is not None and array.stored_size != (size, size):
+        note = f" (resized from {array.stored_size[0]}x{array.stored_size[1]})"
+    return TrainingData(images=array.images, labels=array.labels,
+                        class_names=array.class_names, source=f"{kind} {source.path}",
+                        skipped=array.skipped, total_files=array.total,
+                        cache_path=array.cache_path, note=note, **common)
+
+
+def open_dataset(images_dir: str | os.PathLike[str] | None, image_size: int) -> Dataset:
+    """The training images, each once, as a map-style dataset of ``(3, S, S)`` floats.
+
+    Args:
+        images_dir: An images folder, a dataset zip, or None for the demo faces.
+        image_size: The side of the square images returned.
+
+    Raises:
+        FaganError: As :func:`open_training_data` does.
+    """
+    return open_training_data(images_dir, image_size, progress=False).base

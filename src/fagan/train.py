@@ -32,12 +32,12 @@ import torch.distributed as dist
 import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from fagan import __version__
 from fagan.animation import make_progress_gif
-from fagan.augment import diff_augment, random_hflip
+from fagan.augment import diff_augment
 from fagan.checkpoint import load_network, save_file
 from fagan.config import (
     NetworkSpec,
@@ -46,7 +46,7 @@ from fagan.config import (
     resolve_config_path,
     spec_to_dict,
 )
-from fagan.data import ResumableSampler, build_loader, open_dataset
+from fagan.data import ResumableSampler, TrainingData, open_training_data
 from fagan.distributed import DistInfo, all_agree, init_distributed, shutdown_distributed
 from fagan.errors import FaganError
 from fagan.fileio import atomic_write
@@ -75,11 +75,10 @@ __all__ = ["PRECISIONS", "TRAINING_STATE", "StopReason", "TrainOptions", "TrainR
            "TrainSetup", "TrainState", "d_step", "g_step", "resolve_setup", "train"]
 
 OPTIONS_FILE = "options.json"
-# The embedded demo (no --images_dir): 100 small faces, so a small architecture,
-# augmentation and flips, and each epoch goes through the faces this many times.
+# The embedded demo (no --images_dir): 100 small faces, so a small architecture and
+# augmentation (the repeats and flips are the data's: fagan.data.open_training_data).
 DEMO_CONFIG = "small32"
 DEMO_AUGMENT = "color,translation,cutout"
-DEMO_REPEATS = 32
 # Temporary files of saves killed mid-write (SIGKILL, power loss) older than this are removed.
 _STALE_TEMP_SECONDS = 120.0
 
@@ -233,19 +232,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 # --------------------------------------------------------------------------- set-up
-class _Repeat(Dataset):
-    """Presents a small dataset ``times`` times per epoch."""
-
-    def __init__(self, base: Dataset, times: int) -> None:
-        self.base, self.times = base, times
-
-    def __len__(self) -> int:
-        return len(self.base) * self.times  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Tensor:
-        return self.base[index % len(self.base)]  # type: ignore[arg-type]
-
-
 @dataclass(frozen=True)
 class TrainSetup:
     """What the options (and a resumed state) resolve to before the first step.
@@ -256,8 +242,6 @@ class TrainSetup:
         latent_size, image_size: the generator's input and output sizes.
         embedded: whether the run trains on the embedded demo faces (no ``--images_dir``).
         augment_policy: the DiffAugment policy, "" for none.
-        hflip: whether real images are flipped at random (the demo's 100 faces).
-        repeats: passes over the images per epoch.
         num_workers: data loading processes.
     """
 
@@ -268,8 +252,6 @@ class TrainSetup:
     image_size: int
     embedded: bool
     augment_policy: str
-    hflip: bool
-    repeats: int
     num_workers: int
 
 
@@ -307,8 +289,7 @@ def resolve_setup(opts: TrainOptions, saved: dict[str, Any] | None = None) -> Tr
     workers = opts.num_workers
     return TrainSetup(
         g_spec, d_spec, architecture=opts.generator_config or default, latent_size=latent_size,
-        image_size=generator_size, embedded=embedded, augment_policy=policy, hflip=embedded,
-        repeats=DEMO_REPEATS if embedded else 1,
+        image_size=generator_size, embedded=embedded, augment_policy=policy,
         num_workers=default_num_workers(in_memory=embedded) if workers is None else workers)
 
 
@@ -316,26 +297,24 @@ def resolve_setup(opts: TrainOptions, saved: dict[str, Any] | None = None) -> Tr
 class _Data:
     """The training images and the order they come in."""
 
-    images: Dataset  # one of each image (what --eval_every compares with)
+    images: TrainingData  # decoded once (the demo's repeated and mirrored); .base for eval
     sampler: ResumableSampler
-    loader: DataLoader
 
 
 def _open_data(opts: TrainOptions, setup: TrainSetup, info: DistInfo, device: torch.device,
                say: Callable[[str], None]) -> _Data:
-    """The images (the demo's repeated), this process's share of each epoch, the loader."""
-    dataset = base_dataset = open_dataset(opts.images_dir, setup.image_size)
+    """The images, decoded once, and this process's share of each epoch."""
+    images = open_training_data(
+        opts.images_dir, setup.image_size, device, num_workers=setup.num_workers,
+        channels_last=_memory_format(opts) == torch.channels_last)
     if setup.embedded:
-        dataset = _Repeat(dataset, setup.repeats)
-        say(f"no --images_dir: training {setup.architecture} on the embedded demo faces "
-            "(scikit-image's LFW subset, 100 images)")
+        say(f"no --images_dir: training {setup.architecture} on the embedded demo faces")
+    say(images.describe())
     sampler = ResumableSampler(
-        len(dataset), batch_size=opts.batch_size, seed=opts.seed,
+        len(images), batch_size=opts.batch_size, seed=opts.seed,
         data_percentage=opts.data_percentage, rank=info.rank, world_size=info.world_size,
     )
-    loader = build_loader(dataset, sampler, opts.batch_size, setup.num_workers,
-                          pin_memory=device.type == "cuda")
-    return _Data(base_dataset, sampler, loader)
+    return _Data(images, sampler)
 
 
 def _new_state(opts: TrainOptions, setup: TrainSetup, info: DistInfo, device: torch.device,
@@ -407,10 +386,6 @@ class _Inputs:
     setup: TrainSetup
     device: torch.device
     memory_format: torch.memory_format
-
-    def real(self, batch: Tensor) -> Tensor:
-        x = batch.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        return random_hflip(x, self.state.aug_rng) if self.setup.hflip else x
 
     def latents(self, n: int) -> Tensor:
         return torch.randn(n, self.setup.latent_size, device=self.device,
@@ -708,7 +683,7 @@ def _train(opts: TrainOptions, saved: dict[str, Any] | None, info: DistInfo,
     setup = resolve_setup(opts, saved)
     torch.manual_seed(opts.seed)
     data = _open_data(opts, setup, info, device, say)
-    cleanup.callback(_stop_workers, data.loader)
+    cleanup.callback(data.images.close)
     prec = Precision.create(opts.precision, device)
     state = _new_state(opts, setup, info, device, data, prec.scaler, say)
     if saved is not None:
@@ -717,7 +692,7 @@ def _train(opts: TrainOptions, saved: dict[str, Any] | None, info: DistInfo,
     run_log = _prepare_run_folder(opts, setup, info, device, say) if info.is_main else None
     evaluator = None
     if opts.eval_every is not None and info.is_main:
-        evaluator = _Evaluator(data.images, opts, device)
+        evaluator = _Evaluator(data.images.base, opts, device)
     batches = data.sampler.batches_per_epoch
     run = _Run(
         opts=opts, info=info, device=device, loss=get_loss(opts.loss_function), prec=prec,
@@ -746,8 +721,9 @@ def _train_epochs(run: _Run, state: TrainState) -> StopReason:
             run.data.sampler.set_epoch(state.epoch)
             run.data.sampler.set_start_batch(state.batch)
             feedback.start_epoch(state)
-            for i, batch in enumerate(run.data.loader, start=state.batch + 1):
-                real = inputs.real(batch)
+            batches = run.data.images.batches(run.data.sampler, state.aug_rng)
+            for i, batch in enumerate(batches, start=state.batch + 1):
+                real = batch.images
                 for _ in range(opts.n_critic):
                     d_loss = d_step(G, D, real, inputs.latents(len(real)), loss, state.d_opt,
                                     prec, inputs.augment, state.aug_rng)
@@ -850,19 +826,6 @@ class _StopRequest:
 
 
 # --------------------------------------------------------------------------- helpers
-def _stop_workers(loader: Any) -> None:
-    """Shuts persistent loader workers down now.
-
-    They ignore SIGTERM (so a group-wide signal cannot kill them mid-step), so the
-    interpreter's exit handler, which terminates children with SIGTERM and joins them,
-    would otherwise wait for them forever.
-    """
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
-    loader._iterator = None
-
-
 def _write_text(path: Path, text: str) -> None:
     """Replaces a small text file atomically: a full disk leaves the previous one intact."""
     try:

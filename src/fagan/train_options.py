@@ -22,7 +22,6 @@ from typing import Any
 
 from fagan.errors import FaganError
 from fagan.options import (
-    EXISTING_DIR,
     EXISTING_FILE,
     FLAG,
     NON_NEGATIVE_INT,
@@ -86,8 +85,9 @@ class TrainOptions:
     discriminator_file: str | None = option(
         None, EXISTING_FILE, "initial discriminator weights", group=ORIGINAL)
     images_dir: str | None = option(
-        None, EXISTING_DIR, "folder of training images (flat or nested); default data/celeba "
-        "if present, else the embedded demo faces", group=ORIGINAL)
+        None, TEXT, "training images: a folder (flat, nested, or one sub-folder per class) or "
+        "a dataset zip from fagan prepare; default data/celeba if present, else the embedded "
+        "demo faces", group=ORIGINAL)
     sample_dir: str = option("samples/fagan_1", TEXT, "sample grids go here", group=ORIGINAL)
     model_dir: str = option("models/fagan_1", TEXT,
                             "weights, training state, logs and plots go here", group=ORIGINAL)
@@ -164,6 +164,10 @@ class TrainOptions:
             FaganError: naming the first bad option and its value.
         """
         check_fields(self)
+        if self.images_dir is not None:
+            from fagan.data import check_dataset_path
+
+            check_dataset_path(self.images_dir, "--images_dir")
         if self.start > self.num_epochs:
             raise FaganError(
                 f"--start {self.start} is after --num_epochs {self.num_epochs}: nothing to train"
