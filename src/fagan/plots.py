@@ -17,16 +17,29 @@ from pathlib import Path
 from typing import Any
 
 from fagan.errors import FaganError
-from fagan.fileio import atomic_write
+from fagan.fileio import atomic_write, check_output_file
 
-__all__ = ["plot_loss_curves", "plot_losses", "read_loss_log", "read_stats_jsonl"]
+__all__ = [
+    "MAX_LOG_BYTES",
+    "plot_loss_curves",
+    "plot_losses",
+    "read_loss_log",
+    "read_stats_jsonl",
+]
+
+#: Largest log file read (a training log of a million feedback lines is about 20 MB).
+MAX_LOG_BYTES = 64 << 20
 
 
 def _read_lines(path: Path) -> list[str]:
     """Read a text log, keeping line endings so a trailing partial line can be spotted."""
     try:
         with path.open(encoding="utf-8", newline="") as handle:
-            return handle.read().splitlines(keepends=True)
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_LOG_BYTES:
+                raise FaganError(f"{path} is {size:,} bytes; logs of at most "
+                                 f"{MAX_LOG_BYTES:,} bytes are read")
+            return handle.read(MAX_LOG_BYTES + 1).splitlines(keepends=True)
     except FileNotFoundError as exc:
         raise FaganError(f"log file not found: {path}") from exc
     except IsADirectoryError as exc:
@@ -124,6 +137,23 @@ def _supported_formats() -> dict[str, str]:
     return FigureCanvasAgg(Figure()).get_supported_filetypes()
 
 
+def _plot_format(plot_file: Path) -> str:
+    """The Matplotlib format of ``plot_file``, once it is known to be writable there.
+
+    Raises:
+        FaganError: an extension Matplotlib cannot write, or a path that cannot be written.
+    """
+    fmt = plot_file.suffix.lower().lstrip(".") or "png"
+    supported = _supported_formats()
+    if fmt not in supported:
+        raise FaganError(
+            f"cannot write a plot as .{fmt}; use one of: "
+            + ", ".join("." + ext for ext in sorted(supported))
+        )
+    check_output_file(plot_file)
+    return fmt
+
+
 def plot_loss_curves(
     d_losses: Sequence[float],
     g_losses: Sequence[float],
@@ -147,19 +177,14 @@ def plot_loss_curves(
         The path written.
 
     Raises:
-        FaganError: If the extension is not a format Matplotlib can write.
+        FaganError: If the extension is not a format Matplotlib can write, or the file
+            cannot be written there (a parent that is a file, a folder in its place).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     plot_file = Path(plot_file)
-    fmt = plot_file.suffix.lower().lstrip(".") or "png"
-    supported = _supported_formats()
-    if fmt not in supported:
-        raise FaganError(
-            f"cannot write a plot as .{fmt}; use one of: "
-            + ", ".join("." + ext for ext in sorted(supported))
-        )
+    fmt = _plot_format(plot_file)
 
     figure = Figure(figsize=(8, 5), dpi=100)
     FigureCanvasAgg(figure)
@@ -173,7 +198,10 @@ def plot_loss_curves(
     axes.legend(loc="best")
     figure.tight_layout()
 
-    atomic_write(plot_file, lambda tmp: figure.savefig(tmp, format=fmt))
+    try:
+        atomic_write(plot_file, lambda tmp: figure.savefig(tmp, format=fmt))
+    except OSError as error:
+        raise FaganError(f"cannot write {plot_file}: {error.strerror or error}") from None
     return plot_file
 
 
@@ -191,8 +219,10 @@ def plot_losses(loss_file: str | os.PathLike, plot_file: str | os.PathLike) -> P
         The path written.
 
     Raises:
-        FaganError: If the log cannot be read or the format is unsupported.
+        FaganError: If the log cannot be read, the format is unsupported or the plot
+            cannot be written (checked before the log is read).
     """
+    _plot_format(Path(plot_file))
     d_losses, g_losses = read_loss_log(loss_file)
     finite = sum(
         math.isfinite(d) and math.isfinite(g) for d, g in zip(d_losses, g_losses, strict=True)
