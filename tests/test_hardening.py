@@ -44,6 +44,7 @@ from fagan.generate import (
 from fagan.interpolate import interpolate, write_interpolation
 from fagan.latents import seeded_generator, truncated_normal
 from fagan.networks import Discriminator, Generator
+from fagan.plots import envelope
 from fagan.sample import evenly_spaced, grid_uint8, grid_uint8_batches, to_uint8
 
 MEMORY_LIMIT = 3 << 30
@@ -94,6 +95,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.save(nan, root / "nan.pt")
     # ten million latents over one stored row: a small file, a huge tensor
     torch.save(torch.randn(1, 128).expand(10_000_000, 128), root / "huge_view.pt")
+    torch.save(torch.empty(4, 128, device="meta"), root / "meta.pt")
     with open(root / "huge.pt", "wb") as handle:  # 2 GiB, sparse where the file system can
         handle.truncate(2 << 30)
 
@@ -102,6 +104,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "loss.log").write_text("1.0\t2.0\n0.5\t1.5\n")
     (root / "zero.png").write_bytes(_png_header_only(0, 0))
     (root / "bomb.png").write_bytes(_png_header_only(60000, 60000))
+    (root / "72mp.png").write_bytes(_png_header_only(9000, 8000))
+    (root / "90mp.png").write_bytes(_png_header_only(9500, 9500))
     (root / "text.png").write_text("not an image")
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / "face.png")
 
@@ -111,6 +115,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _sample_dir(root / "s_text", ("gen_1_2.png", b"not an image"))
     _sample_dir(root / "s_zero_size", ("gen_1_2.png", _png_header_only(0, 0)))
     _sample_dir(root / "s_bomb", ("gen_1_2.png", _png_header_only(60000, 60000)))
+    _sample_dir(root / "s_25mp", ("gen_1_2.png", _png_header_only(5000, 5000)))
     sizes = _sample_dir(root / "s_sizes")
     Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(sizes / "gen_1_2.png")
     return {"root": root}
@@ -146,6 +151,9 @@ HOSTILE = {
                       "100000000000"], "--batch_size must be between 1 and 4096"),
     "a huge grid": (["generate", *GEN, *OUT, "--num_samples", "5000", "--grid"],
                     "--grid holds at most 4096 images"),
+    "a batch too large for memory": (["generate", *GEN, *OUT, "--num_samples", "4096",
+                                      "--batch_size", "4096"], "out of memory generating "
+                                     "4096 images at once on cpu: give a smaller --batch_size"),
     "output folder is a file": (["generate", *GEN, "--output_dir", "{root}/afile",
                                  "--num_samples", "2"], "afile: it is a file, not a folder"),
     "output folder inside a file": (["generate", *GEN, "--output_dir", "{root}/afile/x",
@@ -160,6 +168,8 @@ HOSTILE = {
                        "expected latents of shape N x 128, found [4, 128, 1]"),
     "NaN latents": (["generate", *GEN, *OUT, "--latents", "{root}/nan.pt"],
                     "NaN or infinite"),
+    "meta latents": (["generate", *GEN, *OUT, "--latents", "{root}/meta.pt"],
+                     "the latents hold no values (a meta tensor)"),
     "ten million latents in a small file": (
         ["generate", *GEN, *OUT, "--latents", "{root}/huge_view.pt"],
         "holds 10,000,000 latents; at most 1,000,000"),
@@ -204,6 +214,10 @@ HOSTILE = {
                           "cannot read image"),
     "a decompression bomb": (["attention", *DIS, *OUT, "--image", "{root}/bomb.png"],
                              "cannot read image"),
+    "a 72-megapixel image": (["attention", *DIS, *OUT, "--image", "{root}/72mp.png"],
+                             "images of at most 67,108,864 pixels"),
+    "a 90-megapixel image": (["attention", *DIS, *OUT, "--image", "{root}/90mp.png"],
+                             "cannot read image"),
     "a query grid for a real image": (["attention", *DIS, *OUT, "--image", "{root}/face.png",
                                        "--query_grid", "40"], "--query_grid"),
     # make-gif
@@ -219,6 +233,8 @@ HOSTILE = {
                             "{tmp}/g.gif"], "cannot read frame image"),
     "a bomb among the samples": (["make-gif", "--sample_dir", "{root}/s_bomb", "--output",
                                   "{tmp}/g.gif"], "cannot read frame image"),
+    "a 25-megapixel sample": (["make-gif", "--sample_dir", "{root}/s_25mp", "--output",
+                               "{tmp}/g.gif"], "frames have at most 16,777,216 pixels"),
     "samples of two sizes": (["make-gif", "--sample_dir", "{root}/s_sizes", "--output",
                               "{tmp}/g.gif"], "all frames must be the same size"),
     "gif inside a file": (["make-gif", "--sample_dir", "{root}/s_ok", "--output",
@@ -405,6 +421,22 @@ def test_read_latents_accepts_half_precision_and_the_originals_shape(tmp_path: P
     torch.save(latents.half().view(3, 128, 1, 1), tmp_path / "z.pt")
     got = read_latents(tmp_path / "z.pt", 128)
     assert got.dtype == torch.float32 and torch.equal(got, latents.half().float())
+
+
+def test_long_loss_curves_are_drawn_as_their_envelope() -> None:
+    rng = np.random.default_rng(0)
+    values = 2.0 * np.exp(-np.arange(50_000) / 9_000) + rng.normal(0, 0.05, 50_000)
+    values[[123, 31_000]] = [9.0, -4.0]  # spikes
+    values[40_000:40_500] = np.nan  # a diverged stretch
+    x, y = envelope(list(values), max_points=2_000)
+    assert len(x) <= 2_000 and np.all(np.diff(x) > 0)
+    assert np.array_equal(y[np.isfinite(y)], values[x][np.isfinite(y)])
+    assert 123 in x and 31_000 in x  # every spike kept
+    assert np.nanmax(y) == 9.0 and np.nanmin(y) == -4.0
+    assert np.isnan(y).any()  # the gap stays a gap
+    short = list(values[:1_500])
+    x, y = envelope(short, max_points=2_000)
+    assert np.array_equal(x, np.arange(1_500)) and np.array_equal(y, short)
 
 
 # ----------------------------------------------------------------------------- file paths

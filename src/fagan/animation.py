@@ -60,7 +60,7 @@ PALETTE_FRAMES = 16
 #: What PIL and its format plugins raise for a file that is not a readable image.
 _UNREADABLE: tuple[type[BaseException], ...] = (
     OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
-    Image.DecompressionBombError,
+    Image.DecompressionBombError, Image.DecompressionBombWarning,
 )
 
 Frame = np.ndarray | str | os.PathLike
@@ -117,7 +117,10 @@ def _load_frame(frame: Frame, index: int) -> np.ndarray:
     """Return one animation frame as an ``HxWx3`` uint8 array."""
     if isinstance(frame, (str, os.PathLike)):
         try:
-            with Image.open(frame) as image:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                opened = Image.open(frame)
+            with opened as image:
                 width, height = image.size
                 if width * height > MAX_FRAME_PIXELS:
                     raise FaganError(f"frame image {frame} is {width}x{height}: frames have at "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from fagan.networks import Discriminator
 from fagan.sample import to_uint8
 
 __all__ = [
+    "MAX_IMAGE_PIXELS",
     "MAX_QUERIES",
     "MAX_QUERY_GRID",
     "LayerAttention",
@@ -59,6 +61,9 @@ __all__ = [
 
 Query = tuple[int, int]
 
+#: Most pixels of an ``--image`` (8192 x 8192); decoded as float it takes 12 bytes a pixel.
+MAX_IMAGE_PIXELS = 1 << 26
+
 #: Most queries per side of a default query grid (``--query_grid``).
 MAX_QUERY_GRID = 8
 #: Most query positions in one figure (one panel each).
@@ -67,7 +72,7 @@ MAX_QUERIES = MAX_QUERY_GRID * MAX_QUERY_GRID
 #: What PIL and its format plugins raise for a file that is not a readable image.
 _UNREADABLE: tuple[type[BaseException], ...] = (
     OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
-    Image.DecompressionBombError,
+    Image.DecompressionBombError, Image.DecompressionBombWarning,
 )
 
 
@@ -374,13 +379,20 @@ def load_image(path: str | os.PathLike[str], image_size: int) -> Tensor:
     :func:`fagan.data.resize_shorter_side`), centre crop (:func:`fagan.data.center_crop`).
 
     Raises:
-        FaganError: missing or unreadable file.
+        FaganError: missing or unreadable file, or one of more than
+            :data:`MAX_IMAGE_PIXELS` pixels.
     """
     path = Path(path)
     if not path.is_file():
         raise FaganError(f"image not found: {path}")
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened_file = Image.open(path)
+        with opened_file as opened:
+            if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                raise FaganError(f"image {path} is {opened.width}x{opened.height}: images of at "
+                                 f"most {MAX_IMAGE_PIXELS:,} pixels are read")
             if opened.format == "JPEG":  # decode at a reduced scale that still covers S
                 opened.draft(None, (image_size, image_size))
             opened.load()

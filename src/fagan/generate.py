@@ -162,6 +162,8 @@ def read_latents(path: str | Path, latent_size: int) -> Tensor:
     if latents.is_nested or latents.layout != torch.strided:
         layout = "nested" if latents.is_nested else str(latents.layout).removeprefix("torch.")
         raise FaganError(f"{path}: latents must be a dense tensor, found a {layout} tensor")
+    if latents.device.type != "cpu":  # map_location moves all but meta tensors
+        raise FaganError(f"{path}: the latents hold no values (a {latents.device.type} tensor)")
     if latents.dtype not in _LATENT_DTYPES:
         raise FaganError(f"{path}: latents must be floating point (float16, bfloat16, float32 "
                          f"or float64), found {str(latents.dtype).removeprefix('torch.')}")
@@ -180,7 +182,7 @@ def read_latents(path: str | Path, latent_size: int) -> Tensor:
     for warning in caught:  # torch's remarks on a file that is accepted, passed on
         warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                warning.lineno)
-    return latents.float()
+    return latents.detach().float()
 
 
 def latent_blocks(num_samples: int, latent_size: int, seed: int,

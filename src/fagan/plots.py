@@ -16,19 +16,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fagan.errors import FaganError
 from fagan.fileio import atomic_write, check_output_file
 
 __all__ = [
     "MAX_LOG_BYTES",
+    "MAX_PLOT_POINTS",
+    "envelope",
     "plot_loss_curves",
     "plot_losses",
     "read_loss_log",
     "read_stats_jsonl",
 ]
 
-#: Largest log file read (a training log of a million feedback lines is about 20 MB).
-MAX_LOG_BYTES = 64 << 20
+#: Most points drawn per curve (longer curves are drawn as their min/max envelope).
+MAX_PLOT_POINTS = 2_000
+
+#: Largest log file read (about 800,000 feedback lines of a training log).
+MAX_LOG_BYTES = 16 << 20
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -154,6 +161,41 @@ def _plot_format(plot_file: Path) -> str:
     return fmt
 
 
+def envelope(values: Sequence[float],
+             max_points: int = MAX_PLOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """The points to draw for a curve: all of them, or the min and max of equal buckets.
+
+    A curve of at most ``max_points`` values is returned as it is (index, value). A longer
+    one is cut into ``max_points // 2`` buckets of consecutive indices, and each bucket
+    gives its smallest and its largest finite value at their own indices, in index order:
+    drawn at figure resolution this is the same picture (every spike kept), and drawing
+    stays fast for any length. A bucket without a finite value gives one NaN, a gap, as
+    non-finite values give in a full plot.
+
+    Returns:
+        ``(x, y)`` arrays of equal length.
+    """
+    y = np.asarray(values, dtype=np.float64)
+    if y.size <= max_points:
+        return np.arange(y.size), y
+    edges = np.linspace(0, y.size, max_points // 2 + 1).astype(np.int64)
+    xs: list[int] = []
+    ys: list[float] = []
+    for start, stop in zip(edges[:-1], edges[1:], strict=True):
+        bucket = y[start:stop]
+        finite = np.isfinite(bucket)
+        if not finite.any():
+            xs.append(int(start))
+            ys.append(math.nan)
+            continue
+        low = int(np.argmin(np.where(finite, bucket, np.inf)))
+        high = int(np.argmax(np.where(finite, bucket, -np.inf)))
+        for k in sorted({low, high}):
+            xs.append(int(start) + k)
+            ys.append(float(bucket[k]))
+    return np.asarray(xs), np.asarray(ys)
+
+
 def plot_loss_curves(
     d_losses: Sequence[float],
     g_losses: Sequence[float],
@@ -165,7 +207,8 @@ def plot_loss_curves(
     Drawn on Matplotlib's Agg canvas (no display, no pyplot state) and written to a
     temporary file beside ``plot_file`` that is then moved into place. The format comes
     from the extension (any Matplotlib supports, e.g. ``.png``, ``.pdf``, ``.svg``); a
-    name without an extension is written as PNG.
+    name without an extension is written as PNG. A curve of more than
+    :data:`MAX_PLOT_POINTS` values is drawn as its :func:`envelope`.
 
     Args:
         d_losses: Discriminator loss per feedback.
@@ -189,8 +232,8 @@ def plot_loss_curves(
     figure = Figure(figsize=(8, 5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    axes.plot(range(len(d_losses)), list(d_losses), label="discriminator loss", linewidth=1)
-    axes.plot(range(len(g_losses)), list(g_losses), label="generator loss", linewidth=1)
+    axes.plot(*envelope(d_losses), label="discriminator loss", linewidth=1)
+    axes.plot(*envelope(g_losses), label="generator loss", linewidth=1)
     axes.set_xlabel("feedback index")
     axes.set_ylabel("loss")
     axes.set_title(title)
