@@ -81,18 +81,19 @@ def check_output_dir(path: str | os.PathLike) -> Path:
         raise FaganError(f"cannot write into {path}: {blocker} is a file, not a folder")
     if path.exists() and not path.is_dir():
         raise FaganError(f"cannot write into {path}: it is a file, not a folder")
-    locked = path if path.is_dir() else _not_writable(path)
-    if locked is not None and not os.access(locked, os.W_OK | os.X_OK):
+    if path.is_dir():
+        locked = None if os.access(path, os.W_OK | os.X_OK) else path
+    else:
+        locked = _not_writable(path)
+    if locked is not None:
         raise FaganError(f"cannot write into {path}: no permission to write in {locked}")
     return path
 
 
 def _naming(error: OSError, tmp: Path, path: Path) -> OSError:
-    """``error`` with the destination in place of the temporary file it may name."""
-    names = {str(tmp), os.fspath(tmp)}
-    if error.filename in names or getattr(error, "filename2", None) in names:
-        renamed = OSError(error.errno, error.strerror, str(path))
-        return renamed
+    """``error`` naming the destination when it names the temporary file."""
+    if str(tmp) in (error.filename, error.filename2):
+        return OSError(error.errno, error.strerror, str(path))
     return error
 
 
