@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +36,19 @@ from fagan.checkpoint import (
 from fagan.config import load_config, parse_config, resolve_config_path
 from fagan.data import center_crop, resize_shorter_side
 from fagan.errors import FaganError
+from fagan.fileio import check_output_dir, check_output_file
 from fagan.layers.attention import FullAttention, attention_layers, capture_attention
 from fagan.networks import Discriminator
 from fagan.sample import to_uint8
 
 __all__ = [
+    "MAX_IMAGE_PIXELS",
+    "MAX_QUERIES",
+    "MAX_QUERY_GRID",
     "LayerAttention",
     "attention_maps",
     "capture_layers",
+    "check_queries",
     "default_queries",
     "figure_name",
     "load_discriminator",
@@ -55,10 +61,18 @@ __all__ = [
 
 Query = tuple[int, int]
 
+#: Most pixels of an ``--image`` (8192 x 8192); decoded as float it takes 12 bytes a pixel.
+MAX_IMAGE_PIXELS = 1 << 26
+
+#: Most queries per side of a default query grid (``--query_grid``).
+MAX_QUERY_GRID = 8
+#: Most query positions in one figure (one panel each).
+MAX_QUERIES = MAX_QUERY_GRID * MAX_QUERY_GRID
+
 #: What PIL and its format plugins raise for a file that is not a readable image.
 _UNREADABLE: tuple[type[BaseException], ...] = (
     OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
-    Image.DecompressionBombError,
+    Image.DecompressionBombError, Image.DecompressionBombWarning,
 )
 
 
@@ -151,9 +165,29 @@ def default_queries(height: int, width: int | None = None, per_side: int = 3) ->
     width = height if width is None else width
     if per_side < 1:
         raise FaganError(f"the query grid needs at least 1 query per side, got {per_side}")
+    if per_side > MAX_QUERY_GRID:
+        raise FaganError(f"--query_grid must be from 1 to {MAX_QUERY_GRID} (a figure shows at "
+                         f"most {MAX_QUERIES} queries), got {per_side}")
     xs = [min(width - 1, int((i + 0.5) * width / per_side)) for i in range(per_side)]
     ys = [min(height - 1, int((j + 0.5) * height / per_side)) for j in range(per_side)]
     return [(x, y) for y in ys for x in xs]
+
+
+def check_queries(queries: Sequence[Query], image_hw: tuple[int, int]) -> list[Query]:
+    """The queries, when there are 1 to :data:`MAX_QUERIES` of them, all inside the image.
+
+    Raises:
+        FaganError: no queries, too many, or one outside the image.
+    """
+    queries = list(queries)
+    if not queries:
+        raise FaganError("no query positions to show")
+    if len(queries) > MAX_QUERIES:
+        raise FaganError(f"at most {MAX_QUERIES} query positions fit in a figure, got "
+                         f"{len(queries)}")
+    for query in queries:
+        query_cell(query, image_hw, (1, 1))
+    return queries
 
 
 def query_cell(query: Query, image_hw: tuple[int, int], grid: tuple[int, int]) -> tuple[int, int]:
@@ -223,8 +257,7 @@ def render_layer(
             else image.cpu().numpy()
     image = np.asarray(image)
     height, width = image.shape[:2]
-    if not queries:
-        raise FaganError("no query positions to show")
+    check_queries(queries, (height, width))
     cells = [query_cell(q, (height, width), layer.grid) for q in queries]
     cols = columns or int(np.ceil(np.sqrt(len(queries))))
     rows = int(np.ceil(len(queries) / cols))
@@ -275,8 +308,20 @@ def write_attention_figures(
 
     Returns:
         The figure paths, in layer order.
+
+    Raises:
+        FaganError: no queries, more than :data:`MAX_QUERIES`, one outside the image, or
+            an output that cannot be written (checked before any figure is drawn).
     """
-    output_dir = Path(output_dir)
+    output_dir = check_output_dir(output_dir)
+    for name in layers:
+        check_output_file(output_dir / figure_name(name))
+    if save_maps is not None:
+        check_output_file(save_maps)
+    if layers:
+        first = image.shape[-2:] if isinstance(image, Tensor) and image.is_floating_point() \
+            else np.asarray(image).shape[:2]
+        check_queries(queries, (int(first[0]), int(first[1])))
     output_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for name, layer in layers.items():
@@ -334,13 +379,20 @@ def load_image(path: str | os.PathLike[str], image_size: int) -> Tensor:
     :func:`fagan.data.resize_shorter_side`), centre crop (:func:`fagan.data.center_crop`).
 
     Raises:
-        FaganError: missing or unreadable file.
+        FaganError: missing or unreadable file, or one of more than
+            :data:`MAX_IMAGE_PIXELS` pixels.
     """
     path = Path(path)
     if not path.is_file():
         raise FaganError(f"image not found: {path}")
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened_file = Image.open(path)
+        with opened_file as opened:
+            if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                raise FaganError(f"image {path} is {opened.width}x{opened.height}: images of at "
+                                 f"most {MAX_IMAGE_PIXELS:,} pixels are read")
             if opened.format == "JPEG":  # decode at a reduced scale that still covers S
                 opened.draft(None, (image_size, image_size))
             opened.load()

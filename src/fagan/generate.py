@@ -1,8 +1,16 @@
-"""Images from a trained generator: loading it from any accepted file, latents, batches."""
+"""Images from a trained generator: loading it from any accepted file, latents, batches.
+
+Sampled latents are drawn from one seeded CPU generator in blocks of at most
+:data:`LATENT_BLOCK_ELEMENTS` numbers (:func:`latent_blocks`), so that writing a million
+images holds one block of latents and one batch of images at a time
+(:func:`write_samples`). A count whose latents fit in one block (32,768 latents of size
+128) is drawn in one call, exactly as :func:`fagan.latents.truncated_normal` draws it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -11,9 +19,39 @@ from torch import Tensor
 from fagan.checkpoint import is_training_state, load_file, load_state_into, network_state_dict
 from fagan.config import load_config, parse_config, resolve_config_path
 from fagan.errors import FaganError
+from fagan.fileio import check_output_dir, check_output_file
 from fagan.latents import seeded_generator, truncated_normal
 from fagan.networks import Generator
-from fagan.sample import save_grid, save_individual
+from fagan.sample import grid_uint8_batches, save_individual, write_grid
+
+__all__ = [
+    "LATENT_BLOCK_ELEMENTS",
+    "MAX_BATCH_SIZE",
+    "MAX_GRID_IMAGES",
+    "MAX_NUM_SAMPLES",
+    "check_batch_size",
+    "check_num_samples",
+    "generate_batches",
+    "latent_blocks",
+    "load_generator",
+    "make_latents",
+    "read_latents",
+    "write_images",
+    "write_samples",
+]
+
+#: Most images one command generates (``--num_samples``, rows of a ``--latents`` file).
+MAX_NUM_SAMPLES = 1_000_000
+#: Most images in one forward pass (``--batch_size``).
+MAX_BATCH_SIZE = 4096
+#: Most images in one ``--grid`` picture (a 64 x 64 grid).
+MAX_GRID_IMAGES = 4096
+#: Most pixels in one ``--grid`` picture (16384 x 16384).
+MAX_GRID_PIXELS = 1 << 28
+#: Latents are drawn in blocks of at most this many numbers (16 MiB of float32).
+LATENT_BLOCK_ELEMENTS = 1 << 22
+#: Floating-point types a ``--latents`` file may hold.
+_LATENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def load_generator(
@@ -55,57 +93,240 @@ def load_generator(
     return generator.to(device).eval()
 
 
+# --------------------------------------------------------------------------- bounds
+def check_num_samples(num_samples: int, what: str = "--num_samples") -> int:
+    """``num_samples`` when it is a whole number in 1..:data:`MAX_NUM_SAMPLES`.
+
+    Raises:
+        FaganError: otherwise, naming ``what``.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+        raise FaganError(f"{what} must be a whole number, got {num_samples!r}")
+    if not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise FaganError(f"{what} must be between 1 and {MAX_NUM_SAMPLES:,}, got {num_samples}")
+    return num_samples
+
+
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` when it is a whole number in 1..:data:`MAX_BATCH_SIZE`.
+
+    Raises:
+        FaganError: otherwise.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise FaganError(f"--batch_size must be a whole number, got {batch_size!r}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise FaganError(f"--batch_size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
+    return batch_size
+
+
+def _check_grid(count: int, image_size: int | None) -> None:
+    """Refuses a ``--grid`` of more than :data:`MAX_GRID_IMAGES` images or pixels."""
+    if count > MAX_GRID_IMAGES:
+        raise FaganError(f"--grid holds at most {MAX_GRID_IMAGES} images, asked for {count} "
+                         "(leave out --grid for one file per image)")
+    if image_size:
+        columns = max(1, int(count ** 0.5))
+        rows = -(-count // columns)
+        pixels = ((image_size + 2) * columns + 2) * ((image_size + 2) * rows + 2)
+        if pixels > MAX_GRID_PIXELS:
+            raise FaganError(f"a --grid of {count} images of {image_size}x{image_size} would "
+                             f"have {pixels:,} pixels, more than {MAX_GRID_PIXELS:,} "
+                             "(leave out --grid for one file per image)")
+
+
+# --------------------------------------------------------------------------- latents
 def read_latents(path: str | Path, latent_size: int) -> Tensor:
     """Reads an N x latent_size float tensor saved with ``torch.save``.
 
-    (N, latent_size, 1, 1) is accepted too, as the original fed its generator.
+    (N, latent_size, 1, 1) is accepted too, as the original fed its generator. The file
+    is refused before it is read when it is larger than :data:`MAX_NUM_SAMPLES` float64
+    latents could be, and the tensor must be dense, of a float type, finite, with at
+    most :data:`MAX_NUM_SAMPLES` rows.
 
     Raises:
         FaganError: for anything else, saying what was found.
     """
-    latents = load_file(path)
+    path = Path(path)
+    if path.is_file():
+        limit = MAX_NUM_SAMPLES * latent_size * 8 + (1 << 20)
+        size = path.stat().st_size
+        if size > limit:
+            raise FaganError(f"{path} is {size:,} bytes, more than {MAX_NUM_SAMPLES:,} latents "
+                             f"of size {latent_size} can take ({limit:,} bytes)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        latents = load_file(path)
     if not isinstance(latents, Tensor):
         raise FaganError(f"{path}: expected a tensor of latents, found {type(latents).__name__}")
+    if latents.is_nested or latents.layout != torch.strided:
+        layout = "nested" if latents.is_nested else str(latents.layout).removeprefix("torch.")
+        raise FaganError(f"{path}: latents must be a dense tensor, found a {layout} tensor")
+    if latents.device.type != "cpu":  # map_location moves all but meta tensors
+        raise FaganError(f"{path}: the latents hold no values (a {latents.device.type} tensor)")
+    if latents.dtype not in _LATENT_DTYPES:
+        raise FaganError(f"{path}: latents must be floating point (float16, bfloat16, float32 "
+                         f"or float64), found {str(latents.dtype).removeprefix('torch.')}")
     if latents.dim() == 4 and latents.shape[2:] == (1, 1):
         latents = latents.flatten(1)
     if latents.dim() != 2 or latents.shape[1] != latent_size or latents.shape[0] < 1:
         raise FaganError(
             f"{path}: expected latents of shape N x {latent_size}, found {list(latents.shape)}"
         )
-    if not latents.is_floating_point():
-        raise FaganError(f"{path}: latents must be floating point, found {latents.dtype}")
-    if not torch.isfinite(latents).all():
-        raise FaganError(f"{path}: latents contain NaN or infinite values")
-    return latents.float()
+    if latents.shape[0] > MAX_NUM_SAMPLES:
+        raise FaganError(f"{path} holds {latents.shape[0]:,} latents; at most "
+                         f"{MAX_NUM_SAMPLES:,} are generated at once")
+    for block in latents.split(max(1, LATENT_BLOCK_ELEMENTS // latent_size)):
+        if not torch.isfinite(block).all():
+            raise FaganError(f"{path}: latents contain NaN or infinite values")
+    for warning in caught:  # torch's remarks on a file that is accepted, passed on
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
+    return latents.detach().float()
+
+
+def latent_blocks(num_samples: int, latent_size: int, seed: int,
+                  truncation: float | None = None) -> Iterator[Tensor]:
+    """``num_samples`` latents from ``seed``, in blocks of at most ``LATENT_BLOCK_ELEMENTS``.
+
+    All blocks come from one CPU generator seeded with ``seed``, each drawn with
+    :func:`fagan.latents.truncated_normal`; concatenated they are
+    :func:`make_latents`. Every argument is checked before the first block is drawn.
+
+    Raises:
+        FaganError: a count outside 1..:data:`MAX_NUM_SAMPLES`, a seed PyTorch does not
+            accept, a bad latent size or truncation.
+    """
+    check_num_samples(num_samples)
+    if latent_size < 1:
+        raise FaganError(f"latent size must be at least 1, got {latent_size}")
+    generator = seeded_generator(seed)
+    rows = max(1, LATENT_BLOCK_ELEMENTS // latent_size)
+    first = truncated_normal(min(rows, num_samples), latent_size, truncation, generator)
+
+    def blocks() -> Iterator[Tensor]:
+        yield first
+        for start in range(rows, num_samples, rows):
+            yield truncated_normal(min(rows, num_samples - start), latent_size, truncation,
+                                   generator)
+
+    return blocks()
 
 
 def make_latents(num_samples: int, latent_size: int, seed: int,
                  truncation: float | None = None) -> Tensor:
     """``num_samples`` latents from ``seed``, optionally truncated to ``|z| <= truncation``.
 
+    The blocks of :func:`latent_blocks` in one tensor: for a count that fits in one block
+    this is exactly ``truncated_normal(num_samples, latent_size, truncation,
+    seeded_generator(seed))``.
+
     Raises:
         FaganError: a seed PyTorch does not accept, a bad count, size or truncation.
     """
-    return truncated_normal(num_samples, latent_size, truncation, seeded_generator(seed))
+    if num_samples == 0:  # an empty draw, as truncated_normal gives it
+        return truncated_normal(0, latent_size, truncation, seeded_generator(seed))
+    return torch.cat(list(latent_blocks(num_samples, latent_size, seed, truncation)))
+
+
+def _rebatch(blocks: Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
+    """The rows of ``blocks`` in batches of ``batch_size`` (the last one may be smaller)."""
+    pending: list[Tensor] = []
+    held = 0
+    for block in blocks:
+        while block.shape[0]:
+            take = min(batch_size - held, block.shape[0])
+            pending.append(block[:take])
+            held += take
+            block = block[take:]
+            if held == batch_size:
+                yield pending[0] if len(pending) == 1 else torch.cat(pending)
+                pending, held = [], 0
+    if held:
+        yield pending[0] if len(pending) == 1 else torch.cat(pending)
+
+
+# --------------------------------------------------------------------------- images
+def _out_of_memory(error: BaseException) -> bool:
+    text = str(error)
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError)
+        and ("can't allocate memory" in text or "out of memory" in text))
 
 
 @torch.no_grad()
-def generate_batches(generator: Generator, latents: Tensor,
+def generate_batches(generator: Generator, latents: Tensor | Iterable[Tensor],
                      batch_size: int = 64) -> Iterator[Tensor]:
-    """Yields generated images (B, 3, S, S) in [-1, 1] on the CPU, batch by batch."""
+    """Yields generated images (B, 3, S, S) in [-1, 1] on the CPU, batch by batch.
+
+    Args:
+        generator: the network, in the mode it is in.
+        latents: a (N, latent_size) tensor, or blocks of latents such as
+            :func:`latent_blocks` gives (regrouped into batches of ``batch_size``).
+        batch_size: latents per forward pass.
+
+    Raises:
+        FaganError: when a batch does not fit in memory (asking for a smaller batch).
+    """
     device = next(generator.parameters()).device
-    for start in range(0, latents.shape[0], batch_size):
-        yield generator(latents[start:start + batch_size].to(device)).float().cpu()
+    batches = (latents.split(batch_size) if isinstance(latents, Tensor)
+               else _rebatch(latents, batch_size))
+    for batch in batches:
+        try:
+            images = generator(batch.to(device)).float().cpu()
+        except (RuntimeError, MemoryError) as error:
+            if not _out_of_memory(error):
+                raise
+            raise FaganError(f"out of memory generating {batch.shape[0]} images at once on "
+                             f"{device}: give a smaller --batch_size") from None
+        yield images
 
 
-def write_images(generator: Generator, latents: Tensor, output_dir: str | Path, *,
-                 batch_size: int = 64, grid: bool = False) -> list[Path]:
-    """Generates one image per latent and writes ``000000.png``... or one ``grid.png``."""
-    output_dir = Path(output_dir)
+def _write(generator: Generator, latents: Tensor | Iterable[Tensor], count: int,
+           output_dir: Path, batch_size: int, grid: bool) -> list[Path]:
+    """Checks every bound and output path, then generates and writes batch by batch."""
+    check_batch_size(batch_size)
+    check_num_samples(count, "the number of images")
     if grid:
-        images = torch.cat(list(generate_batches(generator, latents, batch_size)))
-        return [save_grid(images, output_dir / "grid.png")]
+        _check_grid(count, getattr(generator, "image_size", None))
+        target = check_output_file(output_dir / "grid.png")
+        picture = grid_uint8_batches(generate_batches(generator, latents, batch_size), count)
+        return [write_grid(picture, target)]
+    check_output_dir(output_dir)
     written: list[Path] = []
     for images in generate_batches(generator, latents, batch_size):
         written += save_individual(images, output_dir, start_index=len(written))
     return written
+
+
+def write_images(generator: Generator, latents: Tensor, output_dir: str | Path, *,
+                 batch_size: int = 64, grid: bool = False) -> list[Path]:
+    """Generates one image per latent and writes ``000000.png``... or one ``grid.png``.
+
+    Bounds (batch size, number of images, grid size) and the output folder are checked
+    before any image is generated; images are generated and written batch by batch.
+
+    Raises:
+        FaganError: a bound exceeded, an output folder that cannot be written, a batch
+            that does not fit in memory.
+    """
+    return _write(generator, latents, int(latents.shape[0]), Path(output_dir), batch_size,
+                  grid)
+
+
+def write_samples(generator: Generator, output_dir: str | Path, num_samples: int, *,
+                  seed: int = 0, truncation: float | None = None, batch_size: int = 64,
+                  grid: bool = False) -> list[Path]:
+    """Generates ``num_samples`` images from ``seed`` and writes them, holding one batch.
+
+    The same images as ``write_images(generator, make_latents(num_samples, ...), ...)``,
+    with the latents drawn block by block (:func:`latent_blocks`) instead of all at once:
+    memory stays bounded whatever ``num_samples`` is (up to :data:`MAX_NUM_SAMPLES`).
+
+    Raises:
+        FaganError: a bound exceeded, a bad seed or truncation, an output folder that
+            cannot be written, a batch that does not fit in memory.
+    """
+    check_batch_size(batch_size)
+    blocks = latent_blocks(num_samples, generator.latent_size, seed, truncation)
+    return _write(generator, blocks, num_samples, Path(output_dir), batch_size, grid)

@@ -16,17 +16,37 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fagan.errors import FaganError
-from fagan.fileio import atomic_write
+import numpy as np
 
-__all__ = ["plot_loss_curves", "plot_losses", "read_loss_log", "read_stats_jsonl"]
+from fagan.errors import FaganError
+from fagan.fileio import atomic_write, check_output_file
+
+__all__ = [
+    "MAX_LOG_BYTES",
+    "MAX_PLOT_POINTS",
+    "envelope",
+    "plot_loss_curves",
+    "plot_losses",
+    "read_loss_log",
+    "read_stats_jsonl",
+]
+
+#: Most points drawn per curve (longer curves are drawn as their min/max envelope).
+MAX_PLOT_POINTS = 2_000
+
+#: Largest log file read (about 800,000 feedback lines of a training log).
+MAX_LOG_BYTES = 16 << 20
 
 
 def _read_lines(path: Path) -> list[str]:
     """Read a text log, keeping line endings so a trailing partial line can be spotted."""
     try:
         with path.open(encoding="utf-8", newline="") as handle:
-            return handle.read().splitlines(keepends=True)
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_LOG_BYTES:
+                raise FaganError(f"{path} is {size:,} bytes; logs of at most "
+                                 f"{MAX_LOG_BYTES:,} bytes are read")
+            return handle.read(MAX_LOG_BYTES + 1).splitlines(keepends=True)
     except FileNotFoundError as exc:
         raise FaganError(f"log file not found: {path}") from exc
     except IsADirectoryError as exc:
@@ -124,6 +144,58 @@ def _supported_formats() -> dict[str, str]:
     return FigureCanvasAgg(Figure()).get_supported_filetypes()
 
 
+def _plot_format(plot_file: Path) -> str:
+    """The Matplotlib format of ``plot_file``, once it is known to be writable there.
+
+    Raises:
+        FaganError: an extension Matplotlib cannot write, or a path that cannot be written.
+    """
+    fmt = plot_file.suffix.lower().lstrip(".") or "png"
+    supported = _supported_formats()
+    if fmt not in supported:
+        raise FaganError(
+            f"cannot write a plot as .{fmt}; use one of: "
+            + ", ".join("." + ext for ext in sorted(supported))
+        )
+    check_output_file(plot_file)
+    return fmt
+
+
+def envelope(values: Sequence[float],
+             max_points: int = MAX_PLOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """The points to draw for a curve: all of them, or the min and max of equal buckets.
+
+    A curve of at most ``max_points`` values is returned as it is (index, value). A longer
+    one is cut into ``max_points // 2`` buckets of consecutive indices, and each bucket
+    gives its smallest and its largest finite value at their own indices, in index order:
+    drawn at figure resolution this is the same picture (every spike kept), and drawing
+    stays fast for any length. A bucket without a finite value gives one NaN, a gap, as
+    non-finite values give in a full plot.
+
+    Returns:
+        ``(x, y)`` arrays of equal length.
+    """
+    y = np.asarray(values, dtype=np.float64)
+    if y.size <= max_points:
+        return np.arange(y.size), y
+    edges = np.linspace(0, y.size, max_points // 2 + 1).astype(np.int64)
+    xs: list[int] = []
+    ys: list[float] = []
+    for start, stop in zip(edges[:-1], edges[1:], strict=True):
+        bucket = y[start:stop]
+        finite = np.isfinite(bucket)
+        if not finite.any():
+            xs.append(int(start))
+            ys.append(math.nan)
+            continue
+        low = int(np.argmin(np.where(finite, bucket, np.inf)))
+        high = int(np.argmax(np.where(finite, bucket, -np.inf)))
+        for k in sorted({low, high}):
+            xs.append(int(start) + k)
+            ys.append(float(bucket[k]))
+    return np.asarray(xs), np.asarray(ys)
+
+
 def plot_loss_curves(
     d_losses: Sequence[float],
     g_losses: Sequence[float],
@@ -135,7 +207,8 @@ def plot_loss_curves(
     Drawn on Matplotlib's Agg canvas (no display, no pyplot state) and written to a
     temporary file beside ``plot_file`` that is then moved into place. The format comes
     from the extension (any Matplotlib supports, e.g. ``.png``, ``.pdf``, ``.svg``); a
-    name without an extension is written as PNG.
+    name without an extension is written as PNG. A curve of more than
+    :data:`MAX_PLOT_POINTS` values is drawn as its :func:`envelope`.
 
     Args:
         d_losses: Discriminator loss per feedback.
@@ -147,25 +220,20 @@ def plot_loss_curves(
         The path written.
 
     Raises:
-        FaganError: If the extension is not a format Matplotlib can write.
+        FaganError: If the extension is not a format Matplotlib can write, or the file
+            cannot be written there (a parent that is a file, a folder in its place).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     plot_file = Path(plot_file)
-    fmt = plot_file.suffix.lower().lstrip(".") or "png"
-    supported = _supported_formats()
-    if fmt not in supported:
-        raise FaganError(
-            f"cannot write a plot as .{fmt}; use one of: "
-            + ", ".join("." + ext for ext in sorted(supported))
-        )
+    fmt = _plot_format(plot_file)
 
     figure = Figure(figsize=(8, 5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    axes.plot(range(len(d_losses)), list(d_losses), label="discriminator loss", linewidth=1)
-    axes.plot(range(len(g_losses)), list(g_losses), label="generator loss", linewidth=1)
+    axes.plot(*envelope(d_losses), label="discriminator loss", linewidth=1)
+    axes.plot(*envelope(g_losses), label="generator loss", linewidth=1)
     axes.set_xlabel("feedback index")
     axes.set_ylabel("loss")
     axes.set_title(title)
@@ -173,7 +241,10 @@ def plot_loss_curves(
     axes.legend(loc="best")
     figure.tight_layout()
 
-    atomic_write(plot_file, lambda tmp: figure.savefig(tmp, format=fmt))
+    try:
+        atomic_write(plot_file, lambda tmp: figure.savefig(tmp, format=fmt))
+    except OSError as error:
+        raise FaganError(f"cannot write {plot_file}: {error.strerror or error}") from None
     return plot_file
 
 
@@ -191,8 +262,10 @@ def plot_losses(loss_file: str | os.PathLike, plot_file: str | os.PathLike) -> P
         The path written.
 
     Raises:
-        FaganError: If the log cannot be read or the format is unsupported.
+        FaganError: If the log cannot be read, the format is unsupported or the plot
+            cannot be written (checked before the log is read).
     """
+    _plot_format(Path(plot_file))
     d_losses, g_losses = read_loss_log(loss_file)
     finite = sum(
         math.isfinite(d) and math.isfinite(g) for d, g in zip(d_losses, g_losses, strict=True)

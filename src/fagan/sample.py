@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from fagan.fileio import atomic_write
 __all__ = [
     "evenly_spaced",
     "grid_uint8",
+    "grid_uint8_batches",
     "make_grid",
     "save_grid",
     "save_individual",
@@ -141,6 +143,67 @@ def grid_uint8(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     if nrow < 1:
         raise FaganError(f"images per row must be at least 1, got {nrow}")
     return make_grid(to_uint8(images), nrow=nrow, padding=2, pad_value=0)
+
+
+def grid_uint8_batches(batches: Iterable[torch.Tensor], count: int,
+                       nrow: int | None = None) -> torch.Tensor:
+    """:func:`grid_uint8` of images that arrive batch by batch, without holding them all.
+
+    Each batch is turned into bytes and copied into the grid as it comes, so memory is
+    the uint8 grid plus one batch: the way to lay out more images than fit through one
+    forward pass (``generator(z).float() for z in latents.split(batch_size)``). The
+    result equals ``grid_uint8(torch.cat(list(batches)), nrow)``.
+
+    Args:
+        batches: float tensors in ``[-1, 1]`` shaped ``(B, C, H, W)``, all of one image
+            shape, ``count`` images in all.
+        count: how many images the batches hold.
+        nrow: images per row; defaults to ``int(sqrt(count))`` (at least 1).
+
+    Raises:
+        FaganError: a batch that is not images, images of different shapes, a count
+            that does not match, or ``nrow`` not positive.
+    """
+    if count < 1:
+        raise FaganError("there are no images to save (the batch is empty)")
+    if nrow is None:
+        nrow = max(1, int(math.sqrt(count)))
+    if nrow < 1:
+        raise FaganError(f"images per row must be at least 1, got {nrow}")
+    padding = 2
+    grid: torch.Tensor | None = None
+    shape: tuple[int, ...] = ()
+    columns = min(nrow, count)
+    done = 0
+    for batch in batches:
+        images = to_uint8(_as_nchw(batch))
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        if grid is None:
+            shape = tuple(images.shape[1:])
+            channels, height, width = shape
+            if count == 1:
+                grid = images.new_zeros(shape)
+            else:
+                rows = -(-count // columns)
+                grid = images.new_zeros((channels, (height + padding) * rows + padding,
+                                         (width + padding) * columns + padding))
+        if tuple(images.shape[1:]) != shape:
+            raise FaganError(f"images of shape {tuple(images.shape[1:])} after images of "
+                             f"shape {shape}: a grid needs images of one shape")
+        if done + images.shape[0] > count:
+            raise FaganError(f"more than the {count} images announced for the grid")
+        for image in images:
+            if count == 1:
+                grid.copy_(image)
+            else:
+                y, x = divmod(done, columns)
+                top, left = y * (shape[1] + padding) + padding, x * (shape[2] + padding) + padding
+                grid[:, top:top + shape[1], left:left + shape[2]] = image
+            done += 1
+    if grid is None or done != count:
+        raise FaganError(f"the grid was announced {count} images but got {done}")
+    return grid
 
 
 def write_grid(grid: torch.Tensor, path: str | os.PathLike) -> Path:
