@@ -92,7 +92,7 @@ def test_training_with_loader_workers_exits_when_done(tmp_path) -> None:
          "--model_dir", str(tmp_path / "m"), "--sample_dir", str(tmp_path / "s")],
         capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
-    assert "stopped by --max_steps at step 2 of 1,200 planned (epoch 1 of 12)" in result.stderr
+    assert "stopped by --max_steps at step 2 of 4,800 planned (epoch 1 of 12)" in result.stderr
 
 
 def test_resume_takes_the_runs_own_options(tmp_path, faces32, capsys) -> None:
