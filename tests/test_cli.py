@@ -92,7 +92,7 @@ def test_training_with_loader_workers_exits_when_done(tmp_path) -> None:
          "--model_dir", str(tmp_path / "m"), "--sample_dir", str(tmp_path / "s")],
         capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
-    assert "done at step 2" in result.stderr
+    assert "stopped by --max_steps at step 2 of 4,800 planned (epoch 1 of 12)" in result.stderr
 
 
 def test_resume_takes_the_runs_own_options(tmp_path, faces32, capsys) -> None:
@@ -121,13 +121,13 @@ def test_resume_takes_the_runs_own_options(tmp_path, faces32, capsys) -> None:
     assert "note: --num_epochs 2 replaces the run's 1" in err
     assert f"resuming from {models / 'training_state.pth'}: epoch 2, batch 0, step 2" in err
     assert "100 images, 2 batches per epoch" in err and "embedded demo" not in err
-    assert "done at step 4" in err
+    assert "done: 4 steps" in err
     assert (models / "GAN_GEN_2.pth").is_file()
 
     # with nothing but where the run is: the same folder, nothing left to train
     assert main(["train", "--resume", *where]) == 0
     err = capsys.readouterr().err
-    assert "100 images, 2 batches per epoch" in err and "done at step 4" in err
+    assert "100 images, 2 batches per epoch" in err and "done: 4 steps" in err
     assert json.loads((models / "options.json").read_text())["images_dir"] == str(faces32)
 
 
@@ -163,3 +163,32 @@ def test_seeds_beyond_64_bits_are_one_line_errors(command, capsys) -> None:
     assert info.value.code == 2
     assert "--seed: expected a whole number in [0, 2^63)" in one_error_line(
         capsys, f"fagan {command[0]}")
+
+
+def test_an_internal_error_is_one_line_and_a_crash_log(tmp_path) -> None:
+    # torch failing inside training (not a bad input): one line naming the error and the log
+    script = (
+        "import sys, torch\n"
+        "from fagan.cli import main\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise RuntimeError('randn broke ' + 'x' * 2000)\n"
+        "torch.randn = broken\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run(
+        [sys.executable, "-c", script, "train", "--max_steps", "1", "--no_tensorboard",
+         "--device", "cpu", "--num_workers", "0", "--model_dir", str(tmp_path / "m"),
+         "--sample_dir", str(tmp_path / "s")],
+        capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = lines[0]
+    assert line.startswith("fagan train: error: internal error: RuntimeError: randn broke xxx")
+    assert len(line) < 600  # the message is bounded
+    log = Path(line.rsplit("; details in ", 1)[1])
+    try:
+        text = log.read_text()
+        assert "Traceback" in text and "randn broke" in text
+        assert "fagan/train.py" in text  # where in fagan it failed
+    finally:
+        log.unlink()

@@ -348,7 +348,8 @@ def test_overwrite_removes_everything_a_real_run_wrote(tmp_path: Path, faces32: 
         model_dir=str(model_dir), sample_dir=str(sample_dir), batch_size=8, num_workers=0,
         device="cpu", tensorboard=True, feedback_factor=1, num_epochs=1, max_steps=2,
         num_samples=4, seed=0))
-    written = {p for p in [*model_dir.rglob("*"), *sample_dir.rglob("*")] if p.is_file()}
+    written = {p for p in [*model_dir.rglob("*"), *sample_dir.rglob("*")]
+               if p.is_file() and p.name != LOCK_NAME}  # the claim's locks, not outputs
     assert set(run_files(model_dir, sample_dir)) == written - {model_dir / "notes.txt"}
     assert any(p.parent.name == "tensorboard" for p in written)
     summary = existing_run(model_dir, sample_dir)

@@ -124,8 +124,9 @@ def test_run_outputs_on_image_folder(tmp_path: Path, faces32: Path) -> None:
     assert stats[0]["d_loss"] == pytest.approx(d) and stats[0]["g_loss"] == pytest.approx(g)
     assert set(stats[-1]["gamma"]) == {"model.0", "model.2", "D.model.1"}
     assert stats[-1]["images_per_s"] > 0 and stats[-1]["g_lr"] == 1e-4
-    assert sorted(p.name for p in samples.glob("gen_*.png")) == [
-        "gen_1_1.png", "gen_1_2.png", "gen_1_4.png", "gen_1_6.png"]
+    # a grid goes with the first record, then with a record 20 steps (MIN_GRID_STEPS) or
+    # more after the last grid: none more in 6 steps
+    assert sorted(p.name for p in samples.glob("gen_*.png")) == ["gen_1_1.png"]
     for name in ("GAN_GEN_1.pth", "GAN_DIS_1.pth", "GAN_GEN_EMA_1.pth", "loss.png",
                  "options.json", "gen.yaml", "dis.yaml", "training_state.pth"):
         assert (models / name).is_file(), name
@@ -142,17 +143,20 @@ def test_feedback_factor_larger_than_batches_does_not_crash(tmp_path: Path) -> N
 
 
 def test_divergence_stops_without_overwriting_checkpoint(tmp_path: Path) -> None:
-    first = train(small_options(tmp_path, num_epochs=1))
+    train(small_options(tmp_path, num_epochs=1))
     models = tmp_path / "models"
+    # a used folder is trained on again with --resume only: its state is poisoned, so the
+    # first losses of the continued run (step 5, epoch 2) are NaN
+    state = load_file(models / "training_state.pth")
+    state["generator"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                          for k, v in state["generator"].items()}
+    torch.save(state, models / "training_state.pth")
     kept = {name: (models / name).read_bytes()
             for name in ("training_state.pth", "GAN_GEN_1.pth", "GAN_DIS_1.pth")}
     log_before = (models / "loss.log").read_text()
-    # poisoned starting weights: the first losses are NaN
-    poisoned = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-                for k, v in first.generator.state_dict().items()}
-    torch.save(poisoned, tmp_path / "nan_gen.pth")
-    with pytest.raises(FaganError, match=r"diverged at step 1 \(epoch 1, batch 1\)"):
-        train(small_options(tmp_path, num_epochs=1, generator_file=str(tmp_path / "nan_gen.pth")))
+    with pytest.raises(FaganError, match=r"diverged at step 5 \(epoch 2, batch 1\)"):
+        train(TrainOptions(resume=True, model_dir=str(models), sample_dir=str(tmp_path / "samples"),
+                           num_epochs=2))
     for name, data in kept.items():
         assert (models / name).read_bytes() == data, name
     assert (models / "loss.log").read_text() == log_before
@@ -241,3 +245,18 @@ def test_tensorboard_sample_image_is_the_saved_grid(tmp_path: Path) -> None:
     assert len(logged) == len(pngs) >= 1
     with Image.open(io.BytesIO(logged[-1].encoded_image_string)) as a, Image.open(pngs[-1]) as b:
         assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+
+
+def test_sample_grid_larger_than_a_batch_is_drawn_in_batches(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fagan.train_options import MAX_GRID_SAMPLES
+
+    # 20 grid images at batch 8: three forward passes (8, 8, 4) make one grid
+    train(small_options(tmp_path, max_steps=1, num_samples=20))
+    [grid] = (tmp_path / "samples").glob("gen_*.png")
+    with Image.open(grid) as image:
+        assert image.width > 32 * 4 and image.height > 32 * 2
+    with pytest.raises(FaganError, match=rf"--num_samples must be a whole number in "
+                                         rf"\[1, {MAX_GRID_SAMPLES}\], got 100000"):
+        train(small_options(tmp_path / "big", num_samples=100_000))

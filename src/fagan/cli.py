@@ -1,13 +1,20 @@
 """The ``fagan`` command: thin subcommands that parse, validate, call one function.
 
 A bad input (flag, file, config) ends with one line ``fagan <command>: error: ...``
-on stderr and exit status 2; a traceback reaching a user for a bad input is a bug.
+on stderr and exit status 2; a traceback reaching a user for a bad input is a bug. Any
+other failure ends with one line ``... error: internal error: <type>: <message>; details
+in <crash log>`` and exit status 1. ``fagan train`` stopped by SIGINT/SIGTERM exits with
+130/143 after saving its state.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+import time
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass
@@ -29,6 +36,9 @@ from fagan.options import (
 from fagan.train_options import TrainOptions
 
 EXIT_USAGE = 2
+#: An unexpected failure (a bug, out of memory): one line, and the traceback in a file.
+EXIT_INTERNAL = 1
+_MAX_MESSAGE = 300
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,8 +75,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     opts = options.from_namespace(TrainOptions, args)
     if opts.images_dir is None and not opts.resume and Path("data/celeba").is_dir():
         opts.images_dir = "data/celeba"  # the original's default
-    train(opts, given=options.given_options(args))
-    return 0
+    result = train(opts, given=options.given_options(args))
+    return result.stopped.exit_status
 
 
 # --------------------------------------------------------------------------- generate
@@ -465,8 +475,32 @@ def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"{prog}: error: out of memory (try a smaller --batch_size or --num_samples)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as error:  # a bug or a library's failure: one line, the rest in a file
+        return _internal_error(prog, error)
     finally:
         warnings.formatwarning = previous_format
+
+
+def _internal_error(prog: str, error: Exception) -> int:
+    """Reports an unexpected exception in one line; its traceback goes to a crash log."""
+    name = type(error).__name__
+    message = " ".join(str(error).split())
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE - 3] + "..."
+    trace = "".join(traceback.format_exception(error))
+    path = Path(tempfile.gettempdir()) / f"fagan-crash-{os.getpid()}-{int(time.time())}.log"
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(f"{prog} (fagan {__version__}): {' '.join(sys.argv)}\n{trace}")
+        details = f"details in {path}"
+    except OSError:
+        details = "the traceback could not be written to a file"
+    print(f"{prog}: error: internal error: {name}: {message}; {details}", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 def _fail(prog: str, message: str) -> int:

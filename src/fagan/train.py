@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shlex
 import signal
 import sys
 import time
@@ -53,9 +54,11 @@ from fagan.fileio import atomic_write
 from fagan.losses import GANLoss, get_loss, gradient_penalty
 from fagan.networks import Discriminator, Generator
 from fagan.plots import plot_losses
+from fagan.runfolder import claim_run_folder
 from fagan.runlog import RunLog
 from fagan.sample import evenly_spaced, grid_uint8, to_uint8, write_grid
 from fagan.train_options import (
+    MIN_GRID_STEPS,
     PRECISIONS,
     TrainOptions,
     default_num_workers,
@@ -67,6 +70,7 @@ from fagan.train_state import (
     RngState,
     TrainState,
     read_training_state,
+    resume_position,
     sampler_key,
     seeded_generators,
 )
@@ -92,6 +96,17 @@ class StopReason(str, Enum):
     SIGINT = "SIGINT"
     SIGTERM = "SIGTERM"
     OTHER_PROCESS = "another process"  # DDP: another rank was asked to stop
+
+    @property
+    def exit_status(self) -> int:
+        """The command's exit status: 0, or 128 + the signal's number when stopped by one
+        (130 for SIGINT, 143 for SIGTERM; another process's stop counts as SIGTERM), so
+        that ``fagan train && next`` does not carry on after an interrupt."""
+        if self is StopReason.SIGINT:
+            return 128 + signal.SIGINT
+        if self in (StopReason.SIGTERM, StopReason.OTHER_PROCESS):
+            return 128 + signal.SIGTERM
+        return 0
 
     @property
     def resumable_only(self) -> bool:
@@ -424,8 +439,11 @@ def _prepare_run_folder(opts: TrainOptions, setup: TrainSetup, info: DistInfo,
 
 class _Feedback:
     """What a run shows while it trains: a progress bar per epoch, loss.log / stats.jsonl /
-    TensorBoard records and sample grids ``--feedback_factor`` times per epoch, and the
-    ``--eval_every`` measures. Only the main process writes (``run_log`` is None elsewhere).
+    TensorBoard records ``--feedback_factor`` times per epoch (and at its first batch), and
+    the ``--eval_every`` measures. A sample grid (and its TensorBoard image) goes with a
+    record when it is the run's first or at least :data:`MIN_GRID_STEPS` steps passed since
+    the last, which bounds what a long run writes. Only the main process writes
+    (``run_log`` is None elsewhere).
     """
 
     def __init__(self, opts: TrainOptions, run_log: RunLog | None, evaluator: _Evaluator | None,
@@ -435,6 +453,7 @@ class _Feedback:
         self.batches_per_epoch, self.world_size = batches_per_epoch, world_size
         self.started = time.monotonic()
         self.bar: tqdm | None = None
+        self.last_grid: int | None = None  # the step of this process's last sample grid
 
     def __enter__(self) -> _Feedback:
         return self
@@ -474,7 +493,9 @@ class _Feedback:
                 "d_lr": state.d_opt.param_groups[0]["lr"],
                 "time": time.monotonic() - self.started,
             })
-            self.sample_grid(state, f"{state.epoch}_{state.batch}")
+            if self.last_grid is None or state.step - self.last_grid >= MIN_GRID_STEPS:
+                self.sample_grid(state, f"{state.epoch}_{state.batch}")
+                self.last_grid = state.step
         if self.evaluator is not None and state.step % self.opts.eval_every == 0:
             self.evaluate(state)
 
@@ -483,8 +504,9 @@ class _Feedback:
         net = state.sampling_generator
         was_training = net.training
         net.eval()
-        with torch.no_grad(), self.prec.autocast():
-            images = net(state.fixed_latents).float()
+        with torch.no_grad(), self.prec.autocast():  # in batches: --num_samples may be large
+            images = torch.cat([net(z).float() for z in
+                                state.fixed_latents.split(self.opts.batch_size)])
         net.train(was_training)
         grid = grid_uint8(images)  # one layout for the PNG and TensorBoard
         path = write_grid(grid, Path(self.opts.sample_dir) / f"gen_{tag}.png")
@@ -664,6 +686,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] | None = None, *,
         say(f"note: {notice}")
     cleanup = ExitStack()
     try:
+        _claim_run_folder(opts, info, device, say, cleanup)
         return _train(opts, saved, info, device, say, cleanup)
     except OSError as error:  # a full disk, no permission: a message, not a traceback
         where = f" ({error.filename})" if error.filename else ""
@@ -674,6 +697,62 @@ def train(opts: TrainOptions, log: Callable[[str], None] | None = None, *,
     finally:
         cleanup.close()
         shutdown_distributed()
+
+
+def continuation_flag(model_dir: str | Path) -> str:
+    """How to run again into ``model_dir``: ``--resume`` for an unfinished run,
+    ``--overwrite`` for a finished (or unreadable) one, ``""`` when it holds no run.
+
+    Used by ``make demo`` to resume or restart cleanly.
+    """
+    path = Path(model_dir) / TRAINING_STATE
+    if not path.is_file():
+        return "--overwrite" if Path(model_dir).is_dir() and any(Path(model_dir).iterdir()) \
+            else ""
+    try:
+        saved = read_training_state(path)
+        key, options = saved["sampler"], saved["options"]
+        batches = ResumableSampler(
+            key["dataset_len"], batch_size=key["batch_size"], seed=key["seed"],
+            data_percentage=key["data_percentage"], rank=0,
+            world_size=key["world_size"]).batches_per_epoch
+        epoch, _ = resume_position(saved["epoch"], saved["batch"], True, batches)
+        return "--overwrite" if epoch > options["num_epochs"] else "--resume"
+    except (FaganError, KeyError, TypeError):
+        return "--overwrite"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX-BF16 or AVX512-BF16) for oneDNN.
+
+    There, ``--precision bf16`` trained several times faster than fp32
+    (benchmarks/RESULTS.md); elsewhere bf16 is emulated and slower. ``make demo`` uses it.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _claim_run_folder(opts: TrainOptions, info: DistInfo, device: torch.device,
+                      say: Callable[[str], None], cleanup: ExitStack) -> None:
+    """The main process claims the run folders (lock; refuse, continue or clear a previous
+    run); every process stops when that fails. The claim is held until the run ends."""
+    failure: FaganError | None = None
+    if info.is_main:
+        try:
+            claim = claim_run_folder(
+                opts.model_dir, opts.sample_dir, resume=opts.resume, overwrite=opts.overwrite,
+                keep=(opts.generator_file, opts.discriminator_file, opts.generator_config,
+                      opts.discriminator_config), say=say)
+            cleanup.callback(claim.release)
+        except FaganError as error:
+            failure = error
+    if all_agree(failure is not None, info, device):
+        raise failure or FaganError("the main process could not claim the run folders")
 
 
 def _train(opts: TrainOptions, saved: dict[str, Any] | None, info: DistInfo,
@@ -776,14 +855,39 @@ def _stop_reason(run: _Run, state: TrainState, signalled: StopReason | None,
     return None
 
 
+def planned_steps(batches_per_epoch: int, opts: TrainOptions) -> int:
+    """The steps of the whole run: batches per epoch x epochs from ``--start``."""
+    return batches_per_epoch * (opts.num_epochs - opts.start + 1)
+
+
+def stop_message(stopped: StopReason, state: TrainState, opts: TrainOptions, planned: int,
+                 state_path: Path) -> str:
+    """The last line of a run that stopped before its last epoch: why, how far, how to go on.
+
+    Args:
+        stopped: why it stopped (not :attr:`StopReason.DONE`).
+        state: the state it stopped in.
+        opts: the run's options.
+        planned: the run's planned steps (:func:`planned_steps`).
+        state_path: the training state saved.
+    """
+    by = {StopReason.MAX_STEPS: "--max_steps", StopReason.TIME_LIMIT: "--time_limit"}.get(
+        stopped, stopped.value)
+    command = (f"fagan train --resume --model_dir {shlex.quote(opts.model_dir)} "
+               f"--sample_dir {shlex.quote(opts.sample_dir)}")
+    return (f"stopped by {by} at step {state.step:,} of {planned:,} planned (epoch "
+            f"{state.epoch} of {opts.num_epochs}); training state saved to {state_path}; "
+            f"continue with: {command}")
+
+
 def _end_of_run(run: _Run, state: TrainState, stopped: StopReason,
                 say: Callable[[str], None]) -> None:
     """The final weights, loss plot and progress GIF (main process), and the last message."""
     model_dir, sample_dir = Path(run.opts.model_dir), Path(run.opts.sample_dir)
     files = run.checkpoints.files
+    planned = planned_steps(run.data.sampler.batches_per_epoch, run.opts)
     if stopped.resumable_only:
-        say(f"stopped by {stopped.value} at step {state.step}; training state saved to "
-            f"{run.checkpoints.state_path}; continue with --resume")
+        say(stop_message(stopped, state, run.opts, planned, run.checkpoints.state_path))
         return
     if stopped is not StopReason.DONE:
         run.checkpoints.save_weights(state)
@@ -791,8 +895,11 @@ def _end_of_run(run: _Run, state: TrainState, stopped: StopReason,
         files["loss_plot"] = plot_losses(model_dir / "loss.log", model_dir / "loss.png")
     if any(sample_dir.glob("gen_*_*.png")):
         files["gif"] = make_progress_gif(sample_dir, sample_dir / "progress.gif", mp4=True)
-    say(f"done at step {state.step}; weights and training state in {model_dir}, "
-        f"samples in {sample_dir}")
+    if stopped is StopReason.DONE:
+        say(f"done: {state.step:,} steps; weights and training state in {model_dir}, "
+            f"samples in {sample_dir}")
+    else:
+        say(stop_message(stopped, state, run.opts, planned, run.checkpoints.state_path))
 
 
 @contextmanager

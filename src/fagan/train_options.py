@@ -31,6 +31,7 @@ from fagan.options import (
     SEED,
     TEXT,
     UNIT_INTERVAL,
+    Kind,
     check_fields,
     choice,
     option,
@@ -42,6 +43,14 @@ ORIGINAL = "the original train.py's flags"
 BEYOND = "beyond the original"
 #: Most data-loading processes the default picks.
 MAX_DEFAULT_WORKERS = 4
+#: Most images in a sample grid (drawn in batches of at most --batch_size).
+MAX_GRID_SAMPLES = 1024
+#: Fewest steps between two sample grids (and TensorBoard images), whatever
+#: --feedback_factor asks.
+MIN_GRID_STEPS = 20
+GRID_SAMPLES = Kind(
+    int, lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_GRID_SAMPLES,
+    f"a whole number in [1, {MAX_GRID_SAMPLES}]")
 
 
 def default_num_workers(in_memory: bool) -> int:
@@ -100,8 +109,10 @@ class TrainOptions:
     batch_size: int = option(32, POSITIVE_INT, "images per step (per process)", group=ORIGINAL)
     start: int = option(1, POSITIVE_INT, "number of the first epoch", group=ORIGINAL)
     num_epochs: int = option(12, POSITIVE_INT, "number of the last epoch", group=ORIGINAL)
-    feedback_factor: int = option(62, POSITIVE_INT, "loss logs and sample grids per epoch",
-                                  group=ORIGINAL)
+    feedback_factor: int = option(
+        62, POSITIVE_INT, "loss logs (loss.log, stats.jsonl, TensorBoard scalars) per epoch, "
+        "and at its first batch; a sample grid (and its TensorBoard image) goes with a log "
+        f"when at least {MIN_GRID_STEPS} steps passed since the last grid", group=ORIGINAL)
     checkpoint_factor: int = option(1, POSITIVE_INT, "save weights every N epochs",
                                     group=ORIGINAL)
     g_lr: float = option(0.0001, POSITIVE_FLOAT, "generator learning rate (Adam)",
@@ -120,6 +131,9 @@ class TrainOptions:
     resume: bool = option(False, FLAG, "continue exactly from the training state in "
                           "--model_dir, with the options the run was started with",
                           group=BEYOND)
+    overwrite: bool = option(False, FLAG, "clears that run's outputs first: the previous run's "
+                             "weights, state, logs and grids in --model_dir and --sample_dir",
+                             group=BEYOND)
     ema_decay: float = option(0.999, UNIT_INTERVAL, "decay of the generator's moving average "
                               "used for samples (0: off)", group=BEYOND)
     precision: str = option("fp32", choice(*PRECISIONS), "bf16 autocast (CPU and GPU) or "
@@ -139,7 +153,7 @@ class TrainOptions:
     time_limit: float | None = option(
         None, POSITIVE_FLOAT, "stop after this many seconds, saving a resumable state",
         group=BEYOND)
-    num_samples: int = option(64, POSITIVE_INT, "images in each sample grid", group=BEYOND)
+    num_samples: int = option(64, GRID_SAMPLES, "images in each sample grid", group=BEYOND)
     tensorboard: bool = option(True, FLAG, "do not write TensorBoard events", group=BEYOND,
                                negative_flag="no_tensorboard")
     channels_last: bool | None = option(
@@ -205,7 +219,7 @@ RESUME_MAY_CHANGE = frozenset({
     "eval_every", "eval_metrics", "eval_num_samples", "inception_weights",
 })
 #: Options that say which run to resume: always the caller's.
-_RESUME_LOCATION = frozenset({"model_dir", "resume"})
+_RESUME_LOCATION = frozenset({"model_dir", "resume", "overwrite"})
 #: Starting weights, only read when a run starts: a resumed run has its own.
 _START_ONLY = frozenset({"generator_file", "discriminator_file"})
 
