@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # torch/torchvision pinned here (not in the package metadata) to the wheels this machine serves.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv install install-dev demo test test-all lint bench clean
+.PHONY: venv install install-dev demo test test-all lint format check bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,17 @@ test-all: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks train.py
+
+## format: apply ruff's formatting
+format: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff format src tests benchmarks train.py
+
+## check: what CI runs: ruff check, ruff format --check, then the default suite
+check: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check src tests benchmarks train.py
+	$(VENV)/bin/ruff format --check src tests benchmarks train.py
+	$(MAKE) test
 
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/bench_train.py

@@ -128,8 +128,9 @@ def emit(result: dict[str, Any]) -> None:
 TUNED_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
-def run_worker(args: list[str], timeout: float | None = None,
-               extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_worker(
+    args: list[str], timeout: float | None = None, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Runs ``python <args>`` in a subprocess and returns its result (or the error)."""
     env = dict(os.environ) | (extra_env or {})
     src = str(BENCH_DIR.parent / "src")
@@ -139,7 +140,7 @@ def run_worker(args: list[str], timeout: float | None = None,
     )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
     return {"error": f"worker exited with {proc.returncode}", "stderr_tail": tail}
 

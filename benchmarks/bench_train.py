@@ -123,8 +123,9 @@ def _original_step_fn(device: Any, batch_size: int, conf_dir: Path) -> Any:
     return step
 
 
-def _our_step_fn(device: Any, precision: str, channels_last: bool | None, compile_: bool,
-                 config: str) -> Any:
+def _our_step_fn(
+    device: Any, precision: str, channels_last: bool | None, compile_: bool, config: str
+) -> Any:
     """An iteration of fagan's d_step + g_step, set up as fagan.train does."""
     import torch
 
@@ -135,8 +136,11 @@ def _our_step_fn(device: Any, precision: str, channels_last: bool | None, compil
 
     G = Generator(load_config(resolve_config_path(config, "gen")), LATENT)
     D = Discriminator(load_config(resolve_config_path(config, "dis")), IMAGE_SIZE)
-    memory_format = (torch.channels_last if uses_channels_last(precision, channels_last)
-                     else torch.contiguous_format)
+    memory_format = (
+        torch.channels_last
+        if uses_channels_last(precision, channels_last)
+        else torch.contiguous_format
+    )
     G.to(device, memory_format=memory_format).train()
     D.to(device, memory_format=memory_format).train()
     g_opt = make_adam(G, 1e-4)
@@ -178,9 +182,11 @@ def worker(args: argparse.Namespace) -> None:
 
     if impl == "original":
         from attn_gan_pytorch import Losses, Networks, Utils  # noqa: F401
+
         resolved_cl = False
     else:
         from fagan.train import uses_channels_last
+
         resolved_cl = uses_channels_last(precision, channels_last)
     rss_imports = common.current_rss_mb()
     images = torch.load(args.images_file, weights_only=True)
@@ -210,11 +216,19 @@ def worker(args: argparse.Namespace) -> None:
             losses.append((d_loss, g_loss))
     best, median = min(times), statistics.median(times)
     result = {
-        "variant": args.worker, "implementation": impl, "precision": precision,
-        "channels_last": resolved_cl, "compile": compile_,
-        "batch_size": args.batch_size, "warmup": args.warmup, "iters": args.iters,
-        "times_s": times, "cpu_times_s": cpu_times, "warmup_s": warmup_s,
-        "best_s": best, "median_s": median,
+        "variant": args.worker,
+        "implementation": impl,
+        "precision": precision,
+        "channels_last": resolved_cl,
+        "compile": compile_,
+        "batch_size": args.batch_size,
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "times_s": times,
+        "cpu_times_s": cpu_times,
+        "warmup_s": warmup_s,
+        "best_s": best,
+        "median_s": median,
         "images_per_s": args.batch_size / best,
         "images_per_s_median": args.batch_size / median,
         "cpu_s_per_iter": min(cpu_times),
@@ -242,8 +256,17 @@ def report(results: list[dict[str, Any]], device: str) -> tuple[list[str], list[
     originals = [r for r in results if r.get("variant") == "original" and "error" not in r]
     base = max(originals, key=lambda r: r["images_per_s"], default=None)
     mem_key = "peak_cuda_mb" if device.startswith("cuda") else "peak_rss_mb"
-    header = ["variant", "s/iter best", "s/iter median", "CPU s/iter", "warm-up s", "images/s",
-              "speed vs original", "peak mem MB", "mem vs original"]
+    header = [
+        "variant",
+        "s/iter best",
+        "s/iter median",
+        "CPU s/iter",
+        "warm-up s",
+        "images/s",
+        "speed vs original",
+        "peak mem MB",
+        "mem vs original",
+    ]
     if not device.startswith("cuda"):
         header += ["RSS after imports MB", "peak - imports MB", "vs original"]
     rows = []
@@ -253,41 +276,70 @@ def report(results: list[dict[str, Any]], device: str) -> tuple[list[str], list[
             continue
         speed = None if base is None else r["images_per_s"] / base["images_per_s"]
         mem = None if base is None else r[mem_key] / base[mem_key]
-        rows.append([
-            r["variant"], f"{r['best_s']:.3f}", f"{r['median_s']:.3f}",
-            f"{r['cpu_s_per_iter']:.2f}", f"{r['warmup_s']:.1f}", f"{r['images_per_s']:.1f}",
-            _fmt_ratio(speed),
-            f"{r[mem_key]:.0f}", _fmt_ratio(mem),
-        ])
+        rows.append(
+            [
+                r["variant"],
+                f"{r['best_s']:.3f}",
+                f"{r['median_s']:.3f}",
+                f"{r['cpu_s_per_iter']:.2f}",
+                f"{r['warmup_s']:.1f}",
+                f"{r['images_per_s']:.1f}",
+                _fmt_ratio(speed),
+                f"{r[mem_key]:.0f}",
+                _fmt_ratio(mem),
+            ]
+        )
         if not device.startswith("cuda"):
-            above = None if base is None else (
-                r["peak_above_imports_mb"] / base["peak_above_imports_mb"])
-            rows[-1] += [f"{r['rss_after_imports_mb']:.0f}",
-                         f"{r['peak_above_imports_mb']:.0f}", _fmt_ratio(above)]
+            above = (
+                None
+                if base is None
+                else (r["peak_above_imports_mb"] / base["peak_above_imports_mb"])
+            )
+            rows[-1] += [
+                f"{r['rss_after_imports_mb']:.0f}",
+                f"{r['peak_above_imports_mb']:.0f}",
+                _fmt_ratio(above),
+            ]
     return header, rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default="original,fp32,bf16",
-                        help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants",
+        default="original,fp32,bf16",
+        help=f"comma-separated, from: {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--iters", type=int, default=5, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--images_dir", default=None,
-                        help="a folder of images (default: LFW faces 0-99 from scikit-image)")
+    parser.add_argument(
+        "--images_dir",
+        default=None,
+        help="a folder of images (default: LFW faces 0-99 from scikit-image)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--config", default=OUR_CONFIG,
-                        help="our architecture: a built-in name or a folder/.conf pair")
-    parser.add_argument("--original_configs", default=str(ORIGINAL_CONFIGS),
-                        help="folder with the original's gen.conf and dis.conf")
-    parser.add_argument("--tuned_malloc", action="store_true",
-                        help="run every worker with glibc's MALLOC_MMAP_THRESHOLD_ and "
-                        "MALLOC_TRIM_THRESHOLD_ at 128 KiB (returns freed memory at once)")
-    parser.add_argument("--no_write", action="store_true",
-                        help="print only: no results JSON, no RESULTS.md update")
+    parser.add_argument(
+        "--config",
+        default=OUR_CONFIG,
+        help="our architecture: a built-in name or a folder/.conf pair",
+    )
+    parser.add_argument(
+        "--original_configs",
+        default=str(ORIGINAL_CONFIGS),
+        help="folder with the original's gen.conf and dis.conf",
+    )
+    parser.add_argument(
+        "--tuned_malloc",
+        action="store_true",
+        help="run every worker with glibc's MALLOC_MMAP_THRESHOLD_ and "
+        "MALLOC_TRIM_THRESHOLD_ at 128 KiB (returns freed memory at once)",
+    )
+    parser.add_argument(
+        "--no_write", action="store_true", help="print only: no results JSON, no RESULTS.md update"
+    )
     parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--images_file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -304,10 +356,24 @@ def main(argv: list[str] | None = None) -> int:
     if "original" in variants and not (Path(args.original_configs) / "gen.conf").is_file():
         parser.error(f"original configs not found in {args.original_configs}")
 
-    passthrough = ["--iters", str(args.iters), "--warmup", str(args.warmup),
-                   "--batch_size", str(args.batch_size), "--device", args.device,
-                   "--threads", str(args.threads), "--seed", str(args.seed),
-                   "--config", args.config, "--original_configs", args.original_configs]
+    passthrough = [
+        "--iters",
+        str(args.iters),
+        "--warmup",
+        str(args.warmup),
+        "--batch_size",
+        str(args.batch_size),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+        "--config",
+        args.config,
+        "--original_configs",
+        args.original_configs,
+    ]
     import torch
 
     started = common.now()
@@ -319,28 +385,36 @@ def main(argv: list[str] | None = None) -> int:
         passthrough += ["--images_file", images_file]
         for variant in variants:
             print(f"[bench_train] {variant} ...", file=sys.stderr, flush=True)
-            result = common.run_worker([__file__, "--worker", variant, *passthrough],
-                                       extra_env=common.TUNED_MALLOC_ENV if args.tuned_malloc
-                                       else None)
+            result = common.run_worker(
+                [__file__, "--worker", variant, *passthrough],
+                extra_env=common.TUNED_MALLOC_ENV if args.tuned_malloc else None,
+            )
             result.setdefault("variant", variant)
             results.append(result)
             if "error" in result:
-                print(f"[bench_train] {variant} failed:\n  " + "\n  ".join(result["stderr_tail"]),
-                      file=sys.stderr)
+                print(
+                    f"[bench_train] {variant} failed:\n  " + "\n  ".join(result["stderr_tail"]),
+                    file=sys.stderr,
+                )
     load_after = common.load_average()
 
     header, rows = report(results, args.device)
     machine = common.machine_info(args.device)
-    machine["torch_threads"] = next((r["threads"] for r in results if "threads" in r),
-                                    torch.get_num_threads())
+    machine["torch_threads"] = next(
+        (r["threads"] for r in results if "threads" in r), torch.get_num_threads()
+    )
     print(common.text_table(header, rows))
     print(f"load average before {load_before}, after {load_after}")
     if args.no_write:
         return 0
 
     record = {
-        "benchmark": "train", "date": started, "command": common.command_line(),
-        "machine": machine, "load_before": load_before, "load_after": load_after,
+        "benchmark": "train",
+        "date": started,
+        "command": common.command_line(),
+        "machine": machine,
+        "load_before": load_before,
+        "load_after": load_after,
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "no_write")},
         "results": results,
     }
@@ -348,29 +422,35 @@ def main(argv: list[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     mem_label = "peak CUDA memory allocated" if args.device.startswith("cuda") else "peak RSS"
-    body = "\n".join([
-        "## Training iteration (bench_train.py)",
-        "",
-        f"- date: {started}",
-        f"- command: `{record['command']}`",
-        f"- machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs "
-        f"({', '.join(machine['cpu_flags'])}), torch {machine['torch']}, "
-        f"{machine['torch_threads']} threads, device {args.device}"
-        + (f" ({machine['gpu']})" if "gpu" in machine else ""),
-        f"- load average (1/5/15 min) before {load_before}, after {load_after}",
-        f"- one iteration = one D step + one G step, batch {args.batch_size}, 64x64, "
-        "relativistic hinge, Adam(0, 0.9), lrs 1e-4/4e-4; "
-        f"{args.warmup} warm-up + {args.iters} timed iterations per run, each run in its "
-        "own process; images/s and ratios from each run's best iteration, against the "
-        "original's fastest run where it ran more than once; "
-        f"memory = {mem_label} of the whole process"
-        + ("; glibc malloc tuned for every variant (MALLOC_MMAP_THRESHOLD_ = "
-           "MALLOC_TRIM_THRESHOLD_ = 131072)" if args.tuned_malloc else ""),
-        "",
-        common.markdown_table(header, rows),
-        "",
-        f"Raw: `{path.relative_to(ROOT)}`",
-    ])
+    body = "\n".join(
+        [
+            "## Training iteration (bench_train.py)",
+            "",
+            f"- date: {started}",
+            f"- command: `{record['command']}`",
+            f"- machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs "
+            f"({', '.join(machine['cpu_flags'])}), torch {machine['torch']}, "
+            f"{machine['torch_threads']} threads, device {args.device}"
+            + (f" ({machine['gpu']})" if "gpu" in machine else ""),
+            f"- load average (1/5/15 min) before {load_before}, after {load_after}",
+            f"- one iteration = one D step + one G step, batch {args.batch_size}, 64x64, "
+            "relativistic hinge, Adam(0, 0.9), lrs 1e-4/4e-4; "
+            f"{args.warmup} warm-up + {args.iters} timed iterations per run, each run in its "
+            "own process; images/s and ratios from each run's best iteration, against the "
+            "original's fastest run where it ran more than once; "
+            f"memory = {mem_label} of the whole process"
+            + (
+                "; glibc malloc tuned for every variant (MALLOC_MMAP_THRESHOLD_ = "
+                "MALLOC_TRIM_THRESHOLD_ = 131072)"
+                if args.tuned_malloc
+                else ""
+            ),
+            "",
+            common.markdown_table(header, rows),
+            "",
+            f"Raw: `{path.relative_to(ROOT)}`",
+        ]
+    )
     common.update_results_md("bench_train", body)
     print(f"wrote {path} and {common.RESULTS_MD}")
     return 0

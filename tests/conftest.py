@@ -13,7 +13,7 @@ def write_lfw_faces(folder: Path, size: int, count: int = 100, start: int = 0) -
     """Writes scikit-image's LFW faces (rows ``start``.. of 0-99) as RGB PNGs of ``size``."""
     from skimage.data import lfw_subset
 
-    faces = lfw_subset()[start:start + count]  # (N, 25, 25) grayscale in [0, 1]
+    faces = lfw_subset()[start : start + count]  # (N, 25, 25) grayscale in [0, 1]
     folder.mkdir(parents=True, exist_ok=True)
     for index, face in enumerate(faces):
         image = Image.fromarray((face * 255).round().astype(np.uint8)).convert("RGB")
@@ -39,9 +39,22 @@ def train_small_run(tmp: Path, *, max_steps: int, seed: int) -> Path:
     from fagan.train import TrainOptions, train
 
     faces = write_lfw_faces(tmp / "faces32", 32)
-    train(TrainOptions(
-        images_dir=str(faces), generator_config="small32", discriminator_config="small32",
-        model_dir=str(tmp / "models"), sample_dir=str(tmp / "samples"), batch_size=8,
-        num_workers=0, device="cpu", tensorboard=False, feedback_factor=1, num_epochs=1,
-        max_steps=max_steps, num_samples=4, seed=seed))
+    train(
+        TrainOptions(
+            images_dir=str(faces),
+            generator_config="small32",
+            discriminator_config="small32",
+            model_dir=str(tmp / "models"),
+            sample_dir=str(tmp / "samples"),
+            batch_size=8,
+            num_workers=0,
+            device="cpu",
+            tensorboard=False,
+            feedback_factor=1,
+            num_epochs=1,
+            max_steps=max_steps,
+            num_samples=4,
+            seed=seed,
+        )
+    )
     return tmp

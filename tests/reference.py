@@ -78,8 +78,16 @@ def randomize_batch_norms(model: torch.nn.Module, seed: int = 0) -> None:
 
 
 __all__ = [
-    "CustomLayers", "Losses", "Networks", "REFERENCE_CONFIGS", "SHARED_REFERENCE_CONFIGS",
-    "converge_spectral_norms", "randomize_batch_norms",
-    "randomize_gammas", "reference_configs_dir", "reference_discriminator",
-    "reference_generator", "reference_layers",
+    "CustomLayers",
+    "Losses",
+    "Networks",
+    "REFERENCE_CONFIGS",
+    "SHARED_REFERENCE_CONFIGS",
+    "converge_spectral_norms",
+    "randomize_batch_norms",
+    "randomize_gammas",
+    "reference_configs_dir",
+    "reference_discriminator",
+    "reference_generator",
+    "reference_layers",
 ]

@@ -84,16 +84,20 @@ def test_write_gif_takes_grey_frames_as_rgb(tmp_path: Path) -> None:
     assert np.abs(rgb - grey[:, :, None]).max() <= 8
 
 
-@pytest.mark.parametrize(("frames", "kwargs", "message"), [
-    ("mismatched", {}, "same size"),
-    ("none", {}, "no frames"),
-    ("two", {"fps": 0}, "frames per second"),
-    ("two", {"fps": float("nan")}, "frames per second"),
-    ("two", {"loop": -1}, "loop count"),
-    ("float", {}, "must be uint8"),
-])
-def test_write_gif_rejects_bad_input(tmp_path: Path, frames: str, kwargs: dict,
-                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("frames", "kwargs", "message"),
+    [
+        ("mismatched", {}, "same size"),
+        ("none", {}, "no frames"),
+        ("two", {"fps": 0}, "frames per second"),
+        ("two", {"fps": float("nan")}, "frames per second"),
+        ("two", {"loop": -1}, "loop count"),
+        ("float", {}, "must be uint8"),
+    ],
+)
+def test_write_gif_rejects_bad_input(
+    tmp_path: Path, frames: str, kwargs: dict, message: str
+) -> None:
     given = {
         "mismatched": [_distinct_frames(1)[0], _distinct_frames(1, h=21)[0]],
         "none": [],
@@ -118,8 +122,9 @@ def test_gif_frames_share_a_palette_so_unchanged_pixels_do_not_flicker(tmp_path:
     changed[:8, :8] = [255, 0, 0]
     path = write_gif([base, changed, base], tmp_path / "a.gif", fps=5)
     with Image.open(path) as gif:
-        decoded = [np.asarray(f.convert("RGB"), dtype=np.int16)
-                   for f in ImageSequence.Iterator(gif)]
+        decoded = [
+            np.asarray(f.convert("RGB"), dtype=np.int16) for f in ImageSequence.Iterator(gif)
+        ]
     assert len(decoded) == 3
     outside = np.ones((48, 48), dtype=bool)
     outside[:8, :8] = False
@@ -181,8 +186,7 @@ def test_write_mp4_without_ffmpeg_returns_none(tmp_path: Path, monkeypatch) -> N
     assert not (tmp_path / "v.mp4").exists()
 
 
-def test_progress_mp4_without_ffmpeg_warns_and_keeps_the_gif(tmp_path: Path,
-                                                              monkeypatch) -> None:
+def test_progress_mp4_without_ffmpeg_warns_and_keeps_the_gif(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(animation, "ffmpeg_available", lambda: False)
     sample_dir = tmp_path / "samples"
     save_grid(_images(4), sample_dir / "gen_1_1.png")

@@ -39,17 +39,26 @@ def qkv(batch: int, n: int, cq: int, cv: int, seed: int) -> tuple[torch.Tensor, 
     """q, k, v laid out as the layers make them: transposed views of conv outputs."""
     generator = torch.Generator().manual_seed(seed)
     # unscaled attention: q . k with variance ~4, a softmax neither flat nor one-hot
-    scale = 2 ** 0.5 / cq ** 0.25
+    scale = 2**0.5 / cq**0.25
     y = torch.randn(batch, 2 * cq + cv, n, generator=generator)
     y[:, : 2 * cq] *= scale
     return tuple(part.transpose(1, 2) for part in y.split([cq, cq, cv], dim=1))
 
 
 # --------------------------------------------------------------------------- attend
-@pytest.mark.parametrize(("n", "cq", "cv"), [
-    (16, 8, 64), (257, 3, 64), (1024, 8, 64), (1024, 64, 8), (600, 5, 13), (333, 16, 16),
-    (4096, 8, 64), (4096, 32, 4),
-])
+@pytest.mark.parametrize(
+    ("n", "cq", "cv"),
+    [
+        (16, 8, 64),
+        (257, 3, 64),
+        (1024, 8, 64),
+        (1024, 64, 8),
+        (600, 5, 13),
+        (333, 16, 16),
+        (4096, 8, 64),
+        (4096, 32, 4),
+    ],
+)
 @pytest.mark.parametrize("cpu_kernels", [True, False], ids=["cpu-flash-ops", "portable"])
 def test_fused_equals_explicit_values_and_gradients(
     n: int, cq: int, cv: int, cpu_kernels: bool
@@ -146,28 +155,56 @@ def test_gradients_of_gradients_equal_the_explicit_path() -> None:
     scale = max(float(g.abs().max()) for g in slow_grads.values())
     for key, grad in fast_grads.items():
         ref = slow_grads[key]
-        assert float((grad - ref).abs().max()) <= 1e-4 * max(float(ref.abs().max()), 1e-2 * scale), key
+        assert float((grad - ref).abs().max()) <= 1e-4 * max(
+            float(ref.abs().max()), 1e-2 * scale
+        ), key
 
 
 # --------------------------------------------------------------------------- layers
 LAYERS = {
     # name: (constructor, input shape); output positions in the comment
     "full strided conv, Cq<Cv": (
-        lambda: FullAttention(16, 32, (4, 4), (2, 2), (1, 1), squeeze_factor=8,
-                              activation=nn.LeakyReLU(0.2)), (2, 16, 40, 40)),  # N = 400
+        lambda: FullAttention(
+            16, 32, (4, 4), (2, 2), (1, 1), squeeze_factor=8, activation=nn.LeakyReLU(0.2)
+        ),
+        (2, 16, 40, 40),
+    ),  # N = 400
     "full transposed, Cq<Cv": (
-        lambda: FullAttention(16, 8, (4, 4), (2, 2), (1, 1), transpose=True,
-                              activation=nn.LeakyReLU(0.3)), (2, 16, 16, 16)),  # N = 1024
+        lambda: FullAttention(
+            16, 8, (4, 4), (2, 2), (1, 1), transpose=True, activation=nn.LeakyReLU(0.3)
+        ),
+        (2, 16, 16, 16),
+    ),  # N = 1024
     "full 3x3, Cq>Cv, no BN/SN": (
-        lambda: FullAttention(64, 4, (3, 3), (1, 1), (1, 1), squeeze_factor=2,
-                              use_spectral_norm=False, use_batch_norm=False),
-        (2, 64, 24, 24)),  # N = 576, Cq = 32 > Cv = 4
+        lambda: FullAttention(
+            64,
+            4,
+            (3, 3),
+            (1, 1),
+            (1, 1),
+            squeeze_factor=2,
+            use_spectral_norm=False,
+            use_batch_norm=False,
+        ),
+        (2, 64, 24, 24),
+    ),  # N = 576, Cq = 32 > Cv = 4
     "full squeeze 1 (D first layer)": (
-        lambda: FullAttention(3, 16, (4, 4), (2, 2), (1, 1), squeeze_factor=1,
-                              use_batch_norm=False, activation=nn.LeakyReLU(0.1)),
-        (2, 3, 64, 64)),  # N = 1024, Cq = 3
+        lambda: FullAttention(
+            3,
+            16,
+            (4, 4),
+            (2, 2),
+            (1, 1),
+            squeeze_factor=1,
+            use_batch_norm=False,
+            activation=nn.LeakyReLU(0.1),
+        ),
+        (2, 3, 64, 64),
+    ),  # N = 1024, Cq = 3
     "full few positions": (
-        lambda: FullAttention(16, 16, (3, 3), (1, 1), (1, 1)), (2, 16, 8, 8)),  # N = 64
+        lambda: FullAttention(16, 16, (3, 3), (1, 1), (1, 1)),
+        (2, 16, 8, 8),
+    ),  # N = 64
     "self": (lambda: SelfAttention(16), (2, 16, 24, 24)),  # N = 576
     "self, N = 4096": (lambda: SelfAttention(32, activation=nn.ReLU()), (1, 32, 64, 64)),
 }
@@ -182,8 +219,9 @@ def _layer(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     return layer, torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
 
 
-def _run(layer: nn.Module, x: torch.Tensor, explicit: bool,
-         dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _run(
+    layer: nn.Module, x: torch.Tensor, explicit: bool, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     x = x.clone().requires_grad_(True)
     autocast = torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
     if explicit:
@@ -223,8 +261,9 @@ def norm_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
-@pytest.mark.parametrize("name", ["full squeeze 1 (D first layer)", "full transposed, Cq<Cv",
-                                  "self"])
+@pytest.mark.parametrize(
+    "name", ["full squeeze 1 (D first layer)", "full transposed, Cq<Cv", "self"]
+)
 def test_bf16_autocast_stays_bf16_and_close(name: str) -> None:
     """bf16 autocast: both paths within bf16 tolerance of fp32, the fast one no worse."""
     layer, x = _layer(name)
@@ -259,10 +298,14 @@ def test_training_forward_uses_the_fused_kernel_forward_and_backward(
     from torch.profiler import ProfilerActivity, profile
 
     real_fused = attend_fused
-    monkeypatch.setattr(fast, "attend_fused",
-                        lambda q, k, v: real_fused(q, k, v, cpu_kernels=cpu_kernels))
+    monkeypatch.setattr(
+        fast, "attend_fused", lambda q, k, v: real_fused(q, k, v, cpu_kernels=cpu_kernels)
+    )
     layer, x = _layer("full transposed, Cq<Cv")
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), profile(activities=[ProfilerActivity.CPU]) as prof:
+    with (
+        sdpa_kernel([SDPBackend.FLASH_ATTENTION]),
+        profile(activities=[ProfilerActivity.CPU]) as prof,
+    ):
         _run(layer, x, explicit=False)
     names = {event.key for event in prof.key_averages()}
     fused = {n for n in names if "flash_attention" in n}
@@ -296,8 +339,9 @@ _MEMORY_PROBE = textwrap.dedent("""
 def test_128x128_full_attention_trains_without_an_n_by_n_map() -> None:
     """16,384 positions: one float32 map is 1 GiB per sample (and the explicit path
     holds several such buffers at once); the fused path must stay far below that."""
-    probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], capture_output=True,
-                           text=True, timeout=300)
+    probe = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True, timeout=300
+    )
     assert probe.returncode == 0, probe.stderr[-2000:]
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     grown = result["peak"] - result["base"]

@@ -44,7 +44,8 @@ def _independent_maps(model: torch.nn.Module, inputs: torch.Tensor) -> dict[str,
     layer_inputs: dict[str, torch.Tensor] = {}
     handles = [
         layer.register_forward_pre_hook(
-            lambda _m, args, name=name: layer_inputs.__setitem__(name, args[0].detach()))
+            lambda _m, args, name=name: layer_inputs.__setitem__(name, args[0].detach())
+        )
         for name, layer in attention_layers(model).items()
     ]
     try:
@@ -63,8 +64,9 @@ def _independent_maps(model: torch.nn.Module, inputs: torch.Tensor) -> dict[str,
     return maps
 
 
-def _check_maps(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
-                grids: dict[str, int]) -> None:
+def _check_maps(
+    saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], grids: dict[str, int]
+) -> None:
     assert set(saved) == set(expected) == set(grids)
     for name, attention in saved.items():
         n = grids[name]
@@ -82,11 +84,28 @@ def _check_maps(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
 def test_generator_attention_figures_and_maps(run: Path, tmp_path: Path, capsys) -> None:
     state = run / "models" / "training_state.pth"
     out, maps_file = tmp_path / "figs", tmp_path / "maps.pt"
-    assert main(["attention", "--generator_file", str(state), "--seed", "11",
-                 "--output_dir", str(out), "--save_maps", str(maps_file),
-                 "--device", "cpu"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["attention_model.0.png",
-                                                     "attention_model.2.png"]
+    assert (
+        main(
+            [
+                "attention",
+                "--generator_file",
+                str(state),
+                "--seed",
+                "11",
+                "--output_dir",
+                str(out),
+                "--save_maps",
+                str(maps_file),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "attention_model.0.png",
+        "attention_model.2.png",
+    ]
     for path in out.iterdir():
         with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) > 200
@@ -98,8 +117,7 @@ def test_generator_attention_figures_and_maps(run: Path, tmp_path: Path, capsys)
 
     saved = torch.load(maps_file, weights_only=True)
     latent = make_latents(1, 128, 11)
-    _check_maps(saved, _independent_maps(generator, latent),
-                {"model.0": 4 * 4, "model.2": 16 * 16})
+    _check_maps(saved, _independent_maps(generator, latent), {"model.0": 4 * 4, "model.2": 16 * 16})
     # the library function gives the same maps, with the batch dimension
     for name, attention in attention_maps(generator, latent).items():
         assert attention.shape[0] == 1 and torch.equal(attention[0], saved[name])
@@ -108,21 +126,57 @@ def test_generator_attention_figures_and_maps(run: Path, tmp_path: Path, capsys)
 def test_discriminator_attention_on_a_real_image(run: Path, tmp_path: Path) -> None:
     models, face = run / "models", run / "faces32" / "face_007.png"
     out, maps_file = tmp_path / "figs", tmp_path / "maps.pt"
-    assert main(["attention", "--discriminator_file", str(models / "GAN_DIS_1.pth"),
-                 "--discriminator_config", "small32", "--image", str(face),
-                 "--query", "3,4", "--query", "30,20", "--output_dir", str(out),
-                 "--save_maps", str(maps_file), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "attention",
+                "--discriminator_file",
+                str(models / "GAN_DIS_1.pth"),
+                "--discriminator_config",
+                "small32",
+                "--image",
+                str(face),
+                "--query",
+                "3,4",
+                "--query",
+                "30,20",
+                "--output_dir",
+                str(out),
+                "--save_maps",
+                str(maps_file),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert [p.name for p in out.iterdir()] == ["attention_model.1.png"]
     Image.open(out / "attention_model.1.png").verify()
 
     # the training state holds the same discriminator and its config
     out2 = tmp_path / "figs2"
-    assert main(["attention", "--discriminator_file", str(models / "training_state.pth"),
-                 "--image", str(face), "--output_dir", str(out2),
-                 "--save_maps", str(tmp_path / "maps2.pt"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "attention",
+                "--discriminator_file",
+                str(models / "training_state.pth"),
+                "--image",
+                str(face),
+                "--output_dir",
+                str(out2),
+                "--save_maps",
+                str(tmp_path / "maps2.pt"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     saved = torch.load(maps_file, weights_only=True)
-    assert torch.equal(saved["model.1"], torch.load(tmp_path / "maps2.pt",
-                                                    weights_only=True)["model.1"])
+    assert torch.equal(
+        saved["model.1"], torch.load(tmp_path / "maps2.pt", weights_only=True)["model.1"]
+    )
 
     # the image as PIL reads it (32x32 already: fagan's decoding only rescales it)
     pixels = np.asarray(Image.open(face).convert("RGB"), dtype=np.float32)
@@ -131,15 +185,20 @@ def test_discriminator_attention_on_a_real_image(run: Path, tmp_path: Path) -> N
     _check_maps(saved, _independent_maps(discriminator, image), {"model.1": 8 * 8})
 
 
-@pytest.mark.parametrize(("query", "image_hw", "grid", "cell"), [
-    ((31, 0), (32, 32), (4, 4), (0, 3)),
-    ((0, 31), (32, 32), (4, 4), (3, 0)),
-    ((16, 7), (32, 32), (16, 16), (3, 8)),
-    ((7, 16), (32, 32), (8, 8), (4, 1)),
-    ((63, 10), (32, 64), (4, 8), (1, 7)),
-])
+@pytest.mark.parametrize(
+    ("query", "image_hw", "grid", "cell"),
+    [
+        ((31, 0), (32, 32), (4, 4), (0, 3)),
+        ((0, 31), (32, 32), (4, 4), (3, 0)),
+        ((16, 7), (32, 32), (16, 16), (3, 8)),
+        ((7, 16), (32, 32), (8, 8), (4, 1)),
+        ((63, 10), (32, 64), (4, 8), (1, 7)),
+    ],
+)
 def test_query_positions_map_to_each_layers_output_grid(
-    query: tuple[int, int], image_hw: tuple[int, int], grid: tuple[int, int],
+    query: tuple[int, int],
+    image_hw: tuple[int, int],
+    grid: tuple[int, int],
     cell: tuple[int, int],
 ) -> None:
     # a query at image pixel (x, y) is position (floor(y H_l / H), floor(x W_l / W))
@@ -169,8 +228,9 @@ def test_heatmap_of_self_attention_peaks_in_the_querys_cell(query: tuple[int, in
 
 
 def test_render_layer_one_panel_per_query_and_the_layer_in_the_title() -> None:
-    fig = render_layer(np.zeros((32, 32, 3), np.uint8), _self_looking_layer(),
-                       [(0, 0), (31, 31), (5, 9)])
+    fig = render_layer(
+        np.zeros((32, 32, 3), np.uint8), _self_looking_layer(), [(0, 0), (31, 31), (5, 9)]
+    )
     assert len(fig.axes) == 3
     title = fig._suptitle.get_text()
     assert title.startswith("model.0: full attention")
@@ -179,15 +239,20 @@ def test_render_layer_one_panel_per_query_and_the_layer_in_the_title() -> None:
         render_layer(np.zeros((32, 32, 3), np.uint8), _self_looking_layer(), [])
 
 
-@pytest.mark.parametrize(("queries", "title"), [
-    ([(3, 4)], None),  # one narrow panel: the default title is wider than the figure
-    (default_queries(32), None),
-    ([(3, 4)], "a custom title that is much longer than one panel of the figure is wide"),
-])
-def test_rendered_titles_fit_inside_the_figure(queries: list[tuple[int, int]],
-                                               title: str | None) -> None:
-    layer = LayerAttention("model.12.attention", "self-attention", torch.eye(64)[None],
-                           (8, 8), 0.123456)
+@pytest.mark.parametrize(
+    ("queries", "title"),
+    [
+        ([(3, 4)], None),  # one narrow panel: the default title is wider than the figure
+        (default_queries(32), None),
+        ([(3, 4)], "a custom title that is much longer than one panel of the figure is wide"),
+    ],
+)
+def test_rendered_titles_fit_inside_the_figure(
+    queries: list[tuple[int, int]], title: str | None
+) -> None:
+    layer = LayerAttention(
+        "model.12.attention", "self-attention", torch.eye(64)[None], (8, 8), 0.123456
+    )
     fig = render_layer(np.zeros((32, 32, 3), np.uint8), layer, queries, title=title)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -237,13 +302,24 @@ def _write_image(path: Path, mode: str) -> None:
         image.save(path)
 
 
-@pytest.mark.parametrize(("mode", "suffix"), [
-    ("RGB", ".jpg"), ("CMYK", ".jpg"), ("RGB", ".png"), ("RGBA", ".png"), ("LA", ".png"),
-    ("P", ".png"), ("L", ".png"), ("I;16", ".png"), ("F", ".tif"),
-])
+@pytest.mark.parametrize(
+    ("mode", "suffix"),
+    [
+        ("RGB", ".jpg"),
+        ("CMYK", ".jpg"),
+        ("RGB", ".png"),
+        ("RGBA", ".png"),
+        ("LA", ".png"),
+        ("P", ".png"),
+        ("L", ".png"),
+        ("I;16", ".png"),
+        ("F", ".tif"),
+    ],
+)
 @pytest.mark.parametrize("size", [32, 48])
-def test_load_image_decodes_as_the_training_data_does(tmp_path: Path, mode: str, suffix: str,
-                                                      size: int) -> None:
+def test_load_image_decodes_as_the_training_data_does(
+    tmp_path: Path, mode: str, suffix: str, size: int
+) -> None:
     from fagan.data import ImageFolderDataset
 
     folder = tmp_path / "one"
@@ -275,12 +351,30 @@ def test_capture_needs_attention_layers() -> None:
 #: ``{face}`` and ``{tmp}`` are filled in with the run's files and a scratch folder.
 USER_ERRORS = [
     (["--generator_file", "{state}", "--query", "32,0"], "query 32,0 is outside the 32x32 image"),
-    (["--discriminator_file", "{dis}", "--discriminator_config", "small32",
-      "--image", "{tmp}/missing.png"], "image not found"),
+    (
+        [
+            "--discriminator_file",
+            "{dis}",
+            "--discriminator_config",
+            "small32",
+            "--image",
+            "{tmp}/missing.png",
+        ],
+        "image not found",
+    ),
     (["--discriminator_file", "{dis}", "--discriminator_config", "small32"], "--image"),
     (["--discriminator_file", "{dis}", "--image", "{face}"], "--discriminator_config"),
-    (["--discriminator_file", "{dis}", "--discriminator_config", "small32",
-      "--image", "{tmp}/broken.png"], "cannot read image"),
+    (
+        [
+            "--discriminator_file",
+            "{dis}",
+            "--discriminator_config",
+            "small32",
+            "--image",
+            "{tmp}/broken.png",
+        ],
+        "cannot read image",
+    ),
     (["--generator_file", "{tmp}/missing.pth"], "missing.pth"),
     (["--generator_file", "{state}", "--query", "3"], "--query"),
     (["--generator_file", "{state}", "--discriminator_file", "{dis}"], "not allowed with"),
@@ -288,16 +382,22 @@ USER_ERRORS = [
 
 
 @pytest.mark.parametrize(("argv", "message"), USER_ERRORS)
-def test_attention_user_errors(run: Path, tmp_path: Path, capsys, argv: list[str],
-                               message: str) -> None:
+def test_attention_user_errors(
+    run: Path, tmp_path: Path, capsys, argv: list[str], message: str
+) -> None:
     models = run / "models"
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    names = {"state": models / "training_state.pth", "dis": models / "GAN_DIS_1.pth",
-             "face": run / "faces32" / "face_000.png", "tmp": tmp_path}
+    names = {
+        "state": models / "training_state.pth",
+        "dis": models / "GAN_DIS_1.pth",
+        "face": run / "faces32" / "face_000.png",
+        "tmp": tmp_path,
+    }
     out = tmp_path / "o"
     try:
-        status = main(["attention", *(arg.format(**names) for arg in argv),
-                       "--output_dir", str(out)])
+        status = main(
+            ["attention", *(arg.format(**names) for arg in argv), "--output_dir", str(out)]
+        )
     except SystemExit as exit_info:  # argparse's own checks
         status = exit_info.code
     assert status == 2
@@ -320,15 +420,39 @@ def test_self_attention_layers_of_a_sagan_generator(tmp_path: Path) -> None:
             layer.gamma.fill_(0.5)
     torch.save(generator.state_dict(), tmp_path / "GAN_GEN_1.pth")
     out, maps_file = tmp_path / "figs", tmp_path / "maps.pt"
-    assert main(["attention", "--generator_file", str(tmp_path / "GAN_GEN_1.pth"),
-                 "--generator_config", "sagan64", "--seed", "2", "--query", "63,0",
-                 "--output_dir", str(out), "--save_maps", str(maps_file),
-                 "--device", "cpu"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["attention_model.3.png",
-                                                     "attention_model.5.png"]
+    assert (
+        main(
+            [
+                "attention",
+                "--generator_file",
+                str(tmp_path / "GAN_GEN_1.pth"),
+                "--generator_config",
+                "sagan64",
+                "--seed",
+                "2",
+                "--query",
+                "63,0",
+                "--output_dir",
+                str(out),
+                "--save_maps",
+                str(maps_file),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "attention_model.3.png",
+        "attention_model.5.png",
+    ]
     layers, _ = capture_layers(generator, make_latents(1, 128, 2))
     assert [(layer.kind, layer.grid) for layer in layers.values()] == [
-        ("self-attention", (16, 16)), ("self-attention", (32, 32))]
-    _check_maps(torch.load(maps_file, weights_only=True),
-                _independent_maps(generator, make_latents(1, 128, 2)),
-                {"model.3": 16 * 16, "model.5": 32 * 32})
+        ("self-attention", (16, 16)),
+        ("self-attention", (32, 32)),
+    ]
+    _check_maps(
+        torch.load(maps_file, weights_only=True),
+        _independent_maps(generator, make_latents(1, 128, 2)),
+        {"model.3": 16 * 16, "model.5": 32 * 32},
+    )

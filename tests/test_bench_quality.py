@@ -43,15 +43,19 @@ def bq():
 
 # --------------------------------------------------------------------------- dcgan64
 def _convs(name: str, role: str) -> list[ConvSpec]:
-    return [layer for layer in load_config(resolve_config_path(name, role)).layers
-            if isinstance(layer, ConvSpec)]
+    return [
+        layer
+        for layer in load_config(resolve_config_path(name, role)).layers
+        if isinstance(layer, ConvSpec)
+    ]
 
 
 @pytest.mark.parametrize("role", ["gen", "dis"])
 def test_dcgan64_is_sagan64_without_attention(role: str) -> None:
     spec = load_config(resolve_config_path("dcgan64", role))
-    assert not any(isinstance(layer, (SelfAttentionSpec, FullAttentionSpec))
-                   for layer in spec.layers)
+    assert not any(
+        isinstance(layer, (SelfAttentionSpec, FullAttentionSpec)) for layer in spec.layers
+    )
     # the same convolutions, widths, norms and activations as sagan64's
     assert _convs("dcgan64", role) == _convs("sagan64", role)
     assert all(c.spectral_norm for c in _convs("dcgan64", role)[:-1])
@@ -131,14 +135,28 @@ def test_read_stats_keeps_the_latest_record_of_a_step(bq, tmp_path: Path) -> Non
     assert bq.late_std(track[:1]) is None
 
 
-def _result(bq, arch: str, loss: str, seed: int, fid: float, swd: float,
-            diverged: bool = False) -> dict:
-    train = {"wall_s": 60.0 + seed, "diverged": diverged, "s_per_step": 0.5,
-             "swd_track_late_std": 1.0 + seed}
-    metrics = {} if diverged else {"heldout": {"fid": fid, "swd": swd},
-                                   "train": {"fid": fid - 1, "swd": swd - 1}}
-    return {"cell": bq.Cell(arch, loss, seed).name, "arch": arch, "loss": loss, "seed": seed,
-            "train": train, "metrics": metrics}
+def _result(
+    bq, arch: str, loss: str, seed: int, fid: float, swd: float, diverged: bool = False
+) -> dict:
+    train = {
+        "wall_s": 60.0 + seed,
+        "diverged": diverged,
+        "s_per_step": 0.5,
+        "swd_track_late_std": 1.0 + seed,
+    }
+    metrics = (
+        {}
+        if diverged
+        else {"heldout": {"fid": fid, "swd": swd}, "train": {"fid": fid - 1, "swd": swd - 1}}
+    )
+    return {
+        "cell": bq.Cell(arch, loss, seed).name,
+        "arch": arch,
+        "loss": loss,
+        "seed": seed,
+        "train": train,
+        "metrics": metrics,
+    }
 
 
 def test_summary_claims_and_tables(bq) -> None:
@@ -153,8 +171,12 @@ def test_summary_claims_and_tables(bq) -> None:
     fagan = rows[("fagan64", "hinge")]
     assert fagan["diverged"] == 1 and fagan["seeds"] == [0, 1, 2]
     assert fagan["metrics"]["fid_heldout"] == {
-        "mean": 105.0, "std": pytest.approx(statistics.stdev([100, 110])),
-        "min": 100.0, "max": 110.0, "n": 2}
+        "mean": 105.0,
+        "std": pytest.approx(statistics.stdev([100, 110])),
+        "min": 100.0,
+        "max": 110.0,
+        "n": 2,
+    }
     assert fagan["metrics"]["swd_train"]["mean"] == 51.0
     assert fagan["swd_track_late_std"]["mean"] == 1.5
     lines = bq.claims(list(rows.values()))
@@ -162,19 +184,26 @@ def test_summary_claims_and_tables(bq) -> None:
     assert f"fagan64 - sagan64 = -17.00 +- {se:.2f} (beyond 2 SE)" in lines[1]
     floors = {"heldout": {"fid": 20.0, "swd": 10.0}, "train": {"fid": 15.0, "swd": 8.0}}
     (header, summary), (cell_header, cells) = bq.tables(results, floors)
-    assert header[3:7] == ["FID vs held-out", "FID vs train", "SWD x1e3 vs held-out",
-                           "SWD x1e3 vs train"]
+    assert header[3:7] == [
+        "FID vs held-out",
+        "FID vs train",
+        "SWD x1e3 vs held-out",
+        "SWD x1e3 vs train",
+    ]
     assert summary[0][:4] == ["fagan64", "hinge", "0,1,2", "105.00 +- 7.07"]
     assert summary[-1][:7] == ["real vs real", "(floor)", "-", "20.00", "15.00", "10.00", "8.00"]
     assert cells[2][:3] == ["fagan64-hinge-s2", "diverged", "diverged"]
 
 
-def test_bad_flags_exit_2_with_one_line(bq, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    for argv, needle in ((["--cells", "nothing-*"], "matches no cell"),
-                         (["--seeds", "a,b"], "--seeds"),
-                         (["--holdout", "1.5"], "--holdout"),
-                         (["--metrics", "swd,lpips"], "--metrics")):
+def test_bad_flags_exit_2_with_one_line(
+    bq, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv, needle in (
+        (["--cells", "nothing-*"], "matches no cell"),
+        (["--seeds", "a,b"], "--seeds"),
+        (["--holdout", "1.5"], "--holdout"),
+        (["--metrics", "swd,lpips"], "--metrics"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             bq.main(argv)
         assert exit_info.value.code == 2
@@ -182,22 +211,45 @@ def test_bad_flags_exit_2_with_one_line(bq, tmp_path: Path,
         assert needle in err[-1] and err[-1].startswith("bench_quality: error:")
     assert bq.main(["--images_dir", "/nonexistent/images", "--work_dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        "bench_quality: error: --images_dir /nonexistent/images is not a folder")
+        "bench_quality: error: --images_dir /nonexistent/images is not a folder"
+    )
 
 
 # --------------------------------------------------------------------------- end to end
 @pytest.mark.slow
-def test_micro_cell_end_to_end_and_resume(bq, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_micro_cell_end_to_end_and_resume(
+    bq, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     faces = write_lfw_faces(tmp_path / "faces", 64, count=48)
     not_weights = tmp_path / "inception.pt"
     not_weights.write_text("not a weights file")
     out_json, results_md = tmp_path / "quality.json", tmp_path / "RESULTS.md"
-    argv = ["--images_dir", str(faces), "--cells", "dcgan64-h*-s0", "--steps", "2",
-            "--batch_size", "4", "--track_every", "1", "--track_samples", "8",
-            "--eval_samples", "12", "--inception_weights", str(not_weights),
-            "--work_dir", str(tmp_path / "work"), "--grid_dir", str(tmp_path / "grids"),
-            "--output_json", str(out_json), "--results_md", str(results_md)]
+    argv = [
+        "--images_dir",
+        str(faces),
+        "--cells",
+        "dcgan64-h*-s0",
+        "--steps",
+        "2",
+        "--batch_size",
+        "4",
+        "--track_every",
+        "1",
+        "--track_samples",
+        "8",
+        "--eval_samples",
+        "12",
+        "--inception_weights",
+        str(not_weights),
+        "--work_dir",
+        str(tmp_path / "work"),
+        "--grid_dir",
+        str(tmp_path / "grids"),
+        "--output_json",
+        str(out_json),
+        "--results_md",
+        str(results_md),
+    ]
     assert bq.main(argv) == 0
     printed = capsys.readouterr().out
     # the refused weights file: one notice, then SWD only

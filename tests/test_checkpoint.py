@@ -138,8 +138,9 @@ def test_save_failing_when_the_disk_fills_keeps_previous_file(tmp_path: Path) ->
         except FaganError as error:
             print("FaganError:", error)
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout.strip()
     assert out.startswith(f"FaganError: cannot write {path}: "), out
@@ -152,14 +153,17 @@ def test_save_onto_a_directory_fails_cleanly(tmp_path: Path) -> None:
     target = tmp_path / "GAN_GEN_1.pth"
     target.mkdir()
     (target / "keep").write_text("x")
-    with pytest.raises(FaganError, match=r"^cannot write .*GAN_GEN_1\.pth: .*previous file is unchanged$"):
+    with pytest.raises(
+        FaganError, match=r"^cannot write .*GAN_GEN_1\.pth: .*previous file is unchanged$"
+    ):
         save_file({"w": torch.ones(2)}, target)
     assert (target / "keep").read_text() == "x"
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="root ignores folder permissions")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores folder permissions"
+)
 def test_save_into_read_only_folder(tmp_path: Path) -> None:
     path, before = _previous(tmp_path)
     tmp_path.chmod(0o555)
@@ -222,14 +226,26 @@ def test_load_file_refuses_code_and_runs_nothing(tmp_path: Path) -> None:
 
 
 PICKLES_NAMING_GLOBALS = [
-    pytest.param(lambda marker: pickle.dumps({"x": RunsCode(f"touch {marker}")}, protocol=2),
-                 f"{os.system.__module__}.system", id="protocol-2"),
-    pytest.param(lambda marker: pickle.dumps([RunsCode(f"touch {marker}")], protocol=5),
-                 f"{os.system.__module__}.system", id="protocol-5"),
-    pytest.param(lambda marker: f"cos\nsystem\n(S'touch {marker}'\ntR.".encode(), "os.system",
-                 id="protocol-0-text"),
-    pytest.param(lambda marker: pickle.dumps({"w": torch.ones(2)}),
-                 "torch._utils._rebuild_tensor_v2", id="state-dict-pickled-by-pickle"),
+    pytest.param(
+        lambda marker: pickle.dumps({"x": RunsCode(f"touch {marker}")}, protocol=2),
+        f"{os.system.__module__}.system",
+        id="protocol-2",
+    ),
+    pytest.param(
+        lambda marker: pickle.dumps([RunsCode(f"touch {marker}")], protocol=5),
+        f"{os.system.__module__}.system",
+        id="protocol-5",
+    ),
+    pytest.param(
+        lambda marker: f"cos\nsystem\n(S'touch {marker}'\ntR.".encode(),
+        "os.system",
+        id="protocol-0-text",
+    ),
+    pytest.param(
+        lambda marker: pickle.dumps({"w": torch.ones(2)}),
+        "torch._utils._rebuild_tensor_v2",
+        id="state-dict-pickled-by-pickle",
+    ),
 ]
 
 
@@ -259,23 +275,37 @@ def _npy(path: Path) -> None:
 
 
 FOREIGN_FILES = [
-    pytest.param(lambda p: p.write_text("hello\nthese are not weights\n"), "it looks like text",
-                 id="text"),
-    pytest.param(lambda p: p.write_text("cat\ndog\n(S'a'\n"), "it looks like text",
-                 id="text-that-starts-like-a-protocol-0-pickle"),
-    pytest.param(lambda p: p.write_bytes((CONFIGS / "small32" / "gen.yaml").read_bytes()),
-                 "it looks like text", id="a-config-given-as-weights"),
+    pytest.param(
+        lambda p: p.write_text("hello\nthese are not weights\n"), "it looks like text", id="text"
+    ),
+    pytest.param(
+        lambda p: p.write_text("cat\ndog\n(S'a'\n"),
+        "it looks like text",
+        id="text-that-starts-like-a-protocol-0-pickle",
+    ),
+    pytest.param(
+        lambda p: p.write_bytes((CONFIGS / "small32" / "gen.yaml").read_bytes()),
+        "it looks like text",
+        id="a-config-given-as-weights",
+    ),
     pytest.param(lambda p: p.write_text("é" * 3000), "it looks like text", id="utf8-text"),
-    pytest.param(lambda p: p.write_bytes(pickle.dumps({"a": 1, "b": [2.0]}, protocol=4)),
-                 "a Python pickle not written by torch.save", id="harmless-protocol-4-pickle"),
-    pytest.param(lambda p: p.write_bytes(pickle.dumps(list(range(300_000)) + [RunsCode("x")],
-                                                      protocol=4)),
-                 "a Python pickle not written by torch.save", id="pickle-longer-than-the-scan"),
-    pytest.param(_zip_without_torch_layout, "a zip archive without torch's data.pkl",
-                 id="other-zip"),
+    pytest.param(
+        lambda p: p.write_bytes(pickle.dumps({"a": 1, "b": [2.0]}, protocol=4)),
+        "a Python pickle not written by torch.save",
+        id="harmless-protocol-4-pickle",
+    ),
+    pytest.param(
+        lambda p: p.write_bytes(pickle.dumps(list(range(300_000)) + [RunsCode("x")], protocol=4)),
+        "a Python pickle not written by torch.save",
+        id="pickle-longer-than-the-scan",
+    ),
+    pytest.param(
+        _zip_without_torch_layout, "a zip archive without torch's data.pkl", id="other-zip"
+    ),
     pytest.param(_npy, "a NumPy array file", id="numpy"),
-    pytest.param(lambda p: p.write_bytes(bytes(range(256)) * 40), "unknown binary content",
-                 id="binary"),
+    pytest.param(
+        lambda p: p.write_bytes(bytes(range(256)) * 40), "unknown binary content", id="binary"
+    ),
 ]
 
 
@@ -316,13 +346,18 @@ def _legacy_head(path: Path) -> bytes:
 
 
 TWO_GB_FILES = [
-    pytest.param(lambda p: b"", "not a PyTorch weights file (unknown binary content)",
-                 id="zeros"),
-    pytest.param(lambda p: b"some notes\n" * 500,
-                 "not a PyTorch weights file (it looks like text)", id="text-then-zeros"),
+    pytest.param(lambda p: b"", "not a PyTorch weights file (unknown binary content)", id="zeros"),
+    pytest.param(
+        lambda p: b"some notes\n" * 500,
+        "not a PyTorch weights file (it looks like text)",
+        id="text-then-zeros",
+    ),
     pytest.param(_torch_zip_head, "not a complete PyTorch checkpoint (", id="torch-zip-start"),
-    pytest.param(_legacy_head, "not a complete PyTorch checkpoint (damaged: byte 0 where a "
-                 "pickle instruction should be)", id="legacy-torch-start"),
+    pytest.param(
+        _legacy_head,
+        "not a complete PyTorch checkpoint (damaged: byte 0 where a pickle instruction should be)",
+        id="legacy-torch-start",
+    ),
 ]
 
 
@@ -409,7 +444,7 @@ def test_other_architecture_weights_are_refused(tmp_path: Path) -> None:
 def test_missing_keys(count: int) -> None:
     model = small_generator()
     state = model.state_dict()
-    removed = list(state)[5:5 + count]
+    removed = list(state)[5 : 5 + count]
     for key in removed:
         del state[key]
     more = f" (and {count - 1} more)" if count > 1 else ""
@@ -489,16 +524,21 @@ def test_training_state_prefers_ema_generator(
     tmp_path: Path, prefer_ema: bool, expected: str
 ) -> None:
     live, ema = small_generator(seed=7), small_generator(seed=8)
-    state = {"format": TRAINING_STATE_FORMAT, "generator": live.state_dict(),
-             "ema_generator": ema.state_dict(), "discriminator": None}
+    state = {
+        "format": TRAINING_STATE_FORMAT,
+        "generator": live.state_dict(),
+        "ema_generator": ema.state_dict(),
+        "discriminator": None,
+    }
     path = save_file(state, tmp_path / "state.pth")
     target = small_generator(seed=9)
     load_network(target, path, "generator", prefer_ema=prefer_ema)
     want = ema if expected == "ema" else live
     assert state_equal(target.state_dict(), want.state_dict())
     with pytest.raises(FaganError) as info:
-        load_network(Discriminator(load_config(CONFIGS / "small32" / "dis.yaml")), path,
-                     "discriminator")
+        load_network(
+            Discriminator(load_config(CONFIGS / "small32" / "dis.yaml")), path, "discriminator"
+        )
     assert str(info.value) == f"{path}: this training state holds no discriminator weights"
 
 
@@ -525,6 +565,7 @@ def test_a_written_training_state_is_valid(written_state: dict, tmp_path: Path) 
 def _setter(field: str, value):
     def change(state: dict) -> None:
         state[field] = value() if callable(value) else value
+
     return change
 
 
@@ -532,6 +573,7 @@ def _remove(*fields: str):
     def change(state: dict) -> None:
         for field in fields:
             del state[field]
+
     return change
 
 
@@ -541,6 +583,7 @@ def _set_in(path: tuple, value):
         for key in path[:-1]:
             target = target[key]
         target[path[-1]] = value() if callable(value) else value
+
     return change
 
 
@@ -548,6 +591,7 @@ def _first_key(field: str):
     def change(state: dict) -> None:
         key = next(iter(state[field]))
         state[field][key] = state[field][key].to_sparse()
+
     return change
 
 
@@ -560,106 +604,235 @@ def _bomb() -> list:
 
 BAD_STATES = [
     # (change, field named in the message, words in the message)
-    pytest.param(_setter("step", "abc"), "'step'",
-                 "expected a non-negative integer, found str 'abc'", id="step-string"),
+    pytest.param(
+        _setter("step", "abc"),
+        "'step'",
+        "expected a non-negative integer, found str 'abc'",
+        id="step-string",
+    ),
     pytest.param(_setter("step", -3), "'step'", "found int -3", id="step-negative"),
     pytest.param(_setter("step", True), "'step'", "found bool True", id="step-bool"),
     pytest.param(_setter("epoch", -1), "'epoch'", "non-negative integer", id="epoch-negative"),
     pytest.param(_setter("batch", 1.5), "'batch'", "found float 1.5", id="batch-float"),
-    pytest.param(_setter("batch", torch.tensor(3)), "'batch'", "found a int64 tensor of shape []",
-                 id="batch-tensor"),
-    pytest.param(_setter("rng", 5), "'rng'", "expected a list of generator states",
-                 id="rng-int"),
+    pytest.param(
+        _setter("batch", torch.tensor(3)),
+        "'batch'",
+        "found a int64 tensor of shape []",
+        id="batch-tensor",
+    ),
+    pytest.param(_setter("rng", 5), "'rng'", "expected a list of generator states", id="rng-int"),
     pytest.param(_setter("rng", []), "'rng'", "found list of 0 item(s)", id="rng-empty"),
-    pytest.param(_setter("rng", [5]), "'rng'[0]", "expected a mapping of generator states",
-                 id="rng-item-int"),
-    pytest.param(_set_in(("rng", 0), lambda: {"torch": torch.get_rng_state()}), "'rng'[0]",
-                 "lacks latent, augment", id="rng-missing-streams"),
-    pytest.param(_set_in(("rng", 0, "latent"), lambda: torch.zeros(5056)),
-                 "'rng'[0]['latent']", "expected a 1-D uint8 CPU tensor, found a float32 tensor",
-                 id="rng-float-state"),
-    pytest.param(_set_in(("rng", 0, "augment"), lambda: torch.zeros(2, 8, dtype=torch.uint8)),
-                 "'rng'[0]['augment']", "found a uint8 tensor of shape [2, 8]",
-                 id="rng-2d-state"),
-    pytest.param(_set_in(("rng", 0, "torch"), lambda: torch.zeros(12, dtype=torch.uint8)),
-                 "'rng'[0]['torch']", "expected the CPU generator's 5056-byte state, found 12",
-                 id="rng-short-cpu-state"),
-    pytest.param(_set_in(("rng", 0, "torch"), "state"), "'rng'[0]['torch']",
-                 "found str 'state'", id="rng-string-state"),
-    pytest.param(_setter("fixed_latents", lambda: [[0.0] * 128] * 4), "'fixed_latents'",
-                 "expected a tensor of latents, found list", id="latents-list"),
-    pytest.param(_setter("fixed_latents", lambda: torch.randn(4, 128).to_sparse()),
-                 "'fixed_latents'", "found a sparse_coo float32 tensor of shape [4, 128]",
-                 id="latents-sparse"),
-    pytest.param(_setter("fixed_latents", lambda: torch.randn(4, 128, 2)), "'fixed_latents'",
-                 "expected latents of shape N x 128, found [4, 128, 2]", id="latents-3d"),
-    pytest.param(_setter("fixed_latents", lambda: torch.randn(4, 100)), "'fixed_latents'",
-                 "expected latents of shape N x 128, found [4, 100]", id="latents-width"),
-    pytest.param(_setter("fixed_latents", lambda: torch.randn(0, 128)), "'fixed_latents'",
-                 "found [0, 128]", id="latents-none"),
-    pytest.param(_setter("fixed_latents", lambda: torch.ones(4, 128, dtype=torch.int64)),
-                 "'fixed_latents'", "latents must be floating point, found torch.int64",
-                 id="latents-int"),
-    pytest.param(_setter("fixed_latents", lambda: torch.full((4, 128), float("nan"))),
-                 "'fixed_latents'", "NaN or infinite", id="latents-nan"),
-    pytest.param(_setter("fixed_latents", lambda: torch.zeros(4, 128, device="meta")),
-                 "'fixed_latents'", "found a float32 tensor of shape [4, 128] on meta",
-                 id="latents-meta"),
-    pytest.param(_setter("sampler", "seed=0"), "'sampler'", "expected a mapping, found str",
-                 id="sampler-string"),
-    pytest.param(_set_in(("sampler", "seed"), _bomb), "'sampler'['seed']",
-                 "expected a number, found list of 9 item(s)", id="sampler-bomb-value"),
-    pytest.param(_setter("options", 5), "'options'", "expected a mapping of option names",
-                 id="options-int"),
-    pytest.param(_setter("generator_config", "small32"), "'generator_config'",
-                 "expected a config mapping, found str 'small32'", id="gen-config-string"),
-    pytest.param(_setter("discriminator_config", []), "'discriminator_config'",
-                 "expected a config mapping, found list", id="dis-config-list"),
-    pytest.param(_set_in(("generator_config", "architecture", 0, "stride"), "(2, x)"),
-                 "'generator_config'): architecture[0] (full_attention): field 'stride'",
-                 "malformed tuple '(2, x)'", id="gen-config-bad-layer"),
-    pytest.param(_setter("generator_config", lambda: {"architecture": [_bomb()]}),
-                 "'generator_config'", "expands to more than 100,000 values", id="gen-config-bomb"),
-    pytest.param(_remove("step"), "", "incomplete training state: it lacks step",
-                 id="missing-step"),
-    pytest.param(_remove("rng", "sampler", "scaler"), "",
-                 "incomplete training state: it lacks scaler, rng, sampler", id="missing-three"),
-    pytest.param(_remove("format"), "", "not a fagan training state (found dict of",
-                 id="no-format-tag"),
-    pytest.param(_setter("format_version", 7), "'format_version'",
-                 "7 is newer than this fagan reads (1)", id="newer-format"),
-    pytest.param(_setter("generator", {}), "'generator'",
-                 "expected a state dict of tensors, found dict of 0 item(s)", id="generator-empty"),
-    pytest.param(_setter("discriminator", [1, 2]), "'discriminator'",
-                 "expected a state dict of tensors, found list", id="discriminator-list"),
-    pytest.param(_first_key("generator"), "'generator'['model.0",
-                 "expected a dense CPU tensor, found a sparse_coo", id="generator-sparse-tensor"),
-    pytest.param(_set_in(("discriminator", "model.0.0.bias"), "zeros"),
-                 "'discriminator'['model.0.0.bias']", "found str 'zeros'",
-                 id="discriminator-string-weight"),
-    pytest.param(_setter("ema_generator", 5), "'ema_generator'", "state dict of tensors",
-                 id="ema-int"),
-    pytest.param(_setter("g_optimizer", lambda: {}), "'g_optimizer'",
-                 "expected an optimizer state dict", id="g-optimizer-empty"),
-    pytest.param(_set_in(("d_optimizer", "param_groups"), lambda: [{"params": ["a"]}]),
-                 "'d_optimizer'['param_groups'][0]", "'params' list of parameter numbers",
-                 id="d-optimizer-params"),
-    pytest.param(_set_in(("d_optimizer", "param_groups", 0, "lr"), "fast"),
-                 "'d_optimizer'['param_groups'][0]['lr']", "expected a number or flag",
-                 id="d-optimizer-lr-string"),
-    pytest.param(_set_in(("g_optimizer", "state", 0, "exp_avg"), lambda: torch.ones(3).to_sparse()),
-                 "'g_optimizer'['state'][0]['exp_avg']", "found a sparse_coo",
-                 id="g-optimizer-sparse-moment"),
+    pytest.param(
+        _setter("rng", [5]), "'rng'[0]", "expected a mapping of generator states", id="rng-item-int"
+    ),
+    pytest.param(
+        _set_in(("rng", 0), lambda: {"torch": torch.get_rng_state()}),
+        "'rng'[0]",
+        "lacks latent, augment",
+        id="rng-missing-streams",
+    ),
+    pytest.param(
+        _set_in(("rng", 0, "latent"), lambda: torch.zeros(5056)),
+        "'rng'[0]['latent']",
+        "expected a 1-D uint8 CPU tensor, found a float32 tensor",
+        id="rng-float-state",
+    ),
+    pytest.param(
+        _set_in(("rng", 0, "augment"), lambda: torch.zeros(2, 8, dtype=torch.uint8)),
+        "'rng'[0]['augment']",
+        "found a uint8 tensor of shape [2, 8]",
+        id="rng-2d-state",
+    ),
+    pytest.param(
+        _set_in(("rng", 0, "torch"), lambda: torch.zeros(12, dtype=torch.uint8)),
+        "'rng'[0]['torch']",
+        "expected the CPU generator's 5056-byte state, found 12",
+        id="rng-short-cpu-state",
+    ),
+    pytest.param(
+        _set_in(("rng", 0, "torch"), "state"),
+        "'rng'[0]['torch']",
+        "found str 'state'",
+        id="rng-string-state",
+    ),
+    pytest.param(
+        _setter("fixed_latents", lambda: [[0.0] * 128] * 4),
+        "'fixed_latents'",
+        "expected a tensor of latents, found list",
+        id="latents-list",
+    ),
+    pytest.param(
+        _setter("fixed_latents", lambda: torch.randn(4, 128).to_sparse()),
+        "'fixed_latents'",
+        "found a sparse_coo float32 tensor of shape [4, 128]",
+        id="latents-sparse",
+    ),
+    pytest.param(
+        _setter("fixed_latents", lambda: torch.randn(4, 128, 2)),
+        "'fixed_latents'",
+        "expected latents of shape N x 128, found [4, 128, 2]",
+        id="latents-3d",
+    ),
+    pytest.param(
+        _setter("fixed_latents", lambda: torch.randn(4, 100)),
+        "'fixed_latents'",
+        "expected latents of shape N x 128, found [4, 100]",
+        id="latents-width",
+    ),
+    pytest.param(
+        _setter("fixed_latents", lambda: torch.randn(0, 128)),
+        "'fixed_latents'",
+        "found [0, 128]",
+        id="latents-none",
+    ),
+    pytest.param(
+        _setter("fixed_latents", lambda: torch.ones(4, 128, dtype=torch.int64)),
+        "'fixed_latents'",
+        "latents must be floating point, found torch.int64",
+        id="latents-int",
+    ),
+    pytest.param(
+        _setter("fixed_latents", lambda: torch.full((4, 128), float("nan"))),
+        "'fixed_latents'",
+        "NaN or infinite",
+        id="latents-nan",
+    ),
+    pytest.param(
+        _setter("fixed_latents", lambda: torch.zeros(4, 128, device="meta")),
+        "'fixed_latents'",
+        "found a float32 tensor of shape [4, 128] on meta",
+        id="latents-meta",
+    ),
+    pytest.param(
+        _setter("sampler", "seed=0"),
+        "'sampler'",
+        "expected a mapping, found str",
+        id="sampler-string",
+    ),
+    pytest.param(
+        _set_in(("sampler", "seed"), _bomb),
+        "'sampler'['seed']",
+        "expected a number, found list of 9 item(s)",
+        id="sampler-bomb-value",
+    ),
+    pytest.param(
+        _setter("options", 5), "'options'", "expected a mapping of option names", id="options-int"
+    ),
+    pytest.param(
+        _setter("generator_config", "small32"),
+        "'generator_config'",
+        "expected a config mapping, found str 'small32'",
+        id="gen-config-string",
+    ),
+    pytest.param(
+        _setter("discriminator_config", []),
+        "'discriminator_config'",
+        "expected a config mapping, found list",
+        id="dis-config-list",
+    ),
+    pytest.param(
+        _set_in(("generator_config", "architecture", 0, "stride"), "(2, x)"),
+        "'generator_config'): architecture[0] (full_attention): field 'stride'",
+        "malformed tuple '(2, x)'",
+        id="gen-config-bad-layer",
+    ),
+    pytest.param(
+        _setter("generator_config", lambda: {"architecture": [_bomb()]}),
+        "'generator_config'",
+        "expands to more than 100,000 values",
+        id="gen-config-bomb",
+    ),
+    pytest.param(
+        _remove("step"), "", "incomplete training state: it lacks step", id="missing-step"
+    ),
+    pytest.param(
+        _remove("rng", "sampler", "scaler"),
+        "",
+        "incomplete training state: it lacks scaler, rng, sampler",
+        id="missing-three",
+    ),
+    pytest.param(
+        _remove("format"), "", "not a fagan training state (found dict of", id="no-format-tag"
+    ),
+    pytest.param(
+        _setter("format_version", 7),
+        "'format_version'",
+        "7 is newer than this fagan reads (1)",
+        id="newer-format",
+    ),
+    pytest.param(
+        _setter("generator", {}),
+        "'generator'",
+        "expected a state dict of tensors, found dict of 0 item(s)",
+        id="generator-empty",
+    ),
+    pytest.param(
+        _setter("discriminator", [1, 2]),
+        "'discriminator'",
+        "expected a state dict of tensors, found list",
+        id="discriminator-list",
+    ),
+    pytest.param(
+        _first_key("generator"),
+        "'generator'['model.0",
+        "expected a dense CPU tensor, found a sparse_coo",
+        id="generator-sparse-tensor",
+    ),
+    pytest.param(
+        _set_in(("discriminator", "model.0.0.bias"), "zeros"),
+        "'discriminator'['model.0.0.bias']",
+        "found str 'zeros'",
+        id="discriminator-string-weight",
+    ),
+    pytest.param(
+        _setter("ema_generator", 5), "'ema_generator'", "state dict of tensors", id="ema-int"
+    ),
+    pytest.param(
+        _setter("g_optimizer", lambda: {}),
+        "'g_optimizer'",
+        "expected an optimizer state dict",
+        id="g-optimizer-empty",
+    ),
+    pytest.param(
+        _set_in(("d_optimizer", "param_groups"), lambda: [{"params": ["a"]}]),
+        "'d_optimizer'['param_groups'][0]",
+        "'params' list of parameter numbers",
+        id="d-optimizer-params",
+    ),
+    pytest.param(
+        _set_in(("d_optimizer", "param_groups", 0, "lr"), "fast"),
+        "'d_optimizer'['param_groups'][0]['lr']",
+        "expected a number or flag",
+        id="d-optimizer-lr-string",
+    ),
+    pytest.param(
+        _set_in(("g_optimizer", "state", 0, "exp_avg"), lambda: torch.ones(3).to_sparse()),
+        "'g_optimizer'['state'][0]['exp_avg']",
+        "found a sparse_coo",
+        id="g-optimizer-sparse-moment",
+    ),
     pytest.param(_setter("scaler", "x"), "'scaler'", "expected a mapping", id="scaler-string"),
-    pytest.param(_setter("scaler", {"scale": "big"}), "'scaler'['scale']",
-                 "expected a number, found str 'big'", id="scaler-value"),
-    pytest.param(_setter("latent_size", 0), "'latent_size'", "expected a positive integer",
-                 id="latent-size-zero"),
-    pytest.param(_setter("latent_size", 100), "'latent_size'",
-                 "100 differs from the generator config's input channels, 128",
-                 id="latent-size-mismatch"),
-    pytest.param(_setter("image_size", "32"), "'image_size'", "found str '32'",
-                 id="image-size-string"),
+    pytest.param(
+        _setter("scaler", {"scale": "big"}),
+        "'scaler'['scale']",
+        "expected a number, found str 'big'",
+        id="scaler-value",
+    ),
+    pytest.param(
+        _setter("latent_size", 0),
+        "'latent_size'",
+        "expected a positive integer",
+        id="latent-size-zero",
+    ),
+    pytest.param(
+        _setter("latent_size", 100),
+        "'latent_size'",
+        "100 differs from the generator config's input channels, 128",
+        id="latent-size-mismatch",
+    ),
+    pytest.param(
+        _setter("image_size", "32"), "'image_size'", "found str '32'", id="image-size-string"
+    ),
 ]
 
 
@@ -678,8 +851,9 @@ def test_bad_training_state_fields_give_one_line(
     assert "\n" not in message and len(message) < 400, message
 
 
-@pytest.mark.parametrize("state", [[1, 2], "state", None, torch.zeros(3)],
-                         ids=["list", "string", "none", "tensor"])
+@pytest.mark.parametrize(
+    "state", [[1, 2], "state", None, torch.zeros(3)], ids=["list", "string", "none", "tensor"]
+)
 def test_not_a_training_state(tmp_path: Path, state) -> None:
     with pytest.raises(FaganError) as info:
         validate_training_state(state, tmp_path / "s.pth")
@@ -692,19 +866,38 @@ def test_not_a_training_state(tmp_path: Path, state) -> None:
     [
         (torch.randn(3, 128).to_sparse(), "expected a dense tensor of latents, found a sparse_coo"),
         (torch.randn(3, 128).to_sparse_csr(), "found a sparse_csr float32 tensor"),
-        (torch.ones(3, 128, dtype=torch.int32), "latents must be floating point, found torch.int32"),
-        (torch.ones(3, 128, dtype=torch.complex64), "must be floating point, found torch.complex64"),
+        (
+            torch.ones(3, 128, dtype=torch.int32),
+            "latents must be floating point, found torch.int32",
+        ),
+        (
+            torch.ones(3, 128, dtype=torch.complex64),
+            "must be floating point, found torch.complex64",
+        ),
         (torch.randn(128), "expected latents of shape N x 128, found [128]"),
         (torch.randn(2, 3, 128), "expected latents of shape N x 128, found [2, 3, 128]"),
         (torch.randn(3, 100), "expected latents of shape N x 128, found [3, 100]"),
         (torch.randn(3, 128, 2, 2), "found [3, 128, 2, 2]"),
         (torch.tensor([[float("inf")] * 128]), "NaN or infinite"),
         ({"z": torch.randn(3, 128)}, "expected a tensor of latents, found dict of 1 item(s)"),
-        (torch.quantize_per_tensor(torch.randn(3, 128), 0.1, 0, torch.qint8),
-         "found a qint8 tensor of shape [3, 128]"),
+        (
+            torch.quantize_per_tensor(torch.randn(3, 128), 0.1, 0, torch.qint8),
+            "found a qint8 tensor of shape [3, 128]",
+        ),
     ],
-    ids=["sparse", "sparse-csr", "int", "complex", "1-d", "3-d", "width", "4-d-not-1x1", "inf",
-         "dict", "quantized"],
+    ids=[
+        "sparse",
+        "sparse-csr",
+        "int",
+        "complex",
+        "1-d",
+        "3-d",
+        "width",
+        "4-d-not-1x1",
+        "inf",
+        "dict",
+        "quantized",
+    ],
 )
 def test_bad_latents(tmp_path: Path, latents, words: str) -> None:
     path = tmp_path / "latents.pth"
@@ -718,8 +911,12 @@ def test_bad_latents(tmp_path: Path, latents, words: str) -> None:
 
 @pytest.mark.parametrize(
     "latents",
-    [torch.randn(3, 128), torch.randn(3, 128, 1, 1), torch.randn(3, 128).half(),
-     torch.randn(3, 128, dtype=torch.float64)],
+    [
+        torch.randn(3, 128),
+        torch.randn(3, 128, 1, 1),
+        torch.randn(3, 128).half(),
+        torch.randn(3, 128, dtype=torch.float64),
+    ],
     ids=["2-d", "original-4-d", "float16", "float64"],
 )
 def test_good_latents(tmp_path: Path, latents: torch.Tensor) -> None:
@@ -748,11 +945,16 @@ def test_legacy_fagan_1_generator_loads_into_fagan64(tmp_path: Path) -> None:
     load_network(ours, path, "generator")
     mine = ours.state_dict()
     # renamed, not changed
-    assert torch.equal(mine["model.0.residual_conv.parametrizations.weight.original"],
-                       saved["model.0.residual_conv.module.weight_bar"])
-    assert torch.equal(mine["model.0.residual_conv.bias"], saved["model.0.residual_conv.module.bias"])
-    assert torch.equal(mine["model.4.0.parametrizations.weight.original"],
-                       saved["model.4.0.module.weight_bar"])
+    assert torch.equal(
+        mine["model.0.residual_conv.parametrizations.weight.original"],
+        saved["model.0.residual_conv.module.weight_bar"],
+    )
+    assert torch.equal(
+        mine["model.0.residual_conv.bias"], saved["model.0.residual_conv.module.bias"]
+    )
+    assert torch.equal(
+        mine["model.4.0.parametrizations.weight.original"], saved["model.4.0.module.weight_bar"]
+    )
     assert torch.equal(mine["model.5.gamma"], saved["model.5.gamma"])
     assert torch.equal(mine["model.4.1.running_var"], saved["model.4.1.running_var"])
     assert ours.gammas()["model.0"] == pytest.approx(float(saved["model.0.gamma"]))

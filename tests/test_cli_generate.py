@@ -38,10 +38,21 @@ def test_generate_matches_reference_generator(tmp_path, variant, converged) -> N
         expected = ref(latents.view(6, 128, 1, 1))
     assert expected.abs().max() > 0.9  # the comparison covers the full range
 
-    code = main(["generate", "--generator_config", str(conf),
-                 "--generator_file", str(tmp_path / "GAN_GEN_10.pth"),
-                 "--latents", str(tmp_path / "latents.pth"),
-                 "--output_dir", str(tmp_path / "out"), "--device", "cpu"])
+    code = main(
+        [
+            "generate",
+            "--generator_config",
+            str(conf),
+            "--generator_file",
+            str(tmp_path / "GAN_GEN_10.pth"),
+            "--latents",
+            str(tmp_path / "latents.pth"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     files = sorted((tmp_path / "out").glob("*.png"))
     assert [f.name for f in files] == [f"{i:06d}.png" for i in range(6)]
@@ -56,9 +67,19 @@ def test_generate_rejects_latents_of_the_wrong_size(tmp_path, capsys) -> None:
     conf = reference_configs_dir() / "fagan_1" / "gen.conf"
     torch.save(reference_generator(conf).state_dict(), tmp_path / "g.pth")
     torch.save(torch.randn(3, 100), tmp_path / "latents.pth")
-    code = main(["generate", "--generator_config", str(conf), "--generator_file",
-                 str(tmp_path / "g.pth"), "--latents", str(tmp_path / "latents.pth"),
-                 "--output_dir", str(tmp_path / "out")])
+    code = main(
+        [
+            "generate",
+            "--generator_config",
+            str(conf),
+            "--generator_file",
+            str(tmp_path / "g.pth"),
+            "--latents",
+            str(tmp_path / "latents.pth"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

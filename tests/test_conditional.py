@@ -65,33 +65,56 @@ def labels(*values: int) -> torch.Tensor:
     return torch.tensor(values)
 
 
-def _layer(name: str, channels: tuple[int, int], kernel: int, stride: int, padding: int,
-           activation: str, batch_norm: bool, **more) -> dict:
+def _layer(
+    name: str,
+    channels: tuple[int, int],
+    kernel: int,
+    stride: int,
+    padding: int,
+    activation: str,
+    batch_norm: bool,
+    **more,
+) -> dict:
     """One layer in the original's config format (tuples as strings)."""
-    return {"name": name, "channels": f"{channels}", "kernel_dims": f"({kernel}, {kernel})",
-            "stride": f"({stride}, {stride})", "padding": f"({padding}, {padding})",
-            "bias": True, "activation": activation,
-            **({"use_batch_norm": batch_norm, "use_spectral_norm": True, "squeeze_factor": 4}
-               if name == "full_attention" else {"batch_norm": batch_norm,
-                                                 "spectral_norm": True}), **more}
+    return {
+        "name": name,
+        "channels": f"{channels}",
+        "kernel_dims": f"({kernel}, {kernel})",
+        "stride": f"({stride}, {stride})",
+        "padding": f"({padding}, {padding})",
+        "bias": True,
+        "activation": activation,
+        **(
+            {"use_batch_norm": batch_norm, "use_spectral_norm": True, "squeeze_factor": 4}
+            if name == "full_attention"
+            else {"batch_norm": batch_norm, "spectral_norm": True}
+        ),
+        **more,
+    }
 
 
 _IGNORE = {"name": "ignore_attn_maps"}
 #: A tiny FAGAN in the original's format (16x16, latent 16; full attention with batch norm in
 #: G, without in D; self-attention), for the tests that do not need a realistic size.
 TINY_CONFIGS = {
-    "gen": {"architecture": [
-        _layer("full_attention", (16, 32), 4, 1, 0, "lrelu(0.2)", True, transpose_conv=True),
-        _IGNORE,
-        _layer("conv_transpose", (32, 16), 4, 2, 1, "relu", True),
-        {"name": "self_attention", "channels": 16, "bias": True, "squeeze_factor": 4},
-        _IGNORE,
-        _layer("conv_transpose", (16, 3), 4, 2, 1, "tanh", False)]},
-    "dis": {"architecture": [
-        _layer("conv", (3, 16), 4, 2, 1, "lrelu(0.2)", False),
-        _layer("full_attention", (16, 32), 4, 2, 1, "lrelu(0.2)", False, transpose_conv=False),
-        _IGNORE,
-        _layer("conv", (32, 1), 4, 1, 0, "lrelu(1.0)", False, spectral_norm=False)]},
+    "gen": {
+        "architecture": [
+            _layer("full_attention", (16, 32), 4, 1, 0, "lrelu(0.2)", True, transpose_conv=True),
+            _IGNORE,
+            _layer("conv_transpose", (32, 16), 4, 2, 1, "relu", True),
+            {"name": "self_attention", "channels": 16, "bias": True, "squeeze_factor": 4},
+            _IGNORE,
+            _layer("conv_transpose", (16, 3), 4, 2, 1, "tanh", False),
+        ]
+    },
+    "dis": {
+        "architecture": [
+            _layer("conv", (3, 16), 4, 2, 1, "lrelu(0.2)", False),
+            _layer("full_attention", (16, 32), 4, 2, 1, "lrelu(0.2)", False, transpose_conv=False),
+            _IGNORE,
+            _layer("conv", (32, 1), 4, 1, 0, "lrelu(1.0)", False, spectral_norm=False),
+        ]
+    },
 }
 TINY = {role: parse_config(data, f"tiny/{role}.yaml") for role, data in TINY_CONFIGS.items()}
 LATENT = {"fagan_1": 128, "tiny": 16}
@@ -117,8 +140,9 @@ def conditional_config(arch: str, role: str, extra: int) -> dict:
 def reference_conditional_network(arch: str, role: str, extra: int) -> nn.Module:
     """attn-gan-pytorch's ConditionalGenerator (its latent_size counts the condition) or
     ConditionalDiscriminator (every layer but the last, and the last as ``last_module``)."""
-    layers = [get_layer(layer)
-              for layer in EasyDict(conditional_config(arch, role, extra)).architecture]
+    layers = [
+        get_layer(layer) for layer in EasyDict(conditional_config(arch, role, extra)).architecture
+    ]
     if role == "gen":
         return Networks.ConditionalGenerator(layers, LATENT[arch] + extra)
     return Networks.ConditionalDiscriminator(layers[:-1], layers[-1])
@@ -146,8 +170,13 @@ def concat_pair():
             ref = reference_conditional_network(arch, role, extra)
             net = Generator if role == "gen" else Discriminator
             size = LATENT[arch] if role == "gen" else None
-            ours = net(_our_unwidened_spec(arch, role), size, NUM_CLASSES, "concat",
-                       embedding_dim=embedding_dim)
+            ours = net(
+                _our_unwidened_spec(arch, role),
+                size,
+                NUM_CLASSES,
+                "concat",
+                embedding_dim=embedding_dim,
+            )
             randomize_gammas(ref, 2 * seed)
             randomize_batch_norms(ref, 2 * seed + 1)
             converge(ref)
@@ -168,9 +197,11 @@ def _condition(ours: nn.Module, y: torch.Tensor) -> torch.Tensor:
     return ours.class_embedding(y).detach()
 
 
-PAIRS = [pytest.param("fagan_1", None, id="fagan_1-one-hot"),
-         pytest.param("tiny", None, id="tiny-one-hot"),
-         pytest.param("tiny", 6, id="tiny-embedding6")]
+PAIRS = [
+    pytest.param("fagan_1", None, id="fagan_1-one-hot"),
+    pytest.param("tiny", None, id="tiny-one-hot"),
+    pytest.param("tiny", 6, id="tiny-embedding6"),
+]
 
 
 @pytest.mark.parametrize("arch,embedding_dim", PAIRS)
@@ -191,7 +222,9 @@ def test_concat_generator_matches_reference(concat_pair, arch: str, embedding_di
 def test_concat_discriminator_matches_reference(concat_pair, arch: str, embedding_dim) -> None:
     ref, ours = concat_pair(arch, embedding_dim, "dis")
     assert sorted(k for k in ours.state_dict() if k.startswith("last_module")) == [
-        "last_module.0.bias", "last_module.0.weight"]
+        "last_module.0.bias",
+        "last_module.0.weight",
+    ]
     size = IMAGE[arch]
     x = torch.rand(5, 3, size, size, generator=torch.Generator().manual_seed(2)) * 2 - 1
     y = labels(1, 7, 7, 0, 4)
@@ -202,8 +235,9 @@ def test_concat_discriminator_matches_reference(concat_pair, arch: str, embeddin
     assert_close(mine, theirs, atol_fraction=1e-4)
     spread = theirs - theirs.mean()
     assert float(spread.abs().max()) > 0
-    torch.testing.assert_close(mine - mine.mean(), spread, rtol=1e-3,
-                               atol=1e-3 * float(spread.abs().max()))
+    torch.testing.assert_close(
+        mine - mine.mean(), spread, rtol=1e-3, atol=1e-3 * float(spread.abs().max())
+    )
 
 
 def test_concat_generator_matches_reference_in_training_mode(concat_pair) -> None:
@@ -231,7 +265,8 @@ def test_concat_generator_matches_reference_in_training_mode(concat_pair) -> Non
 
 
 def test_original_style_conditional_config_builds_the_same_generator(
-        concat_pair, tmp_path: Path) -> None:
+    concat_pair, tmp_path: Path
+) -> None:
     """A config whose first layer already takes latent + K channels (how the original's
     conditional generators are written) is used as it is: the same network."""
     path = tmp_path / "gen.conf"
@@ -239,7 +274,8 @@ def test_original_style_conditional_config_builds_the_same_generator(
     wide = Generator(load_config(path), 16, NUM_CLASSES, "concat")
     _, ours = concat_pair("tiny", None, "gen")
     assert {k: v.shape for k, v in wide.state_dict().items()} == {
-        k: v.shape for k, v in ours.state_dict().items()}
+        k: v.shape for k, v in ours.state_dict().items()
+    }
     wide.load_state_dict(ours.state_dict())
     wide.eval()
     z = torch.randn(2, 16, generator=torch.Generator().manual_seed(4))
@@ -248,9 +284,10 @@ def test_original_style_conditional_config_builds_the_same_generator(
 
 
 # --------------------------------------------------------------------------- matching-aware parity
-REFERENCE_LOSSES = [pytest.param("hinge", "HingeGAN", id="hinge"),
-                    pytest.param("relativistic-hinge", "RelativisticAverageHingeGAN",
-                                 id="relativistic-hinge")]
+REFERENCE_LOSSES = [
+    pytest.param("hinge", "HingeGAN", id="hinge"),
+    pytest.param("relativistic-hinge", "RelativisticAverageHingeGAN", id="relativistic-hinge"),
+]
 
 
 def _reference_step(concat_pair, reference_loss: str, z, y, images, randomizer=None) -> float:
@@ -262,8 +299,9 @@ def _reference_step(concat_pair, reference_loss: str, z, y, images, randomizer=N
     noise = torch.cat((z, vectors), dim=1)[:, :, None, None]
     loss_fn = getattr(Losses, reference_loss)(torch.device("cpu"), ref_d)
     optimizer = torch.optim.SGD(ref_d.parameters(), lr=0.0)
-    return ref_gan.optimize_discriminator(optimizer, noise, images, loss_fn, vectors,
-                                          matching_aware=True, randomizer=randomizer)
+    return ref_gan.optimize_discriminator(
+        optimizer, noise, images, loss_fn, vectors, matching_aware=True, randomizer=randomizer
+    )
 
 
 def _our_logits(concat_pair, z, y, wrong, images):
@@ -274,7 +312,8 @@ def _our_logits(concat_pair, z, y, wrong, images):
 
 @pytest.mark.parametrize("name,reference_loss", REFERENCE_LOSSES)
 def test_original_matching_aware_loss_equals_the_package(
-        concat_pair, name: str, reference_loss: str) -> None:
+    concat_pair, name: str, reference_loss: str
+) -> None:
     """The original variant with the original's own mismatcher (its batch = num_classes)."""
     z = torch.randn(NUM_CLASSES, 16, generator=torch.Generator().manual_seed(5))
     y = torch.randperm(NUM_CLASSES, generator=torch.Generator().manual_seed(6))
@@ -298,15 +337,22 @@ def test_original_matching_aware_loss_equals_the_package(
 
 @pytest.mark.parametrize("name,reference_loss", REFERENCE_LOSSES)
 def test_original_matching_aware_scoring_with_any_mismatch(
-        concat_pair, name: str, reference_loss: str) -> None:
+    concat_pair, name: str, reference_loss: str
+) -> None:
     """The original's scoring (mismatched reals as both real and fake) on our mismatched
     labels, through its ``randomizer`` hook, with a batch that is not num_classes."""
     z = torch.randn(6, 16, generator=torch.Generator().manual_seed(9))
     y = labels(0, 0, 4, 9, 2, 4)
     wrong = mismatched_labels(y, NUM_CLASSES, torch.Generator().manual_seed(10))
     images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(11)) * 2 - 1
-    theirs = _reference_step(concat_pair, reference_loss, z, y, images,
-                             randomizer=lambda _: F.one_hot(wrong, NUM_CLASSES).float())
+    theirs = _reference_step(
+        concat_pair,
+        reference_loss,
+        z,
+        y,
+        images,
+        randomizer=lambda _: F.one_hot(wrong, NUM_CLASSES).float(),
+    )
     r, f, m = _our_logits(concat_pair, z, y, wrong, images)
     mine = matching_aware_d(get_loss(name).d, r, f, m, variant="original")
     assert float(mine) == pytest.approx(theirs, rel=1e-5, abs=1e-6)
@@ -320,12 +366,15 @@ def test_original_mismatch_needs_batch_equal_to_classes() -> None:
 
 # --------------------------------------------------------------------------- matching-aware (intended)
 @pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("y", [
-    pytest.param([3] * 16, id="one-class"),
-    pytest.param([0, 1] * 8, id="two-classes"),
-    pytest.param(list(range(10)) * 3, id="every-class"),
-    pytest.param([7], id="single"),
-])
+@pytest.mark.parametrize(
+    "y",
+    [
+        pytest.param([3] * 16, id="one-class"),
+        pytest.param([0, 1] * 8, id="two-classes"),
+        pytest.param(list(range(10)) * 3, id="every-class"),
+        pytest.param([7], id="single"),
+    ],
+)
 def test_mismatched_labels_are_always_wrong(seed: int, y: list[int]) -> None:
     y = torch.tensor(y)
     wrong = mismatched_labels(y, NUM_CLASSES, torch.Generator().manual_seed(seed))
@@ -412,8 +461,7 @@ def test_cbn_applies_each_class_gain_and_bias(training: bool) -> None:
     x = torch.randn(6, 5, 4, 4)
     y = labels(0, 1, 2, 2, 1, 0)
     out = cbn(x, y)
-    bn = F.batch_norm(x, cbn.bn.running_mean.clone(), cbn.bn.running_var.clone(),
-                      training=training)
+    bn = F.batch_norm(x, cbn.bn.running_mean.clone(), cbn.bn.running_var.clone(), training=training)
     gamma, beta = cbn.embed.weight[:, :5], cbn.embed.weight[:, 5:]
     expected = gamma[y][:, :, None, None] * bn + beta[y][:, :, None, None]
     torch.testing.assert_close(out, expected)
@@ -430,8 +478,9 @@ def test_cbn_with_shared_embedding() -> None:
     with torch.no_grad():  # trained away from the start
         cbn.gain.weight.normal_()
         cbn.bias.weight.normal_()
-    expected = ((1 + e @ cbn.gain.weight.T)[:, :, None, None] * F.batch_norm(x, None, None, training=True)
-                + (e @ cbn.bias.weight.T)[:, :, None, None])
+    expected = (1 + e @ cbn.gain.weight.T)[:, :, None, None] * F.batch_norm(
+        x, None, None, training=True
+    ) + (e @ cbn.bias.weight.T)[:, :, None, None]
     torch.testing.assert_close(cbn(x, e), expected)
 
 
@@ -446,9 +495,9 @@ def _batch_norm_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
 
 
-GENERATOR_SPECS = [pytest.param(("builtin", name), id=name)
-                   for name in ("fagan64", "sagan64", "small32")] + [
-    pytest.param(("original", "fagan_1"), id="fagan_1-conf")]
+GENERATOR_SPECS = [
+    pytest.param(("builtin", name), id=name) for name in ("fagan64", "sagan64", "small32")
+] + [pytest.param(("original", "fagan_1"), id="fagan_1-conf")]
 
 
 def _generator_spec(which: tuple[str, str]):
@@ -479,20 +528,41 @@ def test_projection_generator_conditions_every_batch_norm(which) -> None:
     assert [f"{n}.bn" for n in names] == _batch_norm_names(cond)
     conditional = {n for n, m in cond.named_modules() if isinstance(m, ConditionalBatchNorm2d)}
     assert conditional == set(names)
-    has_attention_bn = any(isinstance(layer, FullAttentionSpec) and layer.use_batch_norm
-                           for layer in g_spec.layers)
+    has_attention_bn = any(
+        isinstance(layer, FullAttentionSpec) and layer.use_batch_norm for layer in g_spec.layers
+    )
     assert any(n.endswith(".batch_norm") for n in names) == has_attention_bn
 
 
 def test_standalone_batch_norm_layer_becomes_conditional() -> None:
-    g_spec = parse_config({"architecture": [
-        {"name": "conv_transpose", "channels": "(8, 6)", "kernel_dims": "(4, 4)",
-         "stride": "(1, 1)", "padding": "(0, 0)", "bias": True, "batch_norm": False,
-         "activation": "relu"},
-        {"name": "batch_norm", "num_channels": 6},
-        {"name": "conv_transpose", "channels": "(6, 3)", "kernel_dims": "(3, 3)",
-         "stride": "(1, 1)", "padding": "(1, 1)", "bias": True, "batch_norm": False,
-         "activation": "tanh"}]}, "g.yaml")
+    g_spec = parse_config(
+        {
+            "architecture": [
+                {
+                    "name": "conv_transpose",
+                    "channels": "(8, 6)",
+                    "kernel_dims": "(4, 4)",
+                    "stride": "(1, 1)",
+                    "padding": "(0, 0)",
+                    "bias": True,
+                    "batch_norm": False,
+                    "activation": "relu",
+                },
+                {"name": "batch_norm", "num_channels": 6},
+                {
+                    "name": "conv_transpose",
+                    "channels": "(6, 3)",
+                    "kernel_dims": "(3, 3)",
+                    "stride": "(1, 1)",
+                    "padding": "(1, 1)",
+                    "bias": True,
+                    "batch_norm": False,
+                    "activation": "tanh",
+                },
+            ]
+        },
+        "g.yaml",
+    )
     g = Generator(g_spec, 8, 3, "projection")
     assert isinstance(g.model[1], ConditionalBatchNorm2d)
     assert g(torch.randn(2, 8), labels(0, 2)).shape == (2, 3, 4, 4)
@@ -539,8 +609,9 @@ def test_projection_discriminator_equals_the_formula() -> None:
     d = Discriminator(d_spec, None, NUM_CLASSES, "projection")
     assert d.head_index == 10 and d.projection.embed.weight.shape == (NUM_CLASSES, 512)
     plain = Discriminator(d_spec)
-    plain.load_state_dict({k: v for k, v in d.state_dict().items()
-                           if not k.startswith("projection.")})
+    plain.load_state_dict(
+        {k: v for k, v in d.state_dict().items() if not k.startswith("projection.")}
+    )
     for net in (d, plain):
         randomize_gammas(net, 8)
         net.eval()
@@ -569,8 +640,9 @@ def test_projection_embedding_is_spectrally_normalised() -> None:
         head(phi, labels(0, 1, 2))
     sigma = torch.linalg.matrix_norm(head.embed.weight.detach(), ord=2)
     assert float(sigma) == pytest.approx(1.0, abs=1e-3)
-    torch.testing.assert_close(head(phi, labels(0, 1, 2)),
-                               (head.embed.weight[[0, 1, 2]] * phi).sum(1))
+    torch.testing.assert_close(
+        head(phi, labels(0, 1, 2)), (head.embed.weight[[0, 1, 2]] * phi).sum(1)
+    )
 
 
 # --------------------------------------------------------------------------- conditioning conditions
@@ -584,8 +656,10 @@ def test_discriminator_output_depends_on_labels(scheme: str) -> None:
     assert float(out.max() - out.min()) > 1e-4  # one image, ten classes, ten logits
 
 
-@pytest.mark.parametrize("scheme,embedding_dim", [("projection", None), ("projection", 8),
-                                                  ("concat", None), ("concat", 8)])
+@pytest.mark.parametrize(
+    "scheme,embedding_dim",
+    [("projection", None), ("projection", 8), ("concat", None), ("concat", 8)],
+)
 def test_generator_output_depends_on_labels_after_one_step(scheme: str, embedding_dim) -> None:
     """One hinge step against a conditional discriminator makes every scheme class-dependent
     (concat already is at initialisation; projection starts at gamma = 1, beta = 0)."""
@@ -627,8 +701,11 @@ def test_conditional_training_step_with_every_loss(scheme: str, name: str) -> No
     assert torch.isfinite(d_loss)
     for param_name, param in d.named_parameters():
         assert param.grad is not None and bool(torch.isfinite(param.grad).all()), param_name
-    head = (d.projection.embed.parametrizations.weight.original if scheme == "projection"
-            else d.last_module[0].weight)
+    head = (
+        d.projection.embed.parametrizations.weight.original
+        if scheme == "projection"
+        else d.last_module[0].weight
+    )
     assert float(head.grad.abs().sum()) > 0
 
     d.zero_grad()
@@ -649,8 +726,7 @@ def test_conditional_training_step_with_every_loss(scheme: str, name: str) -> No
 def test_conditional_networks_under_bf16_autocast(scheme: str) -> None:
     torch.manual_seed(15)
     g = Generator(TINY["gen"], 16, 5, scheme, embedding_dim=6)
-    d = Discriminator(TINY["dis"], None, 5, scheme,
-                      embedding_dim=6 if scheme == "concat" else None)
+    d = Discriminator(TINY["dis"], None, 5, scheme, embedding_dim=6 if scheme == "concat" else None)
     y = labels(1, 2, 0, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         images = g(torch.randn(4, 16), y)
@@ -662,8 +738,7 @@ def test_conditional_networks_under_bf16_autocast(scheme: str) -> None:
     assert all(grad is not None and bool(torch.isfinite(grad).all()) for grad in grads)
     # the class path learns: concat's embedding; projection's gain maps (the shared
     # embedding's own gradient starts at 0, as the maps start at 0)
-    learned = (g.class_embedding.weight if scheme == "concat"
-               else condition_layers(g)[0].gain.weight)
+    learned = g.class_embedding.weight if scheme == "concat" else condition_layers(g)[0].gain.weight
     assert float(learned.grad.abs().sum()) > 0
 
 
@@ -677,8 +752,7 @@ def test_conditional_generator_rebuilds_from_spec_and_options(scheme: str) -> No
     g_spec = spec("small32", "gen")
     g = Generator(g_spec, 128, 3, scheme, embedding_dim=4).eval()
     assert g.spec is g_spec
-    assert g.conditioning_options == {"num_classes": 3, "conditioning": scheme,
-                                      "embedding_dim": 4}
+    assert g.conditioning_options == {"num_classes": 3, "conditioning": scheme, "embedding_dim": 4}
     again = Generator(g.spec, 128, **g.conditioning_options)
     load_state_into(again, g.state_dict(), "generator")
     again.eval()
@@ -699,12 +773,16 @@ def test_unconditional_networks_are_unchanged() -> None:
     g = Generator(spec("small32", "gen"))
     torch.manual_seed(17)
     explicit = Generator(spec("small32", "gen"), 128, None, None)
-    assert g.conditioning_options == {"num_classes": None, "conditioning": None,
-                                      "embedding_dim": None}
+    assert g.conditioning_options == {
+        "num_classes": None,
+        "conditioning": None,
+        "embedding_dim": None,
+    }
     assert list(g.state_dict()) == list(explicit.state_dict())
     d = Discriminator(spec("small32", "dis"))
-    assert not any(k.startswith(("projection", "last_module", "class_embedding"))
-                   for k in d.state_dict())
+    assert not any(
+        k.startswith(("projection", "last_module", "class_embedding")) for k in d.state_dict()
+    )
     z = torch.randn(2, 128)
     torch.testing.assert_close(g(z), explicit(z), rtol=0, atol=0)
 
@@ -723,8 +801,11 @@ def test_bad_labels_are_one_line_errors(scheme: str) -> None:
     z, x = torch.randn(2, 128), torch.rand(2, 3, 32, 32)
     _one_line_error(lambda: g(z), r"generator is class-conditional \(4 classes\)")
     _one_line_error(lambda: d(x), r"discriminator is class-conditional \(4 classes\)")
-    _one_line_error(lambda: g(z, labels(0, 4)), r"class label 4 given to the generator is "
-                                                r"outside \[0, 4\)")
+    _one_line_error(
+        lambda: g(z, labels(0, 4)),
+        r"class label 4 given to the generator is "
+        r"outside \[0, 4\)",
+    )
     _one_line_error(lambda: d(x, labels(-1, 0)), r"class label -1 .* outside \[0, 4\)")
     _one_line_error(lambda: g(z, torch.tensor([0.0, 1.0])), "must be an integer tensor")
     _one_line_error(lambda: g(z, torch.tensor([True, False])), "must be an integer tensor")
@@ -740,28 +821,60 @@ def test_bad_conditioning_arguments_are_one_line_errors() -> None:
     _one_line_error(lambda: Generator(g_spec, 128, 4), "num_classes=4 but no conditioning")
     _one_line_error(lambda: Discriminator(d_spec, None, None, "concat"), "needs num_classes")
     _one_line_error(lambda: Discriminator(d_spec, None, 0, "projection"), "needs num_classes")
-    _one_line_error(lambda: Discriminator(d_spec, None, 4, "projection", embedding_dim=8),
-                    "applies to concat conditioning")
-    _one_line_error(lambda: Generator(g_spec, 128, 4, "concat", embedding_dim=0),
-                    "embedding_dim must be an integer >= 1")
-    _one_line_error(lambda: Generator(g_spec, 100, 4, "concat"),
-                    r"latent size is 100 \(or 104: the latent size plus the 4 condition")
+    _one_line_error(
+        lambda: Discriminator(d_spec, None, 4, "projection", embedding_dim=8),
+        "applies to concat conditioning",
+    )
+    _one_line_error(
+        lambda: Generator(g_spec, 128, 4, "concat", embedding_dim=0),
+        "embedding_dim must be an integer >= 1",
+    )
+    _one_line_error(
+        lambda: Generator(g_spec, 100, 4, "concat"),
+        r"latent size is 100 \(or 104: the latent size plus the 4 condition",
+    )
 
 
 def test_projection_needs_a_batch_norm_and_concat_a_final_convolution() -> None:
-    no_bn = {"architecture": [
-        {"name": "conv_transpose", "channels": "(8, 3)", "kernel_dims": "(4, 4)",
-         "stride": "(1, 1)", "padding": "(0, 0)", "bias": True, "batch_norm": False,
-         "activation": "tanh"}]}
-    _one_line_error(lambda: Generator(parse_config(no_bn, "g.yaml"), 8, 3, "projection"),
-                    "g.yaml: projection conditioning replaces the generator's batch norms")
+    no_bn = {
+        "architecture": [
+            {
+                "name": "conv_transpose",
+                "channels": "(8, 3)",
+                "kernel_dims": "(4, 4)",
+                "stride": "(1, 1)",
+                "padding": "(0, 0)",
+                "bias": True,
+                "batch_norm": False,
+                "activation": "tanh",
+            }
+        ]
+    }
+    _one_line_error(
+        lambda: Generator(parse_config(no_bn, "g.yaml"), 8, 3, "projection"),
+        "g.yaml: projection conditioning replaces the generator's batch norms",
+    )
     Generator(parse_config(no_bn, "g.yaml"), 8, 3, "concat")  # concat needs none
-    trailing = {"architecture": [
-        {"name": "conv", "channels": "(3, 1)", "kernel_dims": "(4, 4)", "stride": "(1, 1)",
-         "padding": "(0, 0)", "bias": True, "batch_norm": False, "activation": "lrelu(1.0)"},
-        {"name": "ignore_attn_maps"}]}
+    trailing = {
+        "architecture": [
+            {
+                "name": "conv",
+                "channels": "(3, 1)",
+                "kernel_dims": "(4, 4)",
+                "stride": "(1, 1)",
+                "padding": "(0, 0)",
+                "bias": True,
+                "batch_norm": False,
+                "activation": "lrelu(1.0)",
+            },
+            {"name": "ignore_attn_maps"},
+        ]
+    }
     d_spec = parse_config(trailing, "d.yaml")
-    _one_line_error(lambda: Discriminator(d_spec, None, 3, "concat"),
-                    r"d.yaml: architecture\[1\]: concat conditioning feeds the condition")
+    _one_line_error(
+        lambda: Discriminator(d_spec, None, 3, "concat"),
+        r"d.yaml: architecture\[1\]: concat conditioning feeds the condition",
+    )
     assert Discriminator(d_spec, None, 3, "projection")(
-        torch.rand(2, 3, 4, 4), labels(0, 2)).shape == (2,)
+        torch.rand(2, 3, 4, 4), labels(0, 2)
+    ).shape == (2,)

@@ -103,12 +103,32 @@ def on_meta(network: type, spec: NetworkSpec):
 
 
 EXPECTED_LAYER_TYPES = {
-    "gen": [FullAttentionSpec, IgnoreAttnMapsSpec, FullAttentionSpec, IgnoreAttnMapsSpec,
-            ConvSpec, SelfAttentionSpec, IgnoreAttnMapsSpec, ConvSpec, SelfAttentionSpec,
-            IgnoreAttnMapsSpec, ConvSpec],
-    "dis": [FullAttentionSpec, IgnoreAttnMapsSpec, ConvSpec, FullAttentionSpec,
-            IgnoreAttnMapsSpec, SelfAttentionSpec, IgnoreAttnMapsSpec, ConvSpec,
-            SelfAttentionSpec, IgnoreAttnMapsSpec, ConvSpec],
+    "gen": [
+        FullAttentionSpec,
+        IgnoreAttnMapsSpec,
+        FullAttentionSpec,
+        IgnoreAttnMapsSpec,
+        ConvSpec,
+        SelfAttentionSpec,
+        IgnoreAttnMapsSpec,
+        ConvSpec,
+        SelfAttentionSpec,
+        IgnoreAttnMapsSpec,
+        ConvSpec,
+    ],
+    "dis": [
+        FullAttentionSpec,
+        IgnoreAttnMapsSpec,
+        ConvSpec,
+        FullAttentionSpec,
+        IgnoreAttnMapsSpec,
+        SelfAttentionSpec,
+        IgnoreAttnMapsSpec,
+        ConvSpec,
+        SelfAttentionSpec,
+        IgnoreAttnMapsSpec,
+        ConvSpec,
+    ],
 }
 
 
@@ -120,14 +140,29 @@ def test_original_conf_files_parse(run: str, role: str) -> None:
     first = spec.layers[0]
     if role == "gen":
         assert first == FullAttentionSpec(
-            in_channels=128, out_channels=512, kernel_size=(4, 4), stride=(1, 1),
-            padding=(0, 0), bias=True, use_spectral_norm=True, use_batch_norm=True,
-            squeeze_factor=8, transpose=True, activation=ActivationSpec("lrelu", 0.3),
+            in_channels=128,
+            out_channels=512,
+            kernel_size=(4, 4),
+            stride=(1, 1),
+            padding=(0, 0),
+            bias=True,
+            use_spectral_norm=True,
+            use_batch_norm=True,
+            squeeze_factor=8,
+            transpose=True,
+            activation=ActivationSpec("lrelu", 0.3),
         )
         assert spec.layers[-1] == ConvSpec(
-            in_channels=64, out_channels=3, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1),
-            bias=True, batch_norm=False, spectral_norm=False,
-            activation=ActivationSpec("tanh"), transpose=True,
+            in_channels=64,
+            out_channels=3,
+            kernel_size=(4, 4),
+            stride=(2, 2),
+            padding=(1, 1),
+            bias=True,
+            batch_norm=False,
+            spectral_norm=False,
+            activation=ActivationSpec("tanh"),
+            transpose=True,
         )
         assert spec.output_shape(128, 1, 1) == (3, 64, 64)
         assert on_meta(Generator, spec).image_size == 64
@@ -200,7 +235,11 @@ def test_fagan64_is_the_original_architecture(run: str, role: str) -> None:
     # spot-check the names that matter for loading the original's GAN_GEN_*/GAN_DIS_* files
     if role == "gen":
         assert tuple(a["model.0.residual_conv.parametrizations.weight.original"].shape) == (
-            128, 512, 4, 4)
+            128,
+            512,
+            4,
+            4,
+        )
         assert tuple(a["model.5.query_conv.weight"].shape) == (16, 128, 1, 1)
         assert tuple(a["model.10.0.weight"].shape) == (64, 3, 4, 4)
     else:
@@ -215,8 +254,11 @@ def test_fagan64_state_dict_matches_converted_reference(role: str) -> None:
     from fagan.checkpoint import convert_legacy_state_dict
 
     conf = original("fagan_1", role)
-    ref = (reference.reference_generator(conf) if role == "gen"
-           else reference.reference_discriminator(conf))
+    ref = (
+        reference.reference_generator(conf)
+        if role == "gen"
+        else reference.reference_discriminator(conf)
+    )
     net = (Generator if role == "gen" else Discriminator)(load_config(ours("fagan64", role)))
     converted = convert_legacy_state_dict(ref.state_dict(), net)
     expected = net.state_dict()
@@ -255,8 +297,10 @@ def test_load_config_name_defaults_to_the_generator() -> None:
 
 
 def test_a_file_is_read_whatever_the_role() -> None:
-    assert load_config(original("fagan_1", "gen"), "dis").layers == load_config(
-        original("fagan_1", "gen")).layers
+    assert (
+        load_config(original("fagan_1", "gen"), "dis").layers
+        == load_config(original("fagan_1", "gen")).layers
+    )
 
 
 def test_a_file_wins_over_a_builtin_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,11 +313,14 @@ def test_a_file_wins_over_a_builtin_name(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_resolve_config_path_keeps_working() -> None:
     assert resolve_config_path("small32", "dis") == OUR_CONFIGS.parent / "src" / "fagan" / (
-        "configs/small32/dis.yaml")
+        "configs/small32/dis.yaml"
+    )
     assert resolve_config_path(str(original("fagan_1", "gen")), "gen") == original("fagan_1", "gen")
     # the form existing callers use
-    assert load_config(resolve_config_path("sagan64", "dis")).layers == load_config(
-        "sagan64", "dis").layers
+    assert (
+        load_config(resolve_config_path("sagan64", "dis")).layers
+        == load_config("sagan64", "dis").layers
+    )
 
 
 @pytest.mark.parametrize(
@@ -286,7 +333,8 @@ def test_neither_file_nor_builtin_name(tmp_path: Path, value: str) -> None:
     shown = value if len(value) < 100 else value[:50]
     assert message.startswith(f"config not found: {shown}"), message
     assert message.endswith(
-        "(give a .conf or .yaml file, or one of the built-in fagan64, sagan64, small32)")
+        "(give a .conf or .yaml file, or one of the built-in fagan64, sagan64, small32)"
+    )
     assert len(message) < 300
 
 
@@ -315,8 +363,9 @@ def test_unknown_role_is_a_programming_error() -> None:
     ],
 )
 def test_tuple_forms(tmp_path: Path, written: str, expected: tuple[int, int]) -> None:
-    path = edited_layer(tmp_path, "fagan_1", "dis", 2, "kernel_dims: (4, 4)",
-                        f"kernel_dims: {written}")
+    path = edited_layer(
+        tmp_path, "fagan_1", "dis", 2, "kernel_dims: (4, 4)", f"kernel_dims: {written}"
+    )
     assert load_config(path).layers[2].kernel_size == expected
 
 
@@ -324,8 +373,12 @@ def test_tuple_forms_give_equal_specs(tmp_path: Path) -> None:
     text = original("fagan_1", "gen").read_text()
     as_lists = re.sub(r"\((\d+), (\d+)\)", r"[\1, \2]", text)
     assert "[128, 512]" in as_lists and "(" not in as_lists.replace("lrelu(0.3)", "")
-    as_ints = text.replace("(4, 4)", "4").replace("(2, 2)", "2").replace(
-        "(1, 1)", "1").replace("(0, 0)", "0")
+    as_ints = (
+        text.replace("(4, 4)", "4")
+        .replace("(2, 2)", "2")
+        .replace("(1, 1)", "1")
+        .replace("(0, 0)", "0")
+    )
     specs = []
     for name, content in (("tuples", text), ("lists", as_lists), ("ints", as_ints)):
         (tmp_path / f"{name}.conf").write_text(content)
@@ -345,8 +398,13 @@ def test_tuple_forms_give_equal_specs(tmp_path: Path) -> None:
 )
 @pytest.mark.parametrize("value", [True, False])
 def test_both_norm_spellings(
-    tmp_path: Path, index: int, layer_type: type, original_key: str, other_key: str,
-    field: str, value: bool,
+    tmp_path: Path,
+    index: int,
+    layer_type: type,
+    original_key: str,
+    other_key: str,
+    field: str,
+    value: bool,
 ) -> None:
     text = original("fagan_1", "dis").read_text()
     line = re.search(rf"(?m)^    {original_key}: \w+$", layer_text(text, index))
@@ -362,8 +420,14 @@ def test_both_norm_spellings(
 
 
 def test_both_spellings_conflicting_is_an_error(tmp_path: Path) -> None:
-    path = edited_layer(tmp_path, "fagan_1", "dis", 2, "spectral_norm: True",
-                        "spectral_norm: True\n    use_spectral_norm: False")
+    path = edited_layer(
+        tmp_path,
+        "fagan_1",
+        "dis",
+        2,
+        "spectral_norm: True",
+        "spectral_norm: True\n    use_spectral_norm: False",
+    )
     message = config_error(path)
     assert str(path) in message and "architecture[2]" in message
     assert "'use_spectral_norm'" in message and "conflicts" in message
@@ -372,55 +436,199 @@ def test_both_spellings_conflicting_is_an_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- bad configs
 BAD_LAYERS = [
     # (role, layer index, old text in that layer, new text, field named, words in the message)
-    pytest.param("gen", 0, 'name: "full_attention"', 'name: "fullattention"', "name",
-                 ["unknown layer 'fullattention'", "full_attention", "self_attention"],
-                 id="unknown-layer-name"),
-    pytest.param("dis", 5, 'name: "self_attention"', 'name: "attention"', "name",
-                 ["unknown layer 'attention'"], id="unknown-layer-name-2"),
-    pytest.param("gen", 0, "squeeze_factor: 8", "squeeze_fator: 8", "squeeze_fator",
-                 ["unknown key", "squeeze_factor"], id="unknown-key"),
-    pytest.param("dis", 2, "spectral_norm: True", "spectral_norm: True\n    dilation: 2",
-                 "dilation", ["unknown key"], id="unknown-key-extra"),
+    pytest.param(
+        "gen",
+        0,
+        'name: "full_attention"',
+        'name: "fullattention"',
+        "name",
+        ["unknown layer 'fullattention'", "full_attention", "self_attention"],
+        id="unknown-layer-name",
+    ),
+    pytest.param(
+        "dis",
+        5,
+        'name: "self_attention"',
+        'name: "attention"',
+        "name",
+        ["unknown layer 'attention'"],
+        id="unknown-layer-name-2",
+    ),
+    pytest.param(
+        "gen",
+        0,
+        "squeeze_factor: 8",
+        "squeeze_fator: 8",
+        "squeeze_fator",
+        ["unknown key", "squeeze_factor"],
+        id="unknown-key",
+    ),
+    pytest.param(
+        "dis",
+        2,
+        "spectral_norm: True",
+        "spectral_norm: True\n    dilation: 2",
+        "dilation",
+        ["unknown key"],
+        id="unknown-key-extra",
+    ),
     pytest.param("gen", 2, "    bias: True\n", "", "bias", ["missing"], id="missing-key"),
-    pytest.param("dis", 5, "    squeeze_factor: 8\n", "", "squeeze_factor", ["missing"],
-                 id="missing-key-self-attention"),
-    pytest.param("gen", 4, "    activation: \"relu\"\n", "", "activation", ["missing"],
-                 id="missing-activation-conv"),
-    pytest.param("gen", 2, "kernel_dims: (4, 4)", "kernel_dims: (4, x)", "kernel_dims",
-                 ["malformed tuple", "(4, x)"], id="tuple-non-integer"),
-    pytest.param("gen", 2, "stride: (2, 2)", "stride: (2,)", "stride",
-                 ["malformed tuple", "(2,)"], id="tuple-one-element"),
-    pytest.param("dis", 2, "padding: (1, 1)", "padding: (1, 1, 1)", "padding",
-                 ["malformed tuple"], id="tuple-three-elements"),
-    pytest.param("dis", 2, "channels: (64, 128)", "channels: [64]", "channels",
-                 ["malformed tuple"], id="tuple-short-list"),
-    pytest.param("dis", 2, "stride: (2, 2)", "stride: (0, 2)", "stride",
-                 [">= 1"], id="tuple-zero-stride"),
-    pytest.param("dis", 2, "padding: (1, 1)", "padding: (-1, 1)", "padding",
-                 [">= 0"], id="tuple-negative-padding"),
-    pytest.param("dis", 0, '"lrelu(0.1)"', '"lrelu(abc)"', "activation",
-                 ["cannot parse activation", "lrelu(abc)"], id="activation-bad-slope"),
-    pytest.param("gen", 4, '"relu"', '"swish"', "activation",
-                 ["cannot parse activation", "swish"], id="activation-unknown"),
-    pytest.param("dis", 2, '"lrelu(0.1)"', '"lrelu 0.1"', "activation",
-                 ["cannot parse activation"], id="activation-no-parentheses"),
-    pytest.param("dis", 2, "bias: True", "bias: yes please", "bias",
-                 ["expected True or False"], id="bias-not-boolean"),
-    pytest.param("dis", 3, "squeeze_factor: 8", "squeeze_factor: 0", "squeeze_factor",
-                 [">= 1"], id="squeeze-zero"),
-    pytest.param("dis", 0, "squeeze_factor: 1", "squeeze_factor: 4", "squeeze_factor",
-                 ["no query/key channels"], id="squeeze-too-large"),
-    pytest.param("dis", 5, "channels: 256", "channels: (256, 256)", "channels",
-                 ["expected an integer"], id="self-attention-tuple-channels"),
-    pytest.param("dis", 2, "channels: (64, 128)", "channels: (32, 128)", "channels",
-                 ["expects 32 input channels", "previous layer gives 64"],
-                 id="channel-mismatch-conv"),
-    pytest.param("dis", 5, "channels: 256", "channels: 128", "channels",
-                 ["expects 128 input channels", "previous layer gives 256"],
-                 id="channel-mismatch-self-attention"),
-    pytest.param("gen", 2, "channels: (512, 256)", "channels: (256, 256)", "channels",
-                 ["expects 256 input channels", "previous layer gives 512"],
-                 id="channel-mismatch-full-attention"),
+    pytest.param(
+        "dis",
+        5,
+        "    squeeze_factor: 8\n",
+        "",
+        "squeeze_factor",
+        ["missing"],
+        id="missing-key-self-attention",
+    ),
+    pytest.param(
+        "gen",
+        4,
+        '    activation: "relu"\n',
+        "",
+        "activation",
+        ["missing"],
+        id="missing-activation-conv",
+    ),
+    pytest.param(
+        "gen",
+        2,
+        "kernel_dims: (4, 4)",
+        "kernel_dims: (4, x)",
+        "kernel_dims",
+        ["malformed tuple", "(4, x)"],
+        id="tuple-non-integer",
+    ),
+    pytest.param(
+        "gen",
+        2,
+        "stride: (2, 2)",
+        "stride: (2,)",
+        "stride",
+        ["malformed tuple", "(2,)"],
+        id="tuple-one-element",
+    ),
+    pytest.param(
+        "dis",
+        2,
+        "padding: (1, 1)",
+        "padding: (1, 1, 1)",
+        "padding",
+        ["malformed tuple"],
+        id="tuple-three-elements",
+    ),
+    pytest.param(
+        "dis",
+        2,
+        "channels: (64, 128)",
+        "channels: [64]",
+        "channels",
+        ["malformed tuple"],
+        id="tuple-short-list",
+    ),
+    pytest.param(
+        "dis", 2, "stride: (2, 2)", "stride: (0, 2)", "stride", [">= 1"], id="tuple-zero-stride"
+    ),
+    pytest.param(
+        "dis",
+        2,
+        "padding: (1, 1)",
+        "padding: (-1, 1)",
+        "padding",
+        [">= 0"],
+        id="tuple-negative-padding",
+    ),
+    pytest.param(
+        "dis",
+        0,
+        '"lrelu(0.1)"',
+        '"lrelu(abc)"',
+        "activation",
+        ["cannot parse activation", "lrelu(abc)"],
+        id="activation-bad-slope",
+    ),
+    pytest.param(
+        "gen",
+        4,
+        '"relu"',
+        '"swish"',
+        "activation",
+        ["cannot parse activation", "swish"],
+        id="activation-unknown",
+    ),
+    pytest.param(
+        "dis",
+        2,
+        '"lrelu(0.1)"',
+        '"lrelu 0.1"',
+        "activation",
+        ["cannot parse activation"],
+        id="activation-no-parentheses",
+    ),
+    pytest.param(
+        "dis",
+        2,
+        "bias: True",
+        "bias: yes please",
+        "bias",
+        ["expected True or False"],
+        id="bias-not-boolean",
+    ),
+    pytest.param(
+        "dis",
+        3,
+        "squeeze_factor: 8",
+        "squeeze_factor: 0",
+        "squeeze_factor",
+        [">= 1"],
+        id="squeeze-zero",
+    ),
+    pytest.param(
+        "dis",
+        0,
+        "squeeze_factor: 1",
+        "squeeze_factor: 4",
+        "squeeze_factor",
+        ["no query/key channels"],
+        id="squeeze-too-large",
+    ),
+    pytest.param(
+        "dis",
+        5,
+        "channels: 256",
+        "channels: (256, 256)",
+        "channels",
+        ["expected an integer"],
+        id="self-attention-tuple-channels",
+    ),
+    pytest.param(
+        "dis",
+        2,
+        "channels: (64, 128)",
+        "channels: (32, 128)",
+        "channels",
+        ["expects 32 input channels", "previous layer gives 64"],
+        id="channel-mismatch-conv",
+    ),
+    pytest.param(
+        "dis",
+        5,
+        "channels: 256",
+        "channels: 128",
+        "channels",
+        ["expects 128 input channels", "previous layer gives 256"],
+        id="channel-mismatch-self-attention",
+    ),
+    pytest.param(
+        "gen",
+        2,
+        "channels: (512, 256)",
+        "channels: (256, 256)",
+        "channels",
+        ["expects 256 input channels", "previous layer gives 512"],
+        id="channel-mismatch-full-attention",
+    ),
 ]
 
 
@@ -456,8 +664,13 @@ def test_activation_is_never_evaluated(tmp_path: Path) -> None:
 def test_reading_the_original_configs_evaluates_nothing(tmp_path: Path) -> None:
     # YAML tags that a full loader would turn into Python calls are refused too.
     marker = tmp_path / "evaluated"
-    path = edited(tmp_path, "fagan_1", "gen", 'activation: "tanh"',
-                  f"activation: !!python/object/apply:os.system ['touch {marker}']")
+    path = edited(
+        tmp_path,
+        "fagan_1",
+        "gen",
+        'activation: "tanh"',
+        f"activation: !!python/object/apply:os.system ['touch {marker}']",
+    )
     message = config_error(path)
     assert str(path) in message and "invalid YAML" in message
     assert not marker.exists()
@@ -487,8 +700,10 @@ def test_generator_whose_output_is_not_an_image(
 
 @pytest.mark.parametrize(
     "role,old,new",
-    [("gen", "channels: (64, 3)", "channels: (64, 4)"),
-     ("dis", "channels: (512, 1)", "channels: (512, 2)")],
+    [
+        ("gen", "channels: (64, 3)", "channels: (64, 4)"),
+        ("dis", "channels: (512, 1)", "channels: (512, 2)"),
+    ],
     ids=["generator-4-channels", "discriminator-2-channels"],
 )
 def test_network_level_errors_name_the_layer_and_field(
@@ -515,11 +730,19 @@ def test_generator_latent_size_mismatch(tmp_path: Path) -> None:
     "old,new,image_size,words",
     [
         # the last conv keeps the 4x4 map: 64x64 images give 1x4x4, not one logit
-        ("channels: (512, 1)\n    kernel_dims: (4, 4)", "channels: (512, 1)\n    kernel_dims: (1, 1)",
-         64, ["3x64x64", "gives 1x4x4", "expected 1x1x1"]),
+        (
+            "channels: (512, 1)\n    kernel_dims: (4, 4)",
+            "channels: (512, 1)\n    kernel_dims: (1, 1)",
+            64,
+            ["3x64x64", "gives 1x4x4", "expected 1x1x1"],
+        ),
         ("channels: (512, 1)", "channels: (512, 2)", 64, ["gives 2x1x1", "expected 1x1x1"]),
-        ("channels: (512, 1)", "channels: (512, 2)", None,
-         ["does not reduce any square RGB image to a single logit"]),
+        (
+            "channels: (512, 1)",
+            "channels: (512, 2)",
+            None,
+            ["does not reduce any square RGB image to a single logit"],
+        ),
     ],
     ids=["1x4x4", "2-channels", "2-channels-inferred-size"],
 )
@@ -561,7 +784,9 @@ def test_invalid_yaml_names_the_line(tmp_path: Path, old: str, new: str, line: i
     assert message.startswith(f"{path}: invalid YAML at line {line}:"), message
 
 
-@pytest.mark.parametrize("content", ["", "\n\n", "# only a comment\n"], ids=["empty", "blank", "comment"])
+@pytest.mark.parametrize(
+    "content", ["", "\n\n", "# only a comment\n"], ids=["empty", "blank", "comment"]
+)
 def test_empty_file(tmp_path: Path, content: str) -> None:
     path = tmp_path / "gen.conf"
     path.write_text(content)
@@ -600,15 +825,28 @@ def test_top_level_list_is_still_valid_yaml(tmp_path: Path) -> None:
         ("architecture:\n", ["'architecture' must be a non-empty list"]),
         ("architecture:\n  - conv\n", ["architecture[0]", "expected a mapping of fields"]),
         ("architecture:\n  - {channels: (3, 4)}\n", ["architecture[0]", "field 'name': missing"]),
-        ("architecture:\n  - {name: dropout, drop_prob: 0.5}\nversion: 2\n",
-         ["unknown top-level key 'version'"]),
-        ("architecture:\n  - {name: dropout, drop_prob: 0.5}\n",
-         ["no convolution or attention layer"]),
-        ("architecture:\n  - {name: dropout, drop_prob: 1.5}\n",
-         ["architecture[0] (dropout): field 'drop_prob'", "[0, 1)"]),
+        (
+            "architecture:\n  - {name: dropout, drop_prob: 0.5}\nversion: 2\n",
+            ["unknown top-level key 'version'"],
+        ),
+        (
+            "architecture:\n  - {name: dropout, drop_prob: 0.5}\n",
+            ["no convolution or attention layer"],
+        ),
+        (
+            "architecture:\n  - {name: dropout, drop_prob: 1.5}\n",
+            ["architecture[0] (dropout): field 'drop_prob'", "[0, 1)"],
+        ),
     ],
-    ids=["empty-list", "null", "string-layer", "no-name", "extra-top-key", "no-channels",
-         "drop-prob"],
+    ids=[
+        "empty-list",
+        "null",
+        "string-layer",
+        "no-name",
+        "extra-top-key",
+        "no-channels",
+        "drop-prob",
+    ],
 )
 def test_other_structural_errors(tmp_path: Path, content: str, words: list[str]) -> None:
     path = tmp_path / "net.yaml"
@@ -627,20 +865,50 @@ def test_parse_config_default_source_in_messages() -> None:
 # --------------------------------------------------------------------------- round trip
 ALL_LAYER_KINDS = {
     "architecture": [
-        {"name": "conv", "channels": "(3, 16)", "kernel_dims": "(3, 3)", "stride": "(1, 1)",
-         "padding": "(1, 1)", "bias": False, "batch_norm": True, "spectral_norm": False,
-         "activation": "lrelu(0.25)"},
+        {
+            "name": "conv",
+            "channels": "(3, 16)",
+            "kernel_dims": "(3, 3)",
+            "stride": "(1, 1)",
+            "padding": "(1, 1)",
+            "bias": False,
+            "batch_norm": True,
+            "spectral_norm": False,
+            "activation": "lrelu(0.25)",
+        },
         {"name": "batch_norm", "num_channels": 16},
         {"name": "dropout", "drop_prob": 0.3},
-        {"name": "self_attention", "channels": 16, "bias": True, "squeeze_factor": 2,
-         "activation": "sigmoid"},
-        {"name": "full_attention", "channels": "(16, 8)", "kernel_dims": "(4, 2)",
-         "stride": "(2, 1)", "padding": "(1, 0)", "bias": False, "use_spectral_norm": False,
-         "use_batch_norm": True, "squeeze_factor": 4, "transpose_conv": True},
+        {
+            "name": "self_attention",
+            "channels": 16,
+            "bias": True,
+            "squeeze_factor": 2,
+            "activation": "sigmoid",
+        },
+        {
+            "name": "full_attention",
+            "channels": "(16, 8)",
+            "kernel_dims": "(4, 2)",
+            "stride": "(2, 1)",
+            "padding": "(1, 0)",
+            "bias": False,
+            "use_spectral_norm": False,
+            "use_batch_norm": True,
+            "squeeze_factor": 4,
+            "transpose_conv": True,
+        },
         {"name": "ignore_attn_maps"},
-        {"name": "conv_transpose", "channels": "(8, 3)", "kernel_dims": "(1, 1)",
-         "stride": "(1, 1)", "padding": "(0, 0)", "bias": True, "batch_norm": False,
-         "spectral_norm": True, "activation": "TANH"},
+        {
+            "name": "conv_transpose",
+            "channels": "(8, 3)",
+            "kernel_dims": "(1, 1)",
+            "stride": "(1, 1)",
+            "padding": "(0, 0)",
+            "bias": True,
+            "batch_norm": False,
+            "spectral_norm": True,
+            "activation": "TANH",
+        },
     ]
 }
 
@@ -665,8 +933,13 @@ def test_spec_to_dict_round_trips(path: tuple[str, str, str]) -> None:
 def test_spec_to_dict_round_trips_every_layer_kind() -> None:
     spec = parse_config(ALL_LAYER_KINDS)
     assert [type(layer) for layer in spec.layers] == [
-        ConvSpec, BatchNormSpec, DropoutSpec, SelfAttentionSpec, FullAttentionSpec,
-        IgnoreAttnMapsSpec, ConvSpec,
+        ConvSpec,
+        BatchNormSpec,
+        DropoutSpec,
+        SelfAttentionSpec,
+        FullAttentionSpec,
+        IgnoreAttnMapsSpec,
+        ConvSpec,
     ]
     assert spec.layers[3].activation == ActivationSpec("sigmoid")
     assert spec.layers[4].activation is None
@@ -683,7 +956,9 @@ def test_spec_to_dict_round_trips_every_layer_kind() -> None:
 
 
 def test_spec_to_dict_keeps_activation_slope_exactly() -> None:
-    data = {"architecture": [dict(ALL_LAYER_KINDS["architecture"][0], activation="lrelu(0.1234567)")]}
+    data = {
+        "architecture": [dict(ALL_LAYER_KINDS["architecture"][0], activation="lrelu(0.1234567)")]
+    }
     spec = parse_config(data)
     assert spec.layers[0].activation.slope == 0.1234567
     assert parse_config(spec_to_dict(spec)) == spec
@@ -697,9 +972,12 @@ def billion_laughs(levels: int = 9) -> str:
     anchors = ['&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     for level in range(1, levels):
         anchors.append(f"&l{level} [{', '.join([f'*l{level - 1}'] * 9)}]")
-    return ("architecture:\n  - name: conv\n    channels: [" + ",\n      ".join(anchors)
-            + "]\n    kernel_dims: (4, 4)\n    stride: (2, 2)\n    padding: (1, 1)\n"
-            "    bias: True\n    batch_norm: False\n    activation: relu\n")
+    return (
+        "architecture:\n  - name: conv\n    channels: ["
+        + ",\n      ".join(anchors)
+        + "]\n    kernel_dims: (4, 4)\n    stride: (2, 2)\n    padding: (1, 1)\n"
+        "    bias: True\n    batch_norm: False\n    activation: relu\n"
+    )
 
 
 def merge_bomb(levels: int = 30) -> str:
@@ -750,11 +1028,17 @@ _PYTHON_BOMB = "bomb = ['lol'] * 9\nfor _ in range(8):\n    bomb = [bomb] * 9\n"
 BOMBS = [
     pytest.param("load_config(sys.argv[1])", billion_laughs(), id="yaml-billion-laughs"),
     pytest.param("load_config(sys.argv[1])", merge_bomb(), id="yaml-merge-keys"),
-    pytest.param(_PYTHON_BOMB + "parse_config({'architecture': [bomb]}, 'state')", None,
-                 id="shared-python-lists"),
-    pytest.param(_PYTHON_BOMB + "save_file({'architecture': [bomb]}, sys.argv[1] + '.pth')\n"
-                 "parse_config(load_file(sys.argv[1] + '.pth'), 'state')", None,
-                 id="shared-lists-through-a-weights-file"),
+    pytest.param(
+        _PYTHON_BOMB + "parse_config({'architecture': [bomb]}, 'state')",
+        None,
+        id="shared-python-lists",
+    ),
+    pytest.param(
+        _PYTHON_BOMB + "save_file({'architecture': [bomb]}, sys.argv[1] + '.pth')\n"
+        "parse_config(load_file(sys.argv[1] + '.pth'), 'state')",
+        None,
+        id="shared-lists-through-a-weights-file",
+    ),
 ]
 
 
@@ -768,8 +1052,12 @@ def test_alias_bombs_are_refused_in_little_time_and_memory(
     if text is not None:
         assert len(text.encode()) < 1_000
         path.write_text(text)
-    result = subprocess.run([sys.executable, "-c", _LIMITED, str(path), case, str(1 << 30)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _LIMITED, str(path), case, str(1 << 30)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout)
     assert out["message"] is not None
@@ -786,7 +1074,7 @@ def test_the_bombs_really_are_bombs() -> None:
     while isinstance(level[0], list):
         assert len(level) == 9 and all(item is level[0] for item in level)
         level, distinct = level[0], distinct + 1
-    assert level == ["lol"] * 9 and distinct == 9 and 9 ** 9 > MAX_CONFIG_VALUES
+    assert level == ["lol"] * 9 and distinct == 9 and 9**9 > MAX_CONFIG_VALUES
     bomb = shared_list_bomb()
     assert all(item is bomb[0] for item in bomb) and bomb[0][0][0][0][0][0][0][0][0] == "lol"
     assert yaml.safe_load(merge_bomb(levels=12))["architecture"] == [{"a": 1, "b": 2}]
@@ -814,21 +1102,42 @@ def _cyclic_list() -> list:
 
 
 HOSTILE_FILES = [
-    pytest.param(_nested_yaml(1000, "flow"), f"nested more than {MAX_CONFIG_DEPTH} levels deep",
-                 id="1000-deep-flow"),
-    pytest.param(_nested_yaml(1000, "block"), f"nested more than {MAX_CONFIG_DEPTH} levels deep",
-                 id="1000-deep-block"),
-    pytest.param("architecture: " + "[" * 300_000, f"nested more than {MAX_CONFIG_DEPTH} levels",
-                 id="300000-open-brackets"),
-    pytest.param("architecture: &a [*a]\n", "alias *a at line 1 is used inside its own anchor",
-                 id="alias-in-its-own-anchor"),
-    pytest.param("architecture:\n  - name: conv\n    channels: " + "7" * 5000 + "\n",
-                 "invalid value: Exceeds the limit (4300 digits)", id="5000-digit-integer"),
-    pytest.param("architecture: [{name: conv, channels: '" + "9" * 900_000 + "', kernel_dims: 3,"
-                 " stride: 1, padding: 1, bias: True, batch_norm: False, activation: relu}]\n",
-                 "field 'channels': malformed tuple '9999", id="900kB-string"),
-    pytest.param("architecture: [{name: '" + "x" * 900_000 + "'}]\n",
-                 "field 'name': unknown layer 'xxxx", id="900kB-layer-name"),
+    pytest.param(
+        _nested_yaml(1000, "flow"),
+        f"nested more than {MAX_CONFIG_DEPTH} levels deep",
+        id="1000-deep-flow",
+    ),
+    pytest.param(
+        _nested_yaml(1000, "block"),
+        f"nested more than {MAX_CONFIG_DEPTH} levels deep",
+        id="1000-deep-block",
+    ),
+    pytest.param(
+        "architecture: " + "[" * 300_000,
+        f"nested more than {MAX_CONFIG_DEPTH} levels",
+        id="300000-open-brackets",
+    ),
+    pytest.param(
+        "architecture: &a [*a]\n",
+        "alias *a at line 1 is used inside its own anchor",
+        id="alias-in-its-own-anchor",
+    ),
+    pytest.param(
+        "architecture:\n  - name: conv\n    channels: " + "7" * 5000 + "\n",
+        "invalid value: Exceeds the limit (4300 digits)",
+        id="5000-digit-integer",
+    ),
+    pytest.param(
+        "architecture: [{name: conv, channels: '" + "9" * 900_000 + "', kernel_dims: 3,"
+        " stride: 1, padding: 1, bias: True, batch_norm: False, activation: relu}]\n",
+        "field 'channels': malformed tuple '9999",
+        id="900kB-string",
+    ),
+    pytest.param(
+        "architecture: [{name: '" + "x" * 900_000 + "'}]\n",
+        "field 'name': unknown layer 'xxxx",
+        id="900kB-layer-name",
+    ),
 ]
 
 
@@ -869,36 +1178,88 @@ def test_binary_file_is_not_a_config(tmp_path: Path) -> None:
     assert message.startswith(f"{path}: not a text config file (byte "), message
 
 
-CONV = {"name": "conv", "channels": "(3, 8)", "kernel_dims": "(3, 3)", "stride": "(1, 1)",
-        "padding": "(1, 1)", "bias": True, "batch_norm": False, "activation": "relu"}
+CONV = {
+    "name": "conv",
+    "channels": "(3, 8)",
+    "kernel_dims": "(3, 3)",
+    "stride": "(1, 1)",
+    "padding": "(1, 1)",
+    "bias": True,
+    "batch_norm": False,
+    "activation": "relu",
+}
 
 HOSTILE_DATA = [
-    pytest.param(lambda: {"architecture": _nested_list(1000)},
-                 f"nested more than {MAX_CONFIG_DEPTH} levels deep", id="1000-deep"),
-    pytest.param(lambda: {"architecture": _nested_list(200_000)},
-                 f"nested more than {MAX_CONFIG_DEPTH} levels deep", id="200000-deep"),
+    pytest.param(
+        lambda: {"architecture": _nested_list(1000)},
+        f"nested more than {MAX_CONFIG_DEPTH} levels deep",
+        id="1000-deep",
+    ),
+    pytest.param(
+        lambda: {"architecture": _nested_list(200_000)},
+        f"nested more than {MAX_CONFIG_DEPTH} levels deep",
+        id="200000-deep",
+    ),
     pytest.param(lambda: {"architecture": _cyclic_list()}, "it contains itself", id="cycle"),
-    pytest.param(lambda: {"architecture": [{"name": "conv"}] * (MAX_CONFIG_VALUES // 2)},
-                 "expands to more than 100,000 values", id="100000-layers"),
-    pytest.param(lambda: {"architecture": [[0] * (MAX_CONFIG_VALUES + 1)]},
-                 "expands to more than 100,000 values", id="a-list-of-100001"),
-    pytest.param(lambda: {"architecture": [dict(CONV, channels="1" * 50_000_000)]},
-                 "field 'channels': malformed tuple '1111", id="50MB-string-value"),
-    pytest.param(lambda: {"architecture": [dict(CONV, activation="lrelu(" + "1" * 50_000_000)]},
-                 "field 'activation': cannot parse activation 'lrelu(1111", id="50MB-activation"),
-    pytest.param(lambda: {"architecture": [{"name": "y" * 50_000_000}]},
-                 "field 'name': unknown layer 'yyyy", id="50MB-layer-name"),
-    pytest.param(lambda: {"architecture": [{"name": "conv", "z" * 50_000_000: 1}]},
-                 "field 'zzzz", id="50MB-key"),
-    pytest.param(lambda: {"architecture": [{"name": "dropout", "drop_prob": 10 ** 200_000}]},
-                 "<an integer of 664386 bits>", id="200000-digit-integer"),
-    pytest.param(lambda: {"architecture": [{"name": "dropout", "drop_prob": shared_list_bomb()[:2]}]},
-                 "expands to more than 100,000 values", id="bomb-as-a-value"),
-    pytest.param(lambda: {"architecture": [{"name": "self_attention", "channels": 8, "bias": True,
-                                            "squeeze_factor": torch.zeros(1).expand(10_000, 10_000)}]},
-                 "got a float32 tensor of shape [10000, 10000]", id="tensor-value"),
-    pytest.param(lambda: {"architecture": [{"name": "dropout", "drop_prob": 0.5}], 7: "x" * 10**7},
-                 "unknown top-level key 7", id="non-string-top-level-key"),
+    pytest.param(
+        lambda: {"architecture": [{"name": "conv"}] * (MAX_CONFIG_VALUES // 2)},
+        "expands to more than 100,000 values",
+        id="100000-layers",
+    ),
+    pytest.param(
+        lambda: {"architecture": [[0] * (MAX_CONFIG_VALUES + 1)]},
+        "expands to more than 100,000 values",
+        id="a-list-of-100001",
+    ),
+    pytest.param(
+        lambda: {"architecture": [dict(CONV, channels="1" * 50_000_000)]},
+        "field 'channels': malformed tuple '1111",
+        id="50MB-string-value",
+    ),
+    pytest.param(
+        lambda: {"architecture": [dict(CONV, activation="lrelu(" + "1" * 50_000_000)]},
+        "field 'activation': cannot parse activation 'lrelu(1111",
+        id="50MB-activation",
+    ),
+    pytest.param(
+        lambda: {"architecture": [{"name": "y" * 50_000_000}]},
+        "field 'name': unknown layer 'yyyy",
+        id="50MB-layer-name",
+    ),
+    pytest.param(
+        lambda: {"architecture": [{"name": "conv", "z" * 50_000_000: 1}]},
+        "field 'zzzz",
+        id="50MB-key",
+    ),
+    pytest.param(
+        lambda: {"architecture": [{"name": "dropout", "drop_prob": 10**200_000}]},
+        "<an integer of 664386 bits>",
+        id="200000-digit-integer",
+    ),
+    pytest.param(
+        lambda: {"architecture": [{"name": "dropout", "drop_prob": shared_list_bomb()[:2]}]},
+        "expands to more than 100,000 values",
+        id="bomb-as-a-value",
+    ),
+    pytest.param(
+        lambda: {
+            "architecture": [
+                {
+                    "name": "self_attention",
+                    "channels": 8,
+                    "bias": True,
+                    "squeeze_factor": torch.zeros(1).expand(10_000, 10_000),
+                }
+            ]
+        },
+        "got a float32 tensor of shape [10000, 10000]",
+        id="tensor-value",
+    ),
+    pytest.param(
+        lambda: {"architecture": [{"name": "dropout", "drop_prob": 0.5}], 7: "x" * 10**7},
+        "unknown top-level key 7",
+        id="non-string-top-level-key",
+    ),
 ]
 
 

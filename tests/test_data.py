@@ -38,7 +38,9 @@ from fagan.errors import FaganError
 S = 16
 
 
-def _solid(color: tuple[int, ...], mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> Image.Image:
+def _solid(
+    color: tuple[int, ...], mode: str = "RGB", size: tuple[int, int] = (40, 30)
+) -> Image.Image:
     return Image.new(mode, size, color)
 
 
@@ -184,10 +186,19 @@ def test_non_square_images_are_resized_then_centre_cropped(
         assert not torch.allclose(x, green.expand_as(x), atol=1e-3)
 
 
-@pytest.mark.parametrize(("height", "width", "size"), [
-    (250, 250, 64), (218, 178, 64), (178, 218, 64), (40, 30, 16), (5, 4, 16), (31, 97, 32),
-    (64, 64, 64), (333, 101, 48),
-])
+@pytest.mark.parametrize(
+    ("height", "width", "size"),
+    [
+        (250, 250, 64),
+        (218, 178, 64),
+        (178, 218, 64),
+        (40, 30, 16),
+        (5, 4, 16),
+        (31, 97, 32),
+        (64, 64, 64),
+        (333, 101, 48),
+    ],
+)
 def test_resize_and_crop_equal_torchvision(height: int, width: int, size: int) -> None:
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
@@ -207,11 +218,12 @@ def test_training_never_imports_torchvision() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, fagan.train, fagan.cli, fagan.generate, fagan.data, fagan.sample, "
-            "fagan.prepare, fagan.sources; "
-            "print('torchvision' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, fagan.train, fagan.cli, fagan.generate, fagan.data, fagan.sample, "
+        "fagan.prepare, fagan.sources; "
+        "print('torchvision' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
@@ -455,8 +467,10 @@ def test_sampler_too_few_images() -> None:
 def test_sampler_without_drop_last_pads_ranks_equally() -> None:
     s = ResumableSampler(10, batch_size=4, seed=0, drop_last=False)
     assert s.batches_per_epoch == 3 and sorted(s) == list(range(10))
-    ranks = [ResumableSampler(11, batch_size=4, seed=0, drop_last=False, rank=r, world_size=2)
-             for r in range(2)]
+    ranks = [
+        ResumableSampler(11, batch_size=4, seed=0, drop_last=False, rank=r, world_size=2)
+        for r in range(2)
+    ]
     got = [list(r) for r in ranks]
     assert len(got[0]) == len(got[1]) == 6
     assert set(got[0]) | set(got[1]) == set(range(11))
@@ -528,8 +542,9 @@ def test_large_jpeg_reduced_decoding_matches_full_decoding(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("height", "width", "size"), [(40, 30, 16), (16, 16, 16), (9, 31, 8)])
-def test_to_square_uint8_rounds_the_float_resize_and_crop(height: int, width: int,
-                                                          size: int) -> None:
+def test_to_square_uint8_rounds_the_float_resize_and_crop(
+    height: int, width: int, size: int
+) -> None:
     rng = np.random.default_rng(height * width)
     arr = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     got = to_square_uint8(arr, size)
@@ -541,10 +556,10 @@ def test_to_square_uint8_rounds_the_float_resize_and_crop(height: int, width: in
         assert np.array_equal(got, arr)  # already the size: the same bytes
     stretched = to_square_uint8(arr, size, crop="none")  # the whole image, squeezed
     assert stretched.shape == (size, size, 3)
-    full = torch.nn.functional.interpolate(t[None], size=(size, size), mode="bilinear",
-                                           antialias=True)[0]
-    assert np.abs(stretched.astype(int) - (full * 255).round().permute(1, 2, 0).numpy()
-                  ).max() <= 1
+    full = torch.nn.functional.interpolate(
+        t[None], size=(size, size), mode="bilinear", antialias=True
+    )[0]
+    assert np.abs(stretched.astype(int) - (full * 255).round().permute(1, 2, 0).numpy()).max() <= 1
 
 
 def test_non_finite_float_images_are_skipped(tmp_path: Path) -> None:
@@ -572,15 +587,20 @@ def _png_bomb(path: Path, side: int) -> None:
     import zlib
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
 
     packer = zlib.compressobj(9)
     row = bytes(side + 1)  # filter byte + pixels
     idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bombs_are_refused_before_decoding(tmp_path: Path) -> None:
@@ -634,12 +654,18 @@ def test_truncated_png_is_skipped_once(tmp_path: Path) -> None:
 
 def test_check_dataset_path_says_what_the_path_is(tmp_path: Path) -> None:
     (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8 not really")
-    with pytest.raises(FaganError, match=r"photo.jpg is not a folder or a dataset zip "
-                                         r"\(a file that is not a zip\)"):
+    with pytest.raises(
+        FaganError,
+        match=r"photo.jpg is not a folder or a dataset zip "
+        r"\(a file that is not a zip\)",
+    ):
         check_dataset_path(tmp_path / "photo.jpg")
     (tmp_path / "cut.zip").write_bytes(b"PK\x03\x04 and then nothing")
-    with pytest.raises(FaganError, match=r"cut.zip is not a folder or a dataset zip "
-                                         r"\(a truncated or damaged zip\)"):
+    with pytest.raises(
+        FaganError,
+        match=r"cut.zip is not a folder or a dataset zip "
+        r"\(a truncated or damaged zip\)",
+    ):
         check_dataset_path(tmp_path / "cut.zip")
     with pytest.raises(FaganError, match="does not exist"):
         check_dataset_path(tmp_path / "missing")
@@ -702,24 +728,37 @@ def test_zip_labels_are_checked(tmp_path: Path) -> None:
 
     assert open_source(zip_with(None)).labels is None
     assert open_source(zip_with('{"labels": null}')).labels is None
-    good = ('{"labels": [["00000/img00000000.png", 3], ["00000/img00000001.png", 1]], '
-            '"class_names": ["a", "b", "c", "d"]}')
+    good = (
+        '{"labels": [["00000/img00000000.png", 3], ["00000/img00000001.png", 1]], '
+        '"class_names": ["a", "b", "c", "d"]}'
+    )
     source = open_source(zip_with(good))
     assert source.labels.tolist() == [3, 1] and source.class_names == ("a", "b", "c", "d")
     for meta, message in [
         ("{labels: oops", r"dataset.json is not valid JSON"),
         ('["labels"]', r'must be a JSON object with a "labels" entry'),
-        ('{"labels": [["00000/img00000000.png", 1.5], ["00000/img00000001.png", 0]]}',
-         r"the label of 00000/img00000000.png is 1.5, not a whole number"),
-        ('{"labels": [["00000/img00000000.png", "cat"], ["00000/img00000001.png", 0]]}',
-         r'the label of 00000/img00000000.png is "cat"'),
-        ('{"labels": [["00000/img00000000.png", 0], ["00000/img00000001.png", 0], '
-         '["00000/img00000009.png", 1]]}',
-         r"names 1 file\(s\) that are not images in the zip \(e.g. 00000/img00000009.png\)"),
-        ('{"labels": [["00000/img00000000.png", 0]]}',
-         r"has no label for 1 image\(s\) \(e.g. 00000/img00000001.png\)"),
-        ('{"labels": [["00000/img00000000.png", 0], ["00000/img00000001.png", 2]], '
-         '"class_names": ["a"]}', r'"class_names" must be a list of names'),
+        (
+            '{"labels": [["00000/img00000000.png", 1.5], ["00000/img00000001.png", 0]]}',
+            r"the label of 00000/img00000000.png is 1.5, not a whole number",
+        ),
+        (
+            '{"labels": [["00000/img00000000.png", "cat"], ["00000/img00000001.png", 0]]}',
+            r'the label of 00000/img00000000.png is "cat"',
+        ),
+        (
+            '{"labels": [["00000/img00000000.png", 0], ["00000/img00000001.png", 0], '
+            '["00000/img00000009.png", 1]]}',
+            r"names 1 file\(s\) that are not images in the zip \(e.g. 00000/img00000009.png\)",
+        ),
+        (
+            '{"labels": [["00000/img00000000.png", 0]]}',
+            r"has no label for 1 image\(s\) \(e.g. 00000/img00000001.png\)",
+        ),
+        (
+            '{"labels": [["00000/img00000000.png", 0], ["00000/img00000001.png", 2]], '
+            '"class_names": ["a"]}',
+            r'"class_names" must be a list of names',
+        ),
     ]:
         with pytest.raises(FaganError, match=message):
             open_source(zip_with(meta))
@@ -728,13 +767,18 @@ def test_zip_labels_are_checked(tmp_path: Path) -> None:
 
 
 def test_zip_images_of_mixed_sizes_are_refused(tmp_path: Path) -> None:
-    path = _write_zip(tmp_path / "mixed.zip", {
-        "00000/img00000000.png": _png_bytes((1, 2, 3), (8, 8)),
-        "00000/img00000001.png": _png_bytes((1, 2, 3), (8, 8)),
-        "00000/img00000002.png": _png_bytes((1, 2, 3), (16, 16)),
-    })
-    message = (r"mixed.zip: images of mixed sizes: 00000/img00000002.png is 16x16 but "
-               r"00000/img00000000.png is 8x8")
+    path = _write_zip(
+        tmp_path / "mixed.zip",
+        {
+            "00000/img00000000.png": _png_bytes((1, 2, 3), (8, 8)),
+            "00000/img00000001.png": _png_bytes((1, 2, 3), (8, 8)),
+            "00000/img00000002.png": _png_bytes((1, 2, 3), (16, 16)),
+        },
+    )
+    message = (
+        r"mixed.zip: images of mixed sizes: 00000/img00000002.png is 16x16 but "
+        r"00000/img00000000.png is 8x8"
+    )
     with pytest.raises(FaganError, match=message):
         open_training_data(path, 8, progress=False)
     with pytest.raises(FaganError, match=message):  # streaming checks the headers first
@@ -781,13 +825,15 @@ def test_batches_follow_the_sampler_in_memory_and_streamed(good_folder: Path) ->
             for b, batch in enumerate(batches):
                 assert batch.images.shape == (4, 3, 8, 8) and batch.images.dtype == torch.float32
                 assert batch.labels is None
-                expected = uint8_to_float(data_.uint8_images(order[4 * b:4 * b + 4]))
+                expected = uint8_to_float(data_.uint8_images(order[4 * b : 4 * b + 4]))
                 assert torch.equal(batch.images, expected)
             resumed = _epoch_batches(data_, sampler, 1, start=2)
             assert len(resumed) == 1 and torch.equal(resumed[0].images, batches[2].images)
-        for a, b in zip(_epoch_batches(memory, ResumableSampler(12, batch_size=4, seed=5), 0),
-                        _epoch_batches(streamed, ResumableSampler(12, batch_size=4, seed=5), 0),
-                        strict=True):
+        for a, b in zip(
+            _epoch_batches(memory, ResumableSampler(12, batch_size=4, seed=5), 0),
+            _epoch_batches(streamed, ResumableSampler(12, batch_size=4, seed=5), 0),
+            strict=True,
+        ):
             assert torch.equal(a.images, b.images)
     finally:
         streamed.close()
@@ -837,8 +883,7 @@ def test_cache_is_written_once_and_mapped(tmp_path: Path, good_folder: Path) -> 
 
 def _open_in_child(args: tuple[str, str, str]) -> tuple[str, bytes]:
     folder, cache, _ = args
-    data_ = open_training_data(folder, 8, cache=True, cache_dir=cache, progress=False,
-                               workers=1)
+    data_ = open_training_data(folder, 8, cache=True, cache_dir=cache, progress=False, workers=1)
     return str(data_.cache_path), data_.images.tobytes()
 
 
@@ -847,8 +892,9 @@ def test_processes_share_one_cache_entry(tmp_path: Path, good_folder: Path) -> N
 
     cache = tmp_path / "cache"
     with multiprocessing.get_context("fork").Pool(3) as pool:
-        results = pool.map(_open_in_child, [(str(good_folder), str(cache), str(i))
-                                            for i in range(3)])
+        results = pool.map(
+            _open_in_child, [(str(good_folder), str(cache), str(i)) for i in range(3)]
+        )
     assert len({path for path, _ in results}) == 1 and len({b for _, b in results}) == 1
     assert len(list(cache.glob("*.npy"))) == 1 and not list(cache.glob(".*"))  # no temp left
 
@@ -871,7 +917,8 @@ def test_decoding_in_parallel_gives_the_same_bytes(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for i in range(300):  # above the size that starts a worker pool
         Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(
-            tmp_path / f"{i:03d}.png")
+            tmp_path / f"{i:03d}.png"
+        )
     source = open_source(tmp_path)
     pooled = load_images(source, 8, workers=2, progress=False).images
     serial = load_images(source, 8, workers=1, progress=False).images

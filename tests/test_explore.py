@@ -49,8 +49,9 @@ def write_small_networks(folder: Path, seed: int = 11) -> tuple[Path, Path]:
     generator = Generator(load_config(resolve_config_path("small32", "gen")))
     discriminator = Discriminator(load_config(resolve_config_path("small32", "dis")))
     with torch.no_grad():
-        for index, layer in enumerate([*attention_layers(generator).values(),
-                                       *attention_layers(discriminator).values()]):
+        for index, layer in enumerate(
+            [*attention_layers(generator).values(), *attention_layers(discriminator).values()]
+        ):
             layer.gamma.fill_(0.2 + 0.1 * index)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(generator.state_dict(), folder / "GAN_GEN_1.pth")
@@ -88,15 +89,21 @@ class Answer:
         return json.loads(self.body)
 
 
-def call(address, method: str, path: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> Answer:
+def call(
+    address,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
     """One raw request (the path is sent as given, not normalised)."""
     connection = http.client.HTTPConnection(*address, timeout=60)
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
-        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()},
-                      response.read())
+        return Answer(
+            response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        )
     finally:
         connection.close()
 
@@ -136,7 +143,7 @@ def png_array(data: bytes) -> np.ndarray:
 def data_url_array(url: str) -> np.ndarray:
     prefix = "data:image/png;base64,"
     assert url.startswith(prefix)
-    return png_array(base64.b64decode(url[len(prefix):]))
+    return png_array(base64.b64decode(url[len(prefix) :]))
 
 
 def own_maps(model: torch.nn.Module, inputs: torch.Tensor):
@@ -159,8 +166,24 @@ def test_info_lists_the_models_attention_layers(server, networks) -> None:
 
 
 def test_image_is_fagan_generates(server, networks, files, tmp_path: Path) -> None:
-    assert main(["generate", "--generator_file", str(files[0]), "--generator_config", "small32",
-                 "--output_dir", str(tmp_path), "--num_samples", "1", "--seed", "123"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--generator_file",
+                str(files[0]),
+                "--generator_config",
+                "small32",
+                "--output_dir",
+                str(tmp_path),
+                "--num_samples",
+                "1",
+                "--seed",
+                "123",
+            ]
+        )
+        == 0
+    )
     for extra in ({}, {"truncation": "0.7"}):
         if extra:  # what `fagan generate --truncation 0.7` writes, without a second process
             write_images(networks[0], make_latents(1, 128, 123, 0.7), tmp_path / "t")
@@ -195,8 +218,14 @@ def test_maps_are_the_layers_own_probabilities(server, networks) -> None:
             assert torch.equal(half, sent.half().float())
             assert torch.allclose(half.sum(-1), torch.ones(n), atol=2e-3)
             assert layer["gamma"] == pytest.approx(
-                float(dict(generator.named_modules() if net == "generator"
-                           else discriminator.named_modules())[layer["name"]].gamma.detach()))
+                float(
+                    dict(
+                        generator.named_modules()
+                        if net == "generator"
+                        else discriminator.named_modules()
+                    )[layer["name"]].gamma.detach()
+                )
+            )
     assert exact["discriminator"]["score"] == pytest.approx(float(score[0]), abs=1e-6)
 
 
@@ -204,12 +233,23 @@ def test_query_rows_equal_the_maps(server, networks) -> None:
     generator, discriminator = networks
     image, g_maps = own_maps(generator, make_latents(1, 128, 5, 0.8))
     _, d_maps = own_maps(discriminator, image)
-    for net, maps, grids in (("generator", g_maps, {"model.0": 4, "model.2": 16}),
-                             ("discriminator", d_maps, {"model.1": 8})):
+    for net, maps, grids in (
+        ("generator", g_maps, {"model.0": 4, "model.2": 16}),
+        ("discriminator", d_maps, {"model.1": 8}),
+    ):
         for name, side in grids.items():
             for x, y in ((0, 0), (31, 0), (13, 22), (31, 31)):
-                answer = get(server, "/api/query", net=net, layer=name, x=x, y=y, seed=5,
-                             truncation=0.8, dtype="float32").json()
+                answer = get(
+                    server,
+                    "/api/query",
+                    net=net,
+                    layer=name,
+                    x=x,
+                    y=y,
+                    seed=5,
+                    truncation=0.8,
+                    dtype="float32",
+                ).json()
                 cell = (y * side // 32, x * side // 32)
                 assert answer["cell"] == list(cell) and answer["grid"] == [side, side]
                 row = decode(answer["row"], "float32", (side * side,))
@@ -252,8 +292,13 @@ def test_upload_to_the_critic(server, networks, tmp_path: Path, kind: str) -> No
     path = tmp_path / f"face.{kind.lower()}"
     Image.open(next(faces.iterdir())).crop((0, 4, 48, 44)).save(path, format=kind)  # 48x40
     data = path.read_bytes()
-    answer = call(server, "POST", "/api/discriminate?dtype=float32", data,
-                  {"Content-Type": f"image/{kind.lower()}"}).json()
+    answer = call(
+        server,
+        "POST",
+        "/api/discriminate?dtype=float32",
+        data,
+        {"Content-Type": f"image/{kind.lower()}"},
+    ).json()
     seen = load_image(path, 32)  # what `fagan attention --image` shows the critic
     score, maps = own_maps(discriminator, seen[None])
     assert answer["discriminator"]["score"] == pytest.approx(float(score[0]), abs=1e-6)
@@ -263,11 +308,20 @@ def test_upload_to_the_critic(server, networks, tmp_path: Path, kind: str) -> No
     assert answer["upload"] == __import__("hashlib").sha256(data).hexdigest()
     shown = data_url_array(answer["image"])
     assert shown.shape == (32, 32, 3)
-    row = get(server, "/api/query", net="discriminator", layer="model.1", x=20, y=9,
-              upload=answer["upload"], dtype="float32").json()
+    row = get(
+        server,
+        "/api/query",
+        net="discriminator",
+        layer="model.1",
+        x=20,
+        y=9,
+        upload=answer["upload"],
+        dtype="float32",
+    ).json()
     assert row["cell"] == [9 * 8 // 32, 20 * 8 // 32] == [2, 5]
-    assert torch.allclose(decode(row["row"], "float32", (64,)), maps["model.1"][2 * 8 + 5],
-                          atol=1e-6)
+    assert torch.allclose(
+        decode(row["row"], "float32", (64,)), maps["model.1"][2 * 8 + 5], atol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------- refusals
@@ -299,10 +353,16 @@ BAD_GETS = [
     ("/api/query?net=critic&layer=model.0&x=0&y=0&seed=1", 400, "unknown net"),
     ("/api/query?net=generator&layer=model.0&x=0&y=0", 400, "seed"),
     ("/api/query?net=discriminator&layer=model.1&x=0&y=0&upload=abc", 400, "64 hex"),
-    ("/api/query?net=discriminator&layer=model.1&x=0&y=0&upload=" + "a" * 64, 404,
-     "no longer kept"),
-    ("/api/query?net=discriminator&layer=model.1&x=0&y=0&seed=1&upload=" + "a" * 64, 400,
-     "either upload or seed"),
+    (
+        "/api/query?net=discriminator&layer=model.1&x=0&y=0&upload=" + "a" * 64,
+        404,
+        "no longer kept",
+    ),
+    (
+        "/api/query?net=discriminator&layer=model.1&x=0&y=0&seed=1&upload=" + "a" * 64,
+        400,
+        "either upload or seed",
+    ),
     ("/../../etc/passwd", 404, "not found"),
     ("/%2e%2e/%2e%2e/etc/passwd", 404, "not found"),
     ("/explore.js/../../../../etc/passwd", 404, "not found"),
@@ -325,12 +385,30 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server) -> None:
         (call(server, "DELETE", "/"), 405),
         (call(server, "POST", "/api/generate?seed=1", b""), 404),
         (call(server, "GET", "/api/info", headers={"Host": "attacker.example:80"}), 403),
-        (call(server, "POST", "/api/discriminate", b"GIF89a....",
-              {"Content-Type": "image/gif"}), 415),
-        (call(server, "POST", "/api/discriminate", b"\xff\xd8\xff\xe0 not a png",
-              {"Content-Type": "image/png"}), 415),
-        (call(server, "POST", "/api/discriminate", PNG_MAGIC + b"\x00" * 64,
-              {"Content-Type": "image/png"}), 400),
+        (
+            call(server, "POST", "/api/discriminate", b"GIF89a....", {"Content-Type": "image/gif"}),
+            415,
+        ),
+        (
+            call(
+                server,
+                "POST",
+                "/api/discriminate",
+                b"\xff\xd8\xff\xe0 not a png",
+                {"Content-Type": "image/png"},
+            ),
+            415,
+        ),
+        (
+            call(
+                server,
+                "POST",
+                "/api/discriminate",
+                PNG_MAGIC + b"\x00" * 64,
+                {"Content-Type": "image/png"},
+            ),
+            400,
+        ),
         (call(server, "POST", "/api/discriminate", b"", {"Content-Type": "image/png"}), 400),
     ]
     for answer, status in refusals:
@@ -338,16 +416,19 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server) -> None:
         assert answer.json()["error"]
     # a body over the limit is refused from its Content-Length, before it is read
     for length in (MAX_UPLOAD_BYTES + 1, 10**12):
-        reply = raw(server, b"POST /api/discriminate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                    b"Content-Type: image/png\r\nContent-Length: %d\r\n\r\n" % length
-                    + PNG_MAGIC * 8192)
+        reply = raw(
+            server,
+            b"POST /api/discriminate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: image/png\r\nContent-Length: %d\r\n\r\n" % length + PNG_MAGIC * 8192,
+        )
         assert reply.startswith(b"HTTP/1.0 413") and b"at most 10485760" in reply
-    reply = raw(server, b"POST /api/discriminate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Content-Type: image/png\r\n\r\n")
+    reply = raw(
+        server,
+        b"POST /api/discriminate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n\r\n",
+    )
     assert reply.startswith(b"HTTP/1.0 411")
     assert raw(server, b"\x16\x03\x01 hi there\r\n\r\n").startswith(b"HTTP/1.0 400")  # not HTTP
-    assert raw(server, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n").startswith(
-        b"HTTP/1.0 414")
+    assert raw(server, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.0 414")
     assert get(server, "/api/info").status == 200
     assert get(server, "/api/generate", seed=2**63 - 1).status == 200
 
@@ -356,24 +437,33 @@ def test_assets_are_the_package_data(server) -> None:
     import fagan.explore
 
     assets = Path(fagan.explore.__file__).parent / "assets"
-    for path, name in (("/", "index.html"), ("/explore.js", "explore.js"),
-                       ("/explore.css", "explore.css")):
+    for path, name in (
+        ("/", "index.html"),
+        ("/explore.js", "explore.js"),
+        ("/explore.css", "explore.css"),
+    ):
         answer = call(server, "GET", path)
         assert answer.status == 200 and answer.body == (assets / name).read_bytes()
         assert "default-src 'none'" in answer.headers["content-security-policy"]
         assert answer.headers["x-content-type-options"] == "nosniff"
-    page = (assets / "index.html").read_text() + (assets / "explore.js").read_text() + \
-        (assets / "explore.css").read_text()
+    page = (
+        (assets / "index.html").read_text()
+        + (assets / "explore.js").read_text()
+        + (assets / "explore.css").read_text()
+    )
     assert not re.search(r"https?://|//cdn|@import|url\(", page)
 
 
 def test_concurrent_requests_are_answered_as_alone(server) -> None:
-    serial = {seed: get(server, "/api/generate", seed=seed, dtype="float32").json()
-              for seed in (3, 4)}
+    serial = {
+        seed: get(server, "/api/generate", seed=seed, dtype="float32").json() for seed in (3, 4)
+    }
     jobs = [("/api/generate", {"seed": 3 + i % 2, "dtype": "float32"}) for i in range(16)]
     jobs += [("/api/generate", {"seed": "-5"})] * 4
-    jobs += [("/api/query", {"net": "generator", "layer": "model.2", "x": i, "y": 31 - i,
-                             "seed": 3})for i in range(8)]
+    jobs += [
+        ("/api/query", {"net": "generator", "layer": "model.2", "x": i, "y": 31 - i, "seed": 3})
+        for i in range(8)
+    ]
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(lambda job: get(server, job[0], **job[1]), jobs))
     for (path, params), answer in zip(jobs, answers, strict=True):
@@ -388,38 +478,62 @@ def test_concurrent_requests_are_answered_as_alone(server) -> None:
 # --------------------------------------------------------------------------- command line
 def test_export_writes_one_self_contained_page(files, networks, tmp_path: Path, capsys) -> None:
     page = tmp_path / "page.html"
-    assert main(["explore", *model_flags(files, critic=True), "--export", str(page),
-                 "--seeds", "0,9", "--truncation", "1.5"]) == 0
+    assert (
+        main(
+            [
+                "explore",
+                *model_flags(files, critic=True),
+                "--export",
+                str(page),
+                "--seeds",
+                "0,9",
+                "--truncation",
+                "1.5",
+            ]
+        )
+        == 0
+    )
     assert f"wrote {page}" in capsys.readouterr().out
     html = page.read_text()
-    assert '<script src="' not in html and "<link rel=\"stylesheet\"" not in html
+    assert '<script src="' not in html and '<link rel="stylesheet"' not in html
     assert not re.search(r"(src|href)=\"https?:", html)
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
-    data = json.loads(re.search(r'<script id="fagan-data" type="application/json">(.*?)'
-                                r"</script>", html, re.S).group(1))
+    data = json.loads(
+        re.search(
+            r'<script id="fagan-data" type="application/json">(.*?)'
+            r"</script>",
+            html,
+            re.S,
+        ).group(1)
+    )
     assert [r["request"] for r in data["results"]] == [
-        {"seed": "0", "truncation": 1.5}, {"seed": "9", "truncation": 1.5}]
+        {"seed": "0", "truncation": 1.5},
+        {"seed": "9", "truncation": 1.5},
+    ]
     _, maps = own_maps(networks[0], make_latents(1, 128, 9, 1.5))
     layer = data["results"][1]["generator"]["layers"][1]
-    assert torch.equal(decode(layer["maps"], "float16", (256, 256)),
-                       maps["model.2"].half().float())
+    assert torch.equal(decode(layer["maps"], "float16", (256, 256)), maps["model.2"].half().float())
     assert data["results"][0]["discriminator"]["layers"][0]["name"] == "model.1"
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--generator_file", "missing.pth"], "file not found: missing.pth"),
-    (["--port", "70000"], "expected a port from 0 to 65535"),
-    (["--port", "-1"], "expected a port"),
-    (["--seeds", "1,2"], "--seeds goes with --export"),
-    (["--export", "page.txt"], "--export must end in .html"),
-    (["--export", "page.html", "--seeds", "1,x"], "seed must be a whole number"),
-    (["--export", "page.html", "--seeds", "1,1"], "repeats a seed"),
-    (["--truncation", "50"], "--truncation must be from"),
-    (["--discriminator_config", "small32"], "goes with --discriminator_file"),
-    (["--host", "no.such.host.invalid"], "cannot listen on no.such.host.invalid"),
-])
-def test_bad_command_lines_fail_in_one_line(files, flags, message, capsys,
-                                            monkeypatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--generator_file", "missing.pth"], "file not found: missing.pth"),
+        (["--port", "70000"], "expected a port from 0 to 65535"),
+        (["--port", "-1"], "expected a port"),
+        (["--seeds", "1,2"], "--seeds goes with --export"),
+        (["--export", "page.txt"], "--export must end in .html"),
+        (["--export", "page.html", "--seeds", "1,x"], "seed must be a whole number"),
+        (["--export", "page.html", "--seeds", "1,1"], "repeats a seed"),
+        (["--truncation", "50"], "--truncation must be from"),
+        (["--discriminator_config", "small32"], "goes with --discriminator_file"),
+        (["--host", "no.such.host.invalid"], "cannot listen on no.such.host.invalid"),
+    ],
+)
+def test_bad_command_lines_fail_in_one_line(
+    files, flags, message, capsys, monkeypatch, tmp_path: Path
+) -> None:
     monkeypatch.chdir(tmp_path)
     try:
         status = main(["explore", *model_flags(files), "--port", "0", *flags])
@@ -446,15 +560,30 @@ def test_port_in_use_fails_in_one_line(files, capsys) -> None:
 def test_serves_until_ctrl_c(files) -> None:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "fagan", "explore", *model_flags(files), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [sys.executable, "-m", "fagan", "explore", *model_flags(files), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = process.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         assert url, line + process.stderr.read()
         info = get(("127.0.0.1", int(url.group(1))), "/api/info").json()
         assert info["has_discriminator"] is False
-        assert get(("127.0.0.1", int(url.group(1))), "/api/query", net="discriminator",
-                   layer="model.1", x=0, y=0, seed=0).status == 404
+        assert (
+            get(
+                ("127.0.0.1", int(url.group(1))),
+                "/api/query",
+                net="discriminator",
+                layer="model.1",
+                x=0,
+                y=0,
+                seed=0,
+            ).status
+            == 404
+        )
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
     finally:

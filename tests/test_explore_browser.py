@@ -31,7 +31,8 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
-    "chromium-driver); no browser is downloaded")
+    "chromium-driver); no browser is downloaded",
+)
 
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -75,10 +76,19 @@ def server_url(live_explorer: Explorer):
 def browser():
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000", "--no-first-run", "--disable-extensions",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -101,13 +111,17 @@ def hover(driver, x: int, y: int) -> None:
     """Moves the pointer over pixel (x, y) of the displayed image."""
     canvas = driver.find_element(By.ID, "image")
     rect = driver.execute_script(
-        "const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", canvas)
+        "const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", canvas
+    )
     size = driver.execute_script("return arguments[0].width;", canvas)
     dx = (x + 0.5) * rect[0] / size - rect[0] / 2  # offsets from the element's centre
     dy = (y + 0.5) * rect[1] / size - rect[1] / 2
     ActionChains(driver).move_to_element_with_offset(canvas, round(dx), round(dy)).perform()
-    wait_for(driver, "return [...document.querySelectorAll('canvas[data-layer]')]"
-             f".every(c => c.dataset.query === '{x},{y}')")
+    wait_for(
+        driver,
+        "return [...document.querySelectorAll('canvas[data-layer]')]"
+        f".every(c => c.dataset.query === '{x},{y}')",
+    )
 
 
 PANELS = """
@@ -123,13 +137,15 @@ return [...document.querySelectorAll('canvas[data-layer]')].map(c => {
 def image_pixels(driver) -> np.ndarray:
     data = driver.execute_script(
         "const c = document.getElementById('image');"
-        "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);")
+        "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);"
+    )
     side = int(round((len(data) // 4) ** 0.5))
     return np.array(data, dtype=np.uint8).reshape(side, side, 4)[..., :3]
 
 
-def expected_peaks(networks, seed: int, truncation: float | None, query,
-                   fetched: Explorer | None = None) -> tuple[dict[str, tuple], torch.Tensor]:
+def expected_peaks(
+    networks, seed: int, truncation: float | None, query, fetched: Explorer | None = None
+) -> tuple[dict[str, tuple], torch.Tensor]:
     """For each layer: the (row, col) of the largest probability in the query's row (the
     first one on ties, as the page reports it), and the generated image.
 
@@ -146,16 +162,18 @@ def expected_peaks(networks, seed: int, truncation: float | None, query,
             row = attention[(query[1] * side // 32) * side + query[0] * side // 32]
             if fetched is not None and side * side > fetched.inline_max_positions:
                 answer = fetched.query(net, name, *query, request=ImageRequest(seed, truncation))
-                row = torch.from_numpy(np.frombuffer(base64.b64decode(answer["row"]), "<f2")
-                                       .astype(np.float32))
+                row = torch.from_numpy(
+                    np.frombuffer(base64.b64decode(answer["row"]), "<f2").astype(np.float32)
+                )
             # the page gets float16 values: near-uniform rows can tie there
             index = int(torch.argmax(row.half().float()))
             peaks[f"{net}/{name}"] = (index // side, index % side)
     return peaks, image
 
 
-def check_page(driver, networks, seed: int, truncation: float | None,
-               fetched: Explorer | None = None) -> None:
+def check_page(
+    driver, networks, seed: int, truncation: float | None, fetched: Explorer | None = None
+) -> None:
     """The image is the model's, and hovering draws each layer's own map for the query."""
     _, image = expected_peaks(networks, seed, truncation, QUERIES[0])
     expected_image = ((image[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -165,7 +183,10 @@ def check_page(driver, networks, seed: int, truncation: float | None,
         hover(driver, x, y)
         panels = driver.execute_script(PANELS)
         assert [name for name, _, _ in panels] == [
-            "generator/model.0", "generator/model.2", "discriminator/model.1"]
+            "generator/model.0",
+            "generator/model.2",
+            "discriminator/model.1",
+        ]
         peaks, _ = expected_peaks(networks, seed, truncation, (x, y), fetched)
         for name, _, stats in panels:
             assert f"at {peaks[name][0]},{peaks[name][1]} " in stats, (name, stats, peaks[name])
@@ -175,14 +196,13 @@ def check_page(driver, networks, seed: int, truncation: float | None,
 
 
 def fetched_elsewhere(driver, allowed_prefix: str) -> list[str]:
-    urls = driver.execute_script(
-        "return performance.getEntriesByType('resource').map(e => e.name)")
+    urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     return [u for u in urls if not (u.startswith(allowed_prefix) or u.startswith("data:"))]
 
 
-def test_served_page_shows_the_image_and_each_layers_attention(browser, server_url, networks,
-                                                               live_explorer: Explorer,
-                                                               tmp_path: Path) -> None:
+def test_served_page_shows_the_image_and_each_layers_attention(
+    browser, server_url, networks, live_explorer: Explorer, tmp_path: Path
+) -> None:
     browser.get(server_url)
     wait_for(browser, "return document.body.dataset.ready")
     assert "2 attention layers" in browser.find_element(By.ID, "model-info").text
@@ -192,19 +212,23 @@ def test_served_page_shows_the_image_and_each_layers_attention(browser, server_u
     seed_box.clear()
     seed_box.send_keys("42")
     browser.find_element(By.ID, "truncation-on").click()
-    wait_for(browser, "return document.getElementById('status').textContent === "
-             "'seed 42, truncation 1'")
+    wait_for(
+        browser, "return document.getElementById('status').textContent === 'seed 42, truncation 1'"
+    )
     check_page(browser, networks, seed=42, truncation=1.0, fetched=live_explorer)
     fetched = browser.execute_script(
-        "return performance.getEntriesByType('resource').map(e => e.name)")
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
     assert any("/api/query?" in url and "layer=model.2" in url for url in fetched)
-    assert "data:image/png;base64," in browser.find_element(By.ID, "download") \
-        .get_attribute("href")
+    assert "data:image/png;base64," in browser.find_element(By.ID, "download").get_attribute("href")
     # an image opened for the critic: its score, its layer, no generator layers
     face = write_lfw_faces(tmp_path, 32, count=1, start=7) / "face_007.png"
     browser.find_element(By.ID, "upload").send_keys(str(face))
-    wait_for(browser, "return document.getElementById('status').textContent"
-             ".startsWith('face_007.png as the critic sees it')")
+    wait_for(
+        browser,
+        "return document.getElementById('status').textContent"
+        ".startsWith('face_007.png as the critic sees it')",
+    )
     score = own_maps(networks[1], load_image(face, 32)[None])[0]
     assert f"D(x) = {float(score[0]):.4f}" in browser.find_element(By.ID, "score").text
     hover(browser, 20, 9)
@@ -213,8 +237,9 @@ def test_served_page_shows_the_image_and_each_layers_attention(browser, server_u
     assert fetched_elsewhere(browser, server_url) == []
 
 
-def test_exported_page_works_from_disk_without_a_server(browser, explorer, networks,
-                                                        tmp_path: Path) -> None:
+def test_exported_page_works_from_disk_without_a_server(
+    browser, explorer, networks, tmp_path: Path
+) -> None:
     page = export_page(explorer, [5, 6], tmp_path / "explore.html")
     browser.get(page.as_uri())
     wait_for(browser, "return document.body.dataset.ready")
@@ -222,10 +247,12 @@ def test_exported_page_works_from_disk_without_a_server(browser, explorer, netwo
     check_page(browser, networks, seed=5, truncation=None)
     browser.execute_script(
         "const s = document.getElementById('seed-select'); s.value = '1';"
-        "s.dispatchEvent(new Event('change'));")
+        "s.dispatchEvent(new Event('change'));"
+    )
     wait_for(browser, "return document.getElementById('status').textContent === 'seed 6'")
-    browser.execute_script("document.querySelectorAll('canvas[data-layer]')"
-                           ".forEach(c => delete c.dataset.query)")
+    browser.execute_script(
+        "document.querySelectorAll('canvas[data-layer]').forEach(c => delete c.dataset.query)"
+    )
     check_page(browser, networks, seed=6, truncation=None)
     assert fetched_elsewhere(browser, "file://") == []
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]

@@ -69,10 +69,20 @@ def test_set_enabled_and_disabled_switch_and_restore() -> None:
         fast.set_enabled(start)
 
 
-@pytest.mark.parametrize(("value", "on"), [
-    ("0", False), ("false", False), (" OFF ", False), ("no", False),
-    ("1", True), ("true", True), ("", True), ("yes", True), (None, True),
-])
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [
+        ("0", False),
+        ("false", False),
+        (" OFF ", False),
+        ("no", False),
+        ("1", True),
+        ("true", True),
+        ("", True),
+        ("yes", True),
+        (None, True),
+    ],
+)
 def test_environment_values(value: str | None, on: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if value is None:
         monkeypatch.delenv(fast.ENV_VAR, raising=False)
@@ -116,8 +126,9 @@ def test_the_environment_variable_switches_a_fresh_process(value: str) -> None:
     """FAGAN_FAST_PATHS=0: explicit softmax attention, the deconvolution, out-of-place
     activations; =1: the flash kernel, a matrix product, in-place activations."""
     env = dict(os.environ, **{fast.ENV_VAR: value})
-    probe = subprocess.run([sys.executable, "-c", _SWITCH_PROBE], capture_output=True,
-                           text=True, env=env, timeout=300)
+    probe = subprocess.run(
+        [sys.executable, "-c", _SWITCH_PROBE], capture_output=True, text=True, env=env, timeout=300
+    )
     assert probe.returncode == 0, probe.stderr[-2000:]
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     on = value == "1"
@@ -133,25 +144,45 @@ def test_the_environment_variable_switches_a_fresh_process(value: str) -> None:
 CONVS = {
     # name: (constructor, input shape, spectral norm applied to the output?, one pixel?)
     "conv, spectral norm on the output": (
-        lambda bias: make_conv(64, 128, (4, 4), (2, 2), (1, 1), bias=bias,
-                               use_spectral_norm=True), (3, 64, 4, 4), True, False),
+        lambda bias: make_conv(64, 128, (4, 4), (2, 2), (1, 1), bias=bias, use_spectral_norm=True),
+        (3, 64, 4, 4),
+        True,
+        False,
+    ),
     "conv, spectral norm, input larger than the weight": (
-        lambda bias: make_conv(8, 8, (3, 3), (1, 1), (1, 1), bias=bias,
-                               use_spectral_norm=True), (2, 8, 16, 16), False, False),
+        lambda bias: make_conv(8, 8, (3, 3), (1, 1), (1, 1), bias=bias, use_spectral_norm=True),
+        (2, 8, 16, 16),
+        False,
+        False,
+    ),
     "transposed from 1x1": (
         lambda bias: make_conv(32, 48, (4, 3), (2, 2), (0, 0), transpose=True, bias=bias),
-        (5, 32, 1, 1), False, True),
+        (5, 32, 1, 1),
+        False,
+        True,
+    ),
     "transposed from 1x1, spectral norm": (
-        lambda bias: make_conv(32, 48, (4, 4), (1, 1), (0, 0), transpose=True, bias=bias,
-                               use_spectral_norm=True), (5, 32, 1, 1), True, True),
+        lambda bias: make_conv(
+            32, 48, (4, 4), (1, 1), (0, 0), transpose=True, bias=bias, use_spectral_norm=True
+        ),
+        (5, 32, 1, 1),
+        True,
+        True,
+    ),
     "transposed, spectral norm on the output": (
-        lambda bias: make_conv(64, 32, (4, 4), (2, 2), (1, 1), transpose=True, bias=bias,
-                               use_spectral_norm=True), (3, 64, 4, 4), True, False),
+        lambda bias: make_conv(
+            64, 32, (4, 4), (2, 2), (1, 1), transpose=True, bias=bias, use_spectral_norm=True
+        ),
+        (3, 64, 4, 4),
+        True,
+        False,
+    ),
 }
 
 
-def _conv_passes(layer: nn.Module, x: torch.Tensor, on: bool, bf16: bool
-                 ) -> list[list[torch.Tensor]]:
+def _conv_passes(
+    layer: nn.Module, x: torch.Tensor, on: bool, bf16: bool
+) -> list[list[torch.Tensor]]:
     """Two training-mode passes (a power iteration each): output, input and weight grads."""
     results = []
     for _ in range(2):
@@ -197,8 +228,10 @@ def test_without_the_private_spectral_norm_class_the_plain_path_runs(
     """No ``torch.nn.utils.parametrizations._SpectralNorm``: the spectral_norm
     parametrization's own path, bit for bit the plain one."""
     torch.manual_seed(0)
-    layers = [make_conv(64, 128, (4, 4), (2, 2), (1, 1), use_spectral_norm=True),
-              make_conv(64, 32, (4, 4), (2, 2), (1, 1), transpose=True, use_spectral_norm=True)]
+    layers = [
+        make_conv(64, 128, (4, 4), (2, 2), (1, 1), use_spectral_norm=True),
+        make_conv(64, 32, (4, 4), (2, 2), (1, 1), transpose=True, use_spectral_norm=True),
+    ]
     x = torch.randn(3, 64, 4, 4)
     assert all(fast.spectral_norm_on_output(layer.eval(), x) is not None for layer in layers)
     monkeypatch.delattr(parametrizations, "_SpectralNorm")
@@ -215,25 +248,39 @@ def test_without_the_private_spectral_norm_class_the_plain_path_runs(
 # --------------------------------------------------------------------------- attention
 ATTENTION = {
     "full, transposed, N = 1024, Cq < Cv": (
-        lambda: FullAttention(16, 8, (4, 4), (2, 2), (1, 1), transpose=True,
-                              activation=nn.LeakyReLU(0.2)), (2, 16, 16, 16)),
+        lambda: FullAttention(
+            16, 8, (4, 4), (2, 2), (1, 1), transpose=True, activation=nn.LeakyReLU(0.2)
+        ),
+        (2, 16, 16, 16),
+    ),
     "full, 3x3, N = 400, Cq > Cv, no BN/SN": (
-        lambda: FullAttention(64, 4, (3, 3), (1, 1), (1, 1), squeeze_factor=2,
-                              use_spectral_norm=False, use_batch_norm=False),
-        (2, 64, 20, 20)),
+        lambda: FullAttention(
+            64,
+            4,
+            (3, 3),
+            (1, 1),
+            (1, 1),
+            squeeze_factor=2,
+            use_spectral_norm=False,
+            use_batch_norm=False,
+        ),
+        (2, 64, 20, 20),
+    ),
     "self, N = 576": (lambda: SelfAttention(16, activation=nn.ReLU()), (2, 16, 24, 24)),
 }
 
 
-def _attention_pass(layer: nn.Module, x: torch.Tensor, on: bool
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _attention_pass(
+    layer: nn.Module, x: torch.Tensor, on: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     x = x.clone().requires_grad_(True)
     with _switch(on):
         out = layer(x)
         weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
         (out * weights).sum().backward()
-    grads = {"input": x.grad} | {n: p.grad for n, p in layer.named_parameters()
-                                 if p.grad is not None}
+    grads = {"input": x.grad} | {
+        n: p.grad for n, p in layer.named_parameters() if p.grad is not None
+    }
     return out.detach(), grads
 
 
@@ -257,8 +304,9 @@ def test_fused_attention_equals_explicit_attention_in_the_layers(name: str) -> N
     scale = max(float(g.abs().max()) for g in plain_grads.values())
     for key, grad in fast_grads.items():
         ref = plain_grads[key]
-        assert float((grad - ref).abs().max()) <= 5e-5 * max(float(ref.abs().max()),
-                                                              1e-2 * scale), key
+        assert float((grad - ref).abs().max()) <= 5e-5 * max(
+            float(ref.abs().max()), 1e-2 * scale
+        ), key
 
 
 class _AtenWithoutCpuFlash:
@@ -279,8 +327,9 @@ def test_without_the_private_cpu_flash_operators_the_public_sdpa_runs(
     """No ``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu[_backward]``:
     attend_fused takes the public-SDPA path (bit for bit) and still equals the explicit."""
     generator = torch.Generator().manual_seed(2)
-    q, k, v = (torch.randn(2, 300, c, generator=generator) * s
-               for c, s in ((4, 0.7), (4, 0.7), (24, 1.0)))
+    q, k, v = (
+        torch.randn(2, 300, c, generator=generator) * s for c, s in ((4, 0.7), (4, 0.7), (24, 1.0))
+    )
     weights = torch.randn(2, 300, 24, generator=generator)
 
     def run(fn: Callable[..., torch.Tensor]) -> list[torch.Tensor]:
@@ -302,16 +351,25 @@ def test_without_the_private_cpu_flash_operators_the_public_sdpa_runs(
 
 
 # --------------------------------------------------------------------------- activations
-@pytest.mark.parametrize(("activation", "in_place"), [
-    (nn.ReLU(), True), (nn.LeakyReLU(0.2), True), (nn.LeakyReLU(1.0), True),
-    (nn.LeakyReLU(0.0), False), (nn.LeakyReLU(-0.5), False), (nn.Tanh(), False),
-])
-def test_in_place_activation_equals_the_plain_activation(activation: nn.Module,
-                                                         in_place: bool) -> None:
+@pytest.mark.parametrize(
+    ("activation", "in_place"),
+    [
+        (nn.ReLU(), True),
+        (nn.LeakyReLU(0.2), True),
+        (nn.LeakyReLU(1.0), True),
+        (nn.LeakyReLU(0.0), False),
+        (nn.LeakyReLU(-0.5), False),
+        (nn.Tanh(), False),
+    ],
+)
+def test_in_place_activation_equals_the_plain_activation(
+    activation: nn.Module, in_place: bool
+) -> None:
     results = {}
     for on in (True, False):
-        leaf = torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(3),
-                           requires_grad=True)
+        leaf = torch.randn(
+            4, 8, 5, 5, generator=torch.Generator().manual_seed(3), requires_grad=True
+        )
         x = leaf * 1.5  # a fresh non-leaf tensor, as a convolution's output
         with _switch(on):
             out = fast.activate_inplace(activation, x)
@@ -335,8 +393,9 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _small32_training(on: bool, loss_name: str, steps: int = 3
-                      ) -> tuple[list[float], dict[str, torch.Tensor]]:
+def _small32_training(
+    on: bool, loss_name: str, steps: int = 3
+) -> tuple[list[float], dict[str, torch.Tensor]]:
     """``steps`` D and G steps of the small32 networks from one seed; losses and weights."""
     from fagan.config import load_config, resolve_config_path
     from fagan.losses import get_loss
@@ -365,12 +424,18 @@ def _small32_training(on: bool, loss_name: str, steps: int = 3
     return losses, weights | {f"D.{k}": v for k, v in D.state_dict().items()}
 
 
-@pytest.mark.parametrize(("loss_name", "all_fused"), [
-    ("relativistic-hinge", False),  # small32 as it is: no attention above the threshold
-    ("wgan-gp", True),  # every attention fused, the gradient penalty's double backward too
-])
+@pytest.mark.parametrize(
+    ("loss_name", "all_fused"),
+    [
+        ("relativistic-hinge", False),  # small32 as it is: no attention above the threshold
+        ("wgan-gp", True),  # every attention fused, the gradient penalty's double backward too
+    ],
+)
 def test_small32_trains_the_same_with_and_without_fast_paths(
-    loss_name: str, all_fused: bool, one_thread: None, monkeypatch: pytest.MonkeyPatch,
+    loss_name: str,
+    all_fused: bool,
+    one_thread: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if all_fused:  # small32's attention has at most 256 positions
         monkeypatch.setattr(fast, "EXPLICIT_MAX_POSITIONS", 0)

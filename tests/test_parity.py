@@ -30,8 +30,9 @@ from fagan.networks import Discriminator, Generator
 OUR_FAGAN64 = Path(__file__).resolve().parents[1] / "configs" / "fagan64"
 
 
-def assert_close(ours: torch.Tensor, theirs: torch.Tensor, rtol: float = 1e-4,
-                 atol_fraction: float = 1e-5) -> None:
+def assert_close(
+    ours: torch.Tensor, theirs: torch.Tensor, rtol: float = 1e-4, atol_fraction: float = 1e-5
+) -> None:
     """Equal up to float32 reordering: ``rtol`` plus an absolute slack scaled to the values."""
     assert ours.shape == theirs.shape
     atol = atol_fraction * max(float(theirs.abs().max()), 1e-12)
@@ -141,8 +142,9 @@ def test_discriminator_matches_reference(converged_states, run: str, config: str
     assert_close(mine, theirs, rtol=1e-4, atol_fraction=1e-4)
     spread = theirs - theirs.mean()
     assert float(spread.abs().max()) > 0
-    torch.testing.assert_close(mine - mine.mean(), spread, rtol=1e-3,
-                               atol=1e-3 * float(spread.abs().max()))
+    torch.testing.assert_close(
+        mine - mine.mean(), spread, rtol=1e-3, atol=1e-3 * float(spread.abs().max())
+    )
 
 
 def test_generator_matches_reference_in_training_mode(converged_states) -> None:
@@ -170,8 +172,10 @@ def _without_emulated_iteration(state: dict[str, torch.Tensor], model: nn.Module
     """The converted state dict with the stored u, v as they are (no emulated iteration)."""
     naive = convert_legacy_state_dict(state, model)
     for key in naive:
-        for ours_suffix, their_suffix in (("parametrizations.weight.0._u", "module.weight_u"),
-                                          ("parametrizations.weight.0._v", "module.weight_v")):
+        for ours_suffix, their_suffix in (
+            ("parametrizations.weight.0._u", "module.weight_u"),
+            ("parametrizations.weight.0._v", "module.weight_v"),
+        ):
             if key.endswith(ours_suffix):
                 naive[key] = state[key.replace(ours_suffix, their_suffix)]
     return naive
@@ -218,8 +222,9 @@ def test_unconverged_reference_checkpoint_loads_exactly(tmp_path: Path, role: st
 
 
 # --------------------------------------------------------------------------- single layers
-def _load_reference_layer(ours: nn.Module, ref: nn.Module, spectral_norm: bool,
-                          batch_norm: bool) -> None:
+def _load_reference_layer(
+    ours: nn.Module, ref: nn.Module, spectral_norm: bool, batch_norm: bool
+) -> None:
     """Copies the weights of a reference attention layer into ours (both wrapped in a
     Sequential, as inside networks, so keys read ``0.query_conv.weight``)."""
     wrapped_ours, wrapped_ref = nn.Sequential(ours), nn.Sequential(ref)
@@ -244,7 +249,11 @@ def _attention_map(theirs: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["nobn", "bn"])
 @pytest.mark.parametrize("activation", [None, 0.2], ids=["noact", "lrelu0.2"])
 def test_full_attention_layer_matches_reference(
-    transpose: bool, strided: bool, squeeze: int, spectral_norm: bool, batch_norm: bool,
+    transpose: bool,
+    strided: bool,
+    squeeze: int,
+    spectral_norm: bool,
+    batch_norm: bool,
     activation: float | None,
 ) -> None:
     torch.manual_seed(50)
@@ -254,8 +263,16 @@ def test_full_attention_layer_matches_reference(
         16, 8, act(), (4, 4), transpose, spectral_norm, batch_norm, squeeze, stride, padding, True
     )
     ours = FullAttention(
-        16, 8, (4, 4), stride, padding, transpose=transpose, squeeze_factor=squeeze,
-        bias=True, use_spectral_norm=spectral_norm, use_batch_norm=batch_norm,
+        16,
+        8,
+        (4, 4),
+        stride,
+        padding,
+        transpose=transpose,
+        squeeze_factor=squeeze,
+        bias=True,
+        use_spectral_norm=spectral_norm,
+        use_batch_norm=batch_norm,
         activation=act(),
     )
     with torch.no_grad():
@@ -344,8 +361,9 @@ def test_capture_attention_in_a_network_names_every_layer(converged_states) -> N
 def test_convert_legacy_state_dict_of_a_bare_layer_without_batch_norm() -> None:
     torch.manual_seed(80)
     ref = CustomLayers.FullAttention(16, 8, None, (4, 4), False, True, False, 8, 2, 1)
-    ours = FullAttention(16, 8, (4, 4), (2, 2), (1, 1), use_spectral_norm=True,
-                         use_batch_norm=False)
+    ours = FullAttention(
+        16, 8, (4, 4), (2, 2), (1, 1), use_spectral_norm=True, use_batch_norm=False
+    )
     converted = convert_legacy_state_dict(ref.state_dict(), ours)
     assert sorted(converted) == sorted(ours.state_dict())
 
@@ -356,7 +374,7 @@ def test_convert_legacy_state_dict_of_a_bare_layer_without_batch_norm() -> None:
 def test_sdpa_path_equals_explicit_path(n: int, cq: int, cv: int) -> None:
     generator = torch.Generator().manual_seed(n * 100 + cq * 10 + cv)
     # unscaled attention: q . k has variance ~4, a softmax neither flat nor one-hot
-    scale = 2 ** 0.5 / cq ** 0.25
+    scale = 2**0.5 / cq**0.25
     q0 = torch.randn(2, n, cq, generator=generator) * scale
     k0 = torch.randn(2, n, cq, generator=generator) * scale
     v0 = torch.randn(2, n, cv, generator=generator)
@@ -379,8 +397,9 @@ def test_sdpa_path_equals_explicit_path(n: int, cq: int, cv: int) -> None:
     for name, a, b in zip("qkv", fast_grads, slow_grads, strict=True):
         assert a is not None and b is not None, name
         scale_b = float(b.abs().max())
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(scale_b, 1.0),
-                                   msg=f"gradient wrt {name}")
+        torch.testing.assert_close(
+            a, b, rtol=1e-4, atol=1e-5 * max(scale_b, 1.0), msg=f"gradient wrt {name}"
+        )
 
 
 def test_attention_is_unscaled() -> None:

@@ -22,11 +22,14 @@ def test_read_loss_log_truncated_and_blank_lines(tmp_path: Path) -> None:
     assert g == [0.5, 0.75, 1.0]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("1.5\t0.5\nabc\t0.1\n1.0\t1.0\n", r"loss\.log, line 2"),
-    ("1.5\t0.5\n0.9\n", "line 2"),  # complete (newline-ended) but malformed last line
-    ("\n\n", "no loss entries"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1.5\t0.5\nabc\t0.1\n1.0\t1.0\n", r"loss\.log, line 2"),
+        ("1.5\t0.5\n0.9\n", "line 2"),  # complete (newline-ended) but malformed last line
+        ("\n\n", "no loss entries"),
+    ],
+)
 def test_read_loss_log_errors(tmp_path: Path, text: str, message: str) -> None:
     log = tmp_path / "loss.log"
     log.write_text(text)
@@ -45,10 +48,13 @@ def test_read_stats_jsonl_skips_blank_and_partial_last_lines(tmp_path: Path) -> 
     assert read_stats_jsonl(stats) == [{"step": 1, "d": 0.5}, {"step": 2, "d": 0.4}]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ('{"step": 1}\n[1, 2]\n', "line 2: expected a JSON object"),
-    ('{"step": 1}\n{oops\n{"step": 3}\n', "line 2: not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"step": 1}\n[1, 2]\n', "line 2: expected a JSON object"),
+        ('{"step": 1}\n{oops\n{"step": 3}\n', "line 2: not valid JSON"),
+    ],
+)
 def test_read_stats_jsonl_errors(tmp_path: Path, text: str, message: str) -> None:
     stats = tmp_path / "stats.jsonl"
     stats.write_text(text)

@@ -33,8 +33,11 @@ def read_stylegan_zip(path: Path) -> tuple[list[str], np.ndarray, np.ndarray | N
     come from dataset.json's ``"labels"`` pairs looked up by file name. Independent of fagan.
     """
     with zipfile.ZipFile(path) as zf:
-        names = sorted(n for n in zf.namelist()
-                       if os.path.splitext(n)[1].lower() in Image.registered_extensions())
+        names = sorted(
+            n
+            for n in zf.namelist()
+            if os.path.splitext(n)[1].lower() in Image.registered_extensions()
+        )
         images = np.stack([np.array(Image.open(io.BytesIO(zf.read(n)))) for n in names])
         meta = json.loads(zf.read("dataset.json")) if "dataset.json" in zf.namelist() else {}
     labels = meta.get("labels")
@@ -120,8 +123,10 @@ def test_resized_pixels_match_torchvision(tmp_path: Path) -> None:
     _, stretched, _, _ = read_stylegan_zip(tmp_path / "none.zip")
     t = torch.from_numpy(originals[0]).permute(2, 0, 1).float() / 255
     whole = TF.resize(t, [16, 16], InterpolationMode.BILINEAR, antialias=True)
-    assert np.abs(stretched[0].astype(float)
-                  - (whole * 255).round().permute(1, 2, 0).numpy()).max() <= 1
+    assert (
+        np.abs(stretched[0].astype(float) - (whole * 255).round().permute(1, 2, 0).numpy()).max()
+        <= 1
+    )
 
 
 def test_class_folders_give_labels_and_a_zip_keeps_them(tmp_path: Path) -> None:
@@ -182,8 +187,9 @@ def test_output_is_deterministic_limited_and_replaced_only_when_asked(tmp_path: 
     assert np.array_equal(images, read_stylegan_zip(tmp_path / "b.zip")[1][:7])
     smaller = prepare_dataset(folder, tmp_path / "c.zip", 8, compress_level=9)
     assert smaller.bytes < b.bytes
-    assert np.array_equal(read_stylegan_zip(tmp_path / "c.zip")[1],
-                          read_stylegan_zip(tmp_path / "b.zip")[1])
+    assert np.array_equal(
+        read_stylegan_zip(tmp_path / "c.zip")[1], read_stylegan_zip(tmp_path / "b.zip")[1]
+    )
 
 
 def test_an_interrupted_write_leaves_no_zip(tmp_path: Path, monkeypatch) -> None:
@@ -217,18 +223,31 @@ def test_an_interrupted_write_leaves_no_zip(tmp_path: Path, monkeypatch) -> None
 def run_options(tmp: Path, images: Path, name: str, **overrides):
     from fagan.train import TrainOptions
 
-    values = dict(images_dir=str(images), generator_config="small32",
-                  discriminator_config="small32", model_dir=str(tmp / name / "models"),
-                  sample_dir=str(tmp / name / "samples"), batch_size=8, num_workers=0,
-                  device="cpu", tensorboard=False, feedback_factor=1, num_epochs=3,
-                  num_samples=4, seed=2)
+    values = dict(
+        images_dir=str(images),
+        generator_config="small32",
+        discriminator_config="small32",
+        model_dir=str(tmp / name / "models"),
+        sample_dir=str(tmp / name / "samples"),
+        batch_size=8,
+        num_workers=0,
+        device="cpu",
+        tensorboard=False,
+        feedback_factor=1,
+        num_epochs=3,
+        num_samples=4,
+        seed=2,
+    )
     values.update(overrides)
     return TrainOptions(**values)
 
 
 def assert_same_weights(a, b) -> None:
-    for net_a, net_b in ((a.generator, b.generator), (a.discriminator, b.discriminator),
-                         (a.ema_generator, b.ema_generator)):
+    for net_a, net_b in (
+        (a.generator, b.generator),
+        (a.discriminator, b.discriminator),
+        (a.ema_generator, b.ema_generator),
+    ):
         sa, sb = net_a.state_dict(), net_b.state_dict()
         assert sa.keys() == sb.keys()
         for key in sa:
@@ -240,12 +259,15 @@ def test_folder_and_zips_train_alike_and_resume_exactly(tmp_path: Path) -> None:
 
     faces = write_lfw_faces(tmp_path / "faces", 32, count=24)  # 3 batches of 8 per epoch
     sources = sorted(faces.glob("*.png"))
-    theirs = write_stylegan_zip(tmp_path / "theirs.zip", [rgb(p) for p in sources],
-                                labels=[k % 3 for k in range(24)])
+    theirs = write_stylegan_zip(
+        tmp_path / "theirs.zip", [rgb(p) for p in sources], labels=[k % 3 for k in range(24)]
+    )
     ours = tmp_path / "ours.zip"
     prepare_dataset(faces, ours, 32)
-    pixels = [open_training_data(p, 32, progress=False).uint8_images(range(24))
-              for p in (faces, theirs, ours)]
+    pixels = [
+        open_training_data(p, 32, progress=False).uint8_images(range(24))
+        for p in (faces, theirs, ours)
+    ]
     assert torch.equal(pixels[0], pixels[1]) and torch.equal(pixels[0], pixels[2])
 
     from_folder = train(run_options(tmp_path, faces, "folder", max_steps=5))
@@ -258,8 +280,10 @@ def test_folder_and_zips_train_alike_and_resume_exactly(tmp_path: Path) -> None:
     assert resumed.step == 5 and resumed.epoch == 2  # crossed an epoch boundary
     assert_same_weights(from_zip, resumed)
     # and the weights moved between step 2 and step 5: not two untouched networks
-    assert not torch.equal(first.generator.state_dict()["model.0.value_conv.weight"],
-                           from_zip.generator.state_dict()["model.0.value_conv.weight"])
+    assert not torch.equal(
+        first.generator.state_dict()["model.0.value_conv.weight"],
+        from_zip.generator.state_dict()["model.0.value_conv.weight"],
+    )
 
 
 # --------------------------------------------------------------------------- bad input
@@ -286,11 +310,30 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path: Path) -> None:
     (tmp_path / "truncated.zip").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a zip")
     _zip(tmp_path / "json.zip", {**two, "dataset.json": b'{"labels": [["00000/img0'})
-    _zip(tmp_path / "missing.zip", {**two, "dataset.json": json.dumps({"labels": [
-        ["00000/img00000000.png", 0], ["00000/img00000001.png", 1],
-        ["00000/img00000002.png", 1]]}).encode()})
-    _zip(tmp_path / "float.zip", {**two, "dataset.json": json.dumps({"labels": [
-        ["00000/img00000000.png", 0.5], ["00000/img00000001.png", 1]]}).encode()})
+    _zip(
+        tmp_path / "missing.zip",
+        {
+            **two,
+            "dataset.json": json.dumps(
+                {
+                    "labels": [
+                        ["00000/img00000000.png", 0],
+                        ["00000/img00000001.png", 1],
+                        ["00000/img00000002.png", 1],
+                    ]
+                }
+            ).encode(),
+        },
+    )
+    _zip(
+        tmp_path / "float.zip",
+        {
+            **two,
+            "dataset.json": json.dumps(
+                {"labels": [["00000/img00000000.png", 0.5], ["00000/img00000001.png", 1]]}
+            ).encode(),
+        },
+    )
     _zip(tmp_path / "mixed.zip", {**two, "00000/img00000002.png": _png(16)})
     (tmp_path / "bombs").mkdir()
     _png_bomb(tmp_path / "bombs" / "bomb.png", 13000)
@@ -298,39 +341,83 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path: Path) -> None:
     (tmp_path / "exists.zip").write_bytes(whole)
 
     def prepare(source: str, output: str = "out.zip", *extra: str) -> list[str]:
-        return ["prepare", "--source", str(tmp_path / source), "--output",
-                str(tmp_path / output), "--resolution", "8", *extra]
+        return [
+            "prepare",
+            "--source",
+            str(tmp_path / source),
+            "--output",
+            str(tmp_path / output),
+            "--resolution",
+            "8",
+            *extra,
+        ]
 
     def train(images: str) -> list[str]:
-        return ["train", "--images_dir", str(tmp_path / images), "--device", "cpu",
-                "--generator_config", "small32", "--discriminator_config", "small32",
-                "--model_dir", str(tmp_path / "run" / "models"),
-                "--sample_dir", str(tmp_path / "run" / "samples")]
+        return [
+            "train",
+            "--images_dir",
+            str(tmp_path / images),
+            "--device",
+            "cpu",
+            "--generator_config",
+            "small32",
+            "--discriminator_config",
+            "small32",
+            "--model_dir",
+            str(tmp_path / "run" / "models"),
+            "--sample_dir",
+            str(tmp_path / "run" / "samples"),
+        ]
 
     cases = [
-        (prepare("truncated.zip"), r"truncated.zip is not a folder or a dataset zip \(a "
-         r"truncated or damaged zip\)"),
-        (prepare("photo.jpg"), r"photo.jpg is not a folder or a dataset zip \(a file that is "
-         r"not a zip\)"),
+        (
+            prepare("truncated.zip"),
+            r"truncated.zip is not a folder or a dataset zip \(a "
+            r"truncated or damaged zip\)",
+        ),
+        (
+            prepare("photo.jpg"),
+            r"photo.jpg is not a folder or a dataset zip \(a file that is "
+            r"not a zip\)",
+        ),
         (train("photo.jpg"), r"--images_dir: .*photo.jpg is not a folder or a dataset zip"),
         (train("truncated.zip"), r"truncated.zip is not a folder or a dataset zip"),
         (train("json.zip"), r"json.zip: dataset.json is not valid JSON"),
-        (train("missing.zip"), r"missing.zip: dataset.json names 1 file\(s\) that are not "
-         r"images in the zip \(e.g. 00000/img00000002.png\)"),
-        (train("float.zip"), r"float.zip: dataset.json: the label of 00000/img00000000.png "
-         r"is 0.5, not a whole number"),
-        (train("mixed.zip"), r"mixed.zip: images of mixed sizes: 00000/img00000002.png is "
-         r"16x16 but 00000/img00000000.png is 8x8"),
-        (prepare("bombs"), r"no usable images in .*bombs: skipped 1 of 1 files .*bomb.png: "
-         r"13000x13000 pixels is more than the 64 MP limit"),
+        (
+            train("missing.zip"),
+            r"missing.zip: dataset.json names 1 file\(s\) that are not "
+            r"images in the zip \(e.g. 00000/img00000002.png\)",
+        ),
+        (
+            train("float.zip"),
+            r"float.zip: dataset.json: the label of 00000/img00000000.png "
+            r"is 0.5, not a whole number",
+        ),
+        (
+            train("mixed.zip"),
+            r"mixed.zip: images of mixed sizes: 00000/img00000002.png is "
+            r"16x16 but 00000/img00000000.png is 8x8",
+        ),
+        (
+            prepare("bombs"),
+            r"no usable images in .*bombs: skipped 1 of 1 files .*bomb.png: "
+            r"13000x13000 pixels is more than the 64 MP limit",
+        ),
         (prepare("empty"), r"no image files in .*empty"),
         (prepare("good.zip", "exists.zip"), r"exists.zip exists; pass --overwrite"),
         (prepare("good.zip", "out.tar"), r"--output must be a .zip file"),
     ]
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen([sys.executable, "-m", "fagan", *argv], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env)
-             for argv, _ in cases]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fagan", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for argv, _ in cases
+    ]
     for (argv, pattern), proc in zip(cases, procs, strict=True):
         _, stderr = proc.communicate(timeout=300)
         lines = stderr.strip().splitlines()

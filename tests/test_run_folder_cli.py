@@ -27,48 +27,78 @@ def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_command(tmp: Path, faces: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "fagan", "train", "--images_dir", str(faces),
-            "--generator_config", "small32", "--discriminator_config", "small32",
-            "--model_dir", str(tmp / "models"), "--sample_dir", str(tmp / "samples"),
-            "--batch_size", "8", "--num_workers", "0", "--no_tensorboard", "--device", "cpu",
-            "--num_samples", "4", "--num_epochs", "2", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fagan",
+        "train",
+        "--images_dir",
+        str(faces),
+        "--generator_config",
+        "small32",
+        "--discriminator_config",
+        "small32",
+        "--model_dir",
+        str(tmp / "models"),
+        "--sample_dir",
+        str(tmp / "samples"),
+        "--batch_size",
+        "8",
+        "--num_workers",
+        "0",
+        "--no_tensorboard",
+        "--device",
+        "cpu",
+        "--num_samples",
+        "4",
+        "--num_epochs",
+        "2",
+        *extra,
+    ]
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300
+    )
     result.stderr = result.stderr.replace("\r", "\n")
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     return result
 
 
 def files_of(tmp: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(tmp)): p.read_bytes()
-            for folder in ("models", "samples") for p in sorted((tmp / folder).rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(tmp)): p.read_bytes()
+        for folder in ("models", "samples")
+        for p in sorted((tmp / folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if ": error: " in line]
 
 
-def test_used_folder_is_refused_unchanged_and_overwrite_starts_clean(tmp_path: Path,
-                                                                      faces: Path) -> None:
+def test_used_folder_is_refused_unchanged_and_overwrite_starts_clean(
+    tmp_path: Path, faces: Path
+) -> None:
     first = run(train_command(tmp_path, faces, "--max_steps", "2"), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     # 5 batches per epoch, 2 epochs: 10 steps planned
-    assert (f"stopped by --max_steps at step 2 of 10 planned (epoch 1 of 2); training state "
-            f"saved to {tmp_path / 'models' / 'training_state.pth'}; continue with: fagan train "
-            f"--resume --model_dir {tmp_path / 'models'} --sample_dir {tmp_path / 'samples'}"
-            ) in first.stderr
+    assert (
+        f"stopped by --max_steps at step 2 of 10 planned (epoch 1 of 2); training state "
+        f"saved to {tmp_path / 'models' / 'training_state.pth'}; continue with: fagan train "
+        f"--resume --model_dir {tmp_path / 'models'} --sample_dir {tmp_path / 'samples'}"
+    ) in first.stderr
     before = files_of(tmp_path)
     assert "models/training_state.pth" in before and "samples/gen_1_1.png" in before
 
     again = run(train_command(tmp_path, faces, "--max_steps", "2", "--seed", "1"), tmp_path)
     assert again.returncode == 2
     [line] = error_lines(again.stderr)
-    assert line.startswith(f"fagan train: error: {tmp_path / 'models'} already holds a training "
-                           "run (")
+    assert line.startswith(
+        f"fagan train: error: {tmp_path / 'models'} already holds a training run ("
+    )
     assert "--resume" in line and "--overwrite" in line
     assert files_of(tmp_path) == before  # every file of the first run, byte for byte
 
@@ -81,17 +111,25 @@ def test_used_folder_is_refused_unchanged_and_overwrite_starts_clean(tmp_path: P
 
 
 def test_finished_run_says_done(tmp_path: Path, faces: Path) -> None:
-    result = run(train_command(tmp_path, faces, "--num_epochs", "1", "--data_percentage", "40"),
-                 tmp_path)
+    result = run(
+        train_command(tmp_path, faces, "--num_epochs", "1", "--data_percentage", "40"), tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (f"done: 2 steps; weights and training state in {tmp_path / 'models'}, samples in "
-            f"{tmp_path / 'samples'}") in result.stderr
+    assert (
+        f"done: 2 steps; weights and training state in {tmp_path / 'models'}, samples in "
+        f"{tmp_path / 'samples'}"
+    ) in result.stderr
 
 
 def test_a_folder_in_use_is_refused_at_once_naming_the_pid(tmp_path: Path, faces: Path) -> None:
-    holder = subprocess.Popen(train_command(tmp_path, faces, "--num_epochs", "1000"),
-                              cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        train_command(tmp_path, faces, "--num_epochs", "1000"),
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         loss_log = tmp_path / "models" / "loss.log"
         deadline = time.monotonic() + 120

@@ -30,20 +30,43 @@ SRC = str(Path(fagan.__file__).resolve().parents[1])
 # What a run at step 338 of epoch 4 leaves (the names train.py, runlog.py and
 # fileio.atomic_write's temporary files use).
 RUN_MODEL_FILES = [
-    "training_state.pth", "GAN_GEN_1.pth", "GAN_DIS_1.pth", "GAN_GEN_EMA_1.pth",
-    "GAN_GEN_4.pth", "GAN_DIS_4.pth", "GAN_GEN_EMA_4.pth", "loss.log", "loss.png",
-    "stats.jsonl", "options.json", "gen.yaml", "dis.yaml",
+    "training_state.pth",
+    "GAN_GEN_1.pth",
+    "GAN_DIS_1.pth",
+    "GAN_GEN_EMA_1.pth",
+    "GAN_GEN_4.pth",
+    "GAN_DIS_4.pth",
+    "GAN_GEN_EMA_4.pth",
+    "loss.log",
+    "loss.png",
+    "stats.jsonl",
+    "options.json",
+    "gen.yaml",
+    "dis.yaml",
     "tensorboard/events.out.tfevents.1717000000.host.1234.0",
-    ".training_state.pth.k3j_x9qa.pth", ".GAN_GEN_4.pth.a1b2c3d4.pth", ".loss.png.zz9yy8xx.png",
+    ".training_state.pth.k3j_x9qa.pth",
+    ".GAN_GEN_4.pth.a1b2c3d4.pth",
+    ".loss.png.zz9yy8xx.png",
 ]
 RUN_SAMPLE_FILES = [
-    "gen_1_1.png", "gen_1_84.png", "gen_4_338.png", "progress.gif", "progress.mp4",
-    ".gen_4_338.png.qwer1234.png", ".progress.gif.abcdefgh.gif",
+    "gen_1_1.png",
+    "gen_1_84.png",
+    "gen_4_338.png",
+    "progress.gif",
+    "progress.mp4",
+    ".gen_4_338.png.qwer1234.png",
+    ".progress.gif.abcdefgh.gif",
 ]
 # A user's own files beside them, some named much like outputs: all must stay.
 USER_MODEL_FILES = [
-    "notes.txt", "GAN_GEN_OPTIM_1.pth", "my_GAN_GEN_1.pth", "GAN_GEN_final.pth", "gen.yaml.bak",
-    "stats.jsonl.old", ".training_state.pth.short.pth", "tensorboard/my_notes.txt",
+    "notes.txt",
+    "GAN_GEN_OPTIM_1.pth",
+    "my_GAN_GEN_1.pth",
+    "GAN_GEN_final.pth",
+    "gen.yaml.bak",
+    "stats.jsonl.old",
+    ".training_state.pth.short.pth",
+    "tensorboard/my_notes.txt",
     "old/training_state.pth",
 ]
 USER_SAMPLE_FILES = ["gen_best.png", "gen_1_1.jpg", "progress.webm", "picked/gen_1_1.png"]
@@ -55,11 +78,21 @@ def write_files(folder: Path, names: list[str], state_step: int = 338) -> None:
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.name == "training_state.pth":
-            torch.save({"format": "fagan-training-state", "step": state_step, "epoch": 4,
-                        "batch": 86, "generator": {"w": torch.zeros(3, 3)}}, path)
+            torch.save(
+                {
+                    "format": "fagan-training-state",
+                    "step": state_step,
+                    "epoch": 4,
+                    "batch": 86,
+                    "generator": {"w": torch.zeros(3, 3)},
+                },
+                path,
+            )
         elif path.name == "stats.jsonl":
-            lines = [{"step": s, "epoch": 1 + s // 84, "batch": 1 + s % 84, "d_loss": 1.0}
-                     for s in range(1, 336, 5)]
+            lines = [
+                {"step": s, "epoch": 1 + s // 84, "batch": 1 + s % 84, "d_loss": 1.0}
+                for s in range(1, 336, 5)
+            ]
             path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
         elif path.suffix == ".pth" and not path.name.startswith("."):
             torch.save({"w": torch.full((2,), float(len(name)))}, path)
@@ -79,18 +112,25 @@ def make_run(tmp_path: Path, *, user_files: bool = True) -> tuple[Path, Path]:
 
 def digest(*folders: Path) -> dict[str, str]:
     """Every file under the folders (lock files aside) -> its SHA-256."""
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders if folder.exists()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        if folder.exists()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != LOCK_NAME
+    }
 
 
 def start_holder(folder: Path) -> subprocess.Popen:
     """Another process that takes the lock on ``folder`` and sleeps; returns once it holds it."""
-    script = ("import sys, time\nfrom fagan.runfolder import RunLock\n"
-              "RunLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(120)\n")
+    script = (
+        "import sys, time\nfrom fagan.runfolder import RunLock\n"
+        "RunLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(120)\n"
+    )
     env = {**os.environ, "PYTHONPATH": SRC}
-    holder = subprocess.Popen([sys.executable, "-c", script, str(folder)], env=env,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(folder)], env=env, stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
     return holder
 
@@ -123,16 +163,20 @@ def test_no_run_found(tmp_path: Path, layout: str) -> None:
     assert existing_run(model_dir, sample_dir) is None
 
 
-@pytest.mark.parametrize(("remove", "damage", "expected"), [
-    ([], None, "step 338, epoch 4"),                            # from the training state
-    (["training_state.pth"], None, "step 331, epoch 4"),        # stats.jsonl's last line
-    ([], "training_state.pth", "step 331, epoch 4"),            # damaged state: stats
-    ([], "stats.jsonl", "step 338, epoch 4"),
-    (["training_state.pth"], "stats.jsonl", "step 326, epoch 4"),  # truncated last line
-    (["training_state.pth", "stats.jsonl"], None, "epoch 4"),   # only file names
-])
-def test_existing_run_says_how_far(tmp_path: Path, remove: list[str], damage: str | None,
-                                   expected: str) -> None:
+@pytest.mark.parametrize(
+    ("remove", "damage", "expected"),
+    [
+        ([], None, "step 338, epoch 4"),  # from the training state
+        (["training_state.pth"], None, "step 331, epoch 4"),  # stats.jsonl's last line
+        ([], "training_state.pth", "step 331, epoch 4"),  # damaged state: stats
+        ([], "stats.jsonl", "step 338, epoch 4"),
+        (["training_state.pth"], "stats.jsonl", "step 326, epoch 4"),  # truncated last line
+        (["training_state.pth", "stats.jsonl"], None, "epoch 4"),  # only file names
+    ],
+)
+def test_existing_run_says_how_far(
+    tmp_path: Path, remove: list[str], damage: str | None, expected: str
+) -> None:
     model_dir, sample_dir = make_run(tmp_path)
     for name in remove:
         (model_dir / name).unlink()
@@ -149,21 +193,26 @@ def test_existing_run_says_how_far(tmp_path: Path, remove: list[str], damage: st
 
 def test_run_files_are_exactly_the_outputs(tmp_path: Path) -> None:
     model_dir, sample_dir = make_run(tmp_path)
-    expected = sorted([model_dir / n for n in RUN_MODEL_FILES]
-                      + [sample_dir / n for n in RUN_SAMPLE_FILES])
+    expected = sorted(
+        [model_dir / n for n in RUN_MODEL_FILES] + [sample_dir / n for n in RUN_SAMPLE_FILES]
+    )
     assert run_files(model_dir, sample_dir) == expected
 
 
 # --------------------------------------------------------------------------- refusing
-@pytest.mark.parametrize(("model_names", "sample_names", "hint"), [
-    (RUN_MODEL_FILES, RUN_SAMPLE_FILES, "already holds a training run (step 338, epoch 4)"),
-    (["loss.log"], [], "already holds a training run (1 file)"),
-    (["GAN_GEN_3.pth", "GAN_DIS_3.pth"], [], "already holds a training run (epoch 3)"),
-    (["tensorboard/events.out.tfevents.1.h.2.0"], [], "already holds a training run (1 file)"),
-    ([], ["gen_2_10.png"], "already holds the sample grids of another training run (epoch 2)"),
-])
+@pytest.mark.parametrize(
+    ("model_names", "sample_names", "hint"),
+    [
+        (RUN_MODEL_FILES, RUN_SAMPLE_FILES, "already holds a training run (step 338, epoch 4)"),
+        (["loss.log"], [], "already holds a training run (1 file)"),
+        (["GAN_GEN_3.pth", "GAN_DIS_3.pth"], [], "already holds a training run (epoch 3)"),
+        (["tensorboard/events.out.tfevents.1.h.2.0"], [], "already holds a training run (1 file)"),
+        ([], ["gen_2_10.png"], "already holds the sample grids of another training run (epoch 2)"),
+    ],
+)
 def test_fresh_run_over_a_run_is_refused_and_nothing_changes(
-        tmp_path: Path, model_names: list[str], sample_names: list[str], hint: str) -> None:
+    tmp_path: Path, model_names: list[str], sample_names: list[str], hint: str
+) -> None:
     model_dir, sample_dir = tmp_path / "models" / "run", tmp_path / "samples" / "run"
     write_files(model_dir, model_names + USER_MODEL_FILES)
     write_files(sample_dir, sample_names + USER_SAMPLE_FILES)
@@ -190,12 +239,15 @@ def test_overwrite_removes_exactly_the_run(tmp_path: Path, same_folder: bool) ->
         sample_dir = model_dir
     before = digest(model_dir, sample_dir)
     users = {str(model_dir / n) for n in USER_MODEL_FILES} | {
-        str(sample_dir / n) for n in USER_SAMPLE_FILES}
+        str(sample_dir / n) for n in USER_SAMPLE_FILES
+    }
     run = {str(model_dir / n) for n in RUN_MODEL_FILES} | {
-        str(sample_dir / n) for n in RUN_SAMPLE_FILES}
+        str(sample_dir / n) for n in RUN_SAMPLE_FILES
+    }
     said: list[str] = []
-    with claim_run_folder(model_dir, sample_dir, resume=False, overwrite=True,
-                          say=said.append) as claim:
+    with claim_run_folder(
+        model_dir, sample_dir, resume=False, overwrite=True, say=said.append
+    ) as claim:
         assert {str(p) for p in claim.removed if p.name != "tensorboard"} == run
         after = digest(model_dir, sample_dir)
         assert after == {k: v for k, v in before.items() if k in users}
@@ -222,8 +274,9 @@ def test_overwrite_of_an_empty_folder_removes_nothing(tmp_path: Path) -> None:
     model_dir, sample_dir = tmp_path / "new" / "m", tmp_path / "new" / "s"
     write_files(model_dir, ["gen.yaml"])  # a user's config, not a run
     said: list[str] = []
-    with claim_run_folder(model_dir, sample_dir, resume=False, overwrite=True,
-                          say=said.append) as claim:
+    with claim_run_folder(
+        model_dir, sample_dir, resume=False, overwrite=True, say=said.append
+    ) as claim:
         assert claim.previous is None and claim.removed == [] and said == []
         assert sample_dir.is_dir() and (model_dir / "gen.yaml").is_file()
 
@@ -256,8 +309,7 @@ def test_resume_keeps_every_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("exists", [False, True])
 def test_resume_and_overwrite_together_fail_before_anything(tmp_path: Path, exists: bool) -> None:
-    model_dir, sample_dir = (make_run(tmp_path) if exists
-                             else (tmp_path / "m", tmp_path / "s"))
+    model_dir, sample_dir = make_run(tmp_path) if exists else (tmp_path / "m", tmp_path / "s")
     before = digest(model_dir, sample_dir)
     with pytest.raises(FaganError, match="--resume and --overwrite"):
         claim_run_folder(model_dir, sample_dir, resume=True, overwrite=True)
@@ -268,8 +320,9 @@ def test_resume_and_overwrite_together_fail_before_anything(tmp_path: Path, exis
 
 # --------------------------------------------------------------------------- the lock
 @pytest.mark.parametrize("held", ["model_dir", "sample_dir"])
-def test_a_folder_in_use_is_refused_with_the_holders_pid(tmp_path: Path, holders: list,
-                                                        held: str) -> None:
+def test_a_folder_in_use_is_refused_with_the_holders_pid(
+    tmp_path: Path, holders: list, held: str
+) -> None:
     model_dir, sample_dir = make_run(tmp_path)
     holder = start_holder(model_dir if held == "model_dir" else sample_dir)
     holders.append(holder)
@@ -317,9 +370,18 @@ def test_lock_is_released_on_exit_and_on_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), RunLock(folder):
         raise RuntimeError("a failing run")
     probe = subprocess.run(  # another process can take it now
-        [sys.executable, "-c", "import sys\nfrom fagan.runfolder import RunLock\n"
-         "RunLock(sys.argv[1]).acquire()\nprint('ok')", str(folder)],
-        env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom fagan.runfolder import RunLock\n"
+            "RunLock(sys.argv[1]).acquire()\nprint('ok')",
+            str(folder),
+        ],
+        env={**os.environ, "PYTHONPATH": SRC},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert probe.returncode == 0 and probe.stdout.strip() == "ok", probe.stderr
 
 
@@ -343,13 +405,29 @@ def test_overwrite_removes_everything_a_real_run_wrote(tmp_path: Path, faces32: 
 
     model_dir, sample_dir = tmp_path / "models", tmp_path / "samples"
     write_files(model_dir, ["notes.txt"])
-    train(TrainOptions(
-        images_dir=str(faces32), generator_config="small32", discriminator_config="small32",
-        model_dir=str(model_dir), sample_dir=str(sample_dir), batch_size=8, num_workers=0,
-        device="cpu", tensorboard=True, feedback_factor=1, num_epochs=1, max_steps=2,
-        num_samples=4, seed=0))
-    written = {p for p in [*model_dir.rglob("*"), *sample_dir.rglob("*")]
-               if p.is_file() and p.name != LOCK_NAME}  # the claim's locks, not outputs
+    train(
+        TrainOptions(
+            images_dir=str(faces32),
+            generator_config="small32",
+            discriminator_config="small32",
+            model_dir=str(model_dir),
+            sample_dir=str(sample_dir),
+            batch_size=8,
+            num_workers=0,
+            device="cpu",
+            tensorboard=True,
+            feedback_factor=1,
+            num_epochs=1,
+            max_steps=2,
+            num_samples=4,
+            seed=0,
+        )
+    )
+    written = {
+        p
+        for p in [*model_dir.rglob("*"), *sample_dir.rglob("*")]
+        if p.is_file() and p.name != LOCK_NAME
+    }  # the claim's locks, not outputs
     assert set(run_files(model_dir, sample_dir)) == written - {model_dir / "notes.txt"}
     assert any(p.parent.name == "tensorboard" for p in written)
     summary = existing_run(model_dir, sample_dir)

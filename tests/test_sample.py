@@ -71,12 +71,21 @@ def test_save_grid_layout_matches_torchvision(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["gen_1_1.png"]
 
 
-@pytest.mark.parametrize(("n", "c", "nrow", "padding", "pad_value"), [
-    (1, 3, 8, 2, 0), (2, 3, 8, 2, 0), (7, 3, 3, 2, 0), (10, 1, 3, 2, 0), (5, 4, 2, 0, 0),
-    (6, 3, 4, 3, 255), (9, 3, 1, 2, 7),
-])
-def test_make_grid_equals_torchvision(n: int, c: int, nrow: int, padding: int,
-                                      pad_value: int) -> None:
+@pytest.mark.parametrize(
+    ("n", "c", "nrow", "padding", "pad_value"),
+    [
+        (1, 3, 8, 2, 0),
+        (2, 3, 8, 2, 0),
+        (7, 3, 3, 2, 0),
+        (10, 1, 3, 2, 0),
+        (5, 4, 2, 0, 0),
+        (6, 3, 4, 3, 255),
+        (9, 3, 1, 2, 7),
+    ],
+)
+def test_make_grid_equals_torchvision(
+    n: int, c: int, nrow: int, padding: int, pad_value: int
+) -> None:
     g = torch.Generator().manual_seed(n * 10 + c)
     images = torch.randint(0, 256, (n, c, 5, 7), generator=g, dtype=torch.uint8)
     ours = make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
@@ -110,15 +119,19 @@ def test_grid_uint8_is_the_saved_grid(tmp_path: Path) -> None:
     np.testing.assert_array_equal(saved, grid.permute(1, 2, 0).numpy())
 
 
-@pytest.mark.parametrize(("images", "nrow", "message"), [
-    (torch.zeros(2, 3, 4), None, "1, 3 or 4 image channels"),
-    (torch.zeros(2, 3), None, r"shaped \(N, C, H, W\)"),
-    (torch.zeros(0, 3, 4, 4), None, "batch is empty"),
-    (torch.zeros(4, 3, 4, 4), 0, "images per row"),
-    ([[0.0]], None, "expected a tensor"),
-])
-def test_save_grid_rejects_bad_input(tmp_path: Path, images: object, nrow: int | None,
-                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("images", "nrow", "message"),
+    [
+        (torch.zeros(2, 3, 4), None, "1, 3 or 4 image channels"),
+        (torch.zeros(2, 3), None, r"shaped \(N, C, H, W\)"),
+        (torch.zeros(0, 3, 4, 4), None, "batch is empty"),
+        (torch.zeros(4, 3, 4, 4), 0, "images per row"),
+        ([[0.0]], None, "expected a tensor"),
+    ],
+)
+def test_save_grid_rejects_bad_input(
+    tmp_path: Path, images: object, nrow: int | None, message: str
+) -> None:
     with pytest.raises(FaganError, match=message):
         save_grid(images, tmp_path / "bad.png", nrow=nrow)  # type: ignore[arg-type]
     assert not (tmp_path / "bad.png").exists()
@@ -165,9 +178,16 @@ def test_written_images_get_the_usual_permissions(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- evenly_spaced
 
 
-@pytest.mark.parametrize(("n", "count", "expected"), [
-    (10, 4, [0, 3, 6, 9]), (3, 5, [0, 1, 2]), (5, 1, [4]), (0, 3, []), (4, 2, [0, 3]),
-])
+@pytest.mark.parametrize(
+    ("n", "count", "expected"),
+    [
+        (10, 4, [0, 3, 6, 9]),
+        (3, 5, [0, 1, 2]),
+        (5, 1, [4]),
+        (0, 3, []),
+        (4, 2, [0, 3]),
+    ],
+)
 def test_evenly_spaced_small_cases(n: int, count: int, expected: list[int]) -> None:
     assert evenly_spaced(list(range(n)), count) == expected
 

@@ -16,17 +16,44 @@ from fagan.errors import FaganError
 from fagan.train import StopReason, TrainOptions, train
 
 # What training_state.pth holds.
-STATE_KEYS = {"format", "format_version", "fagan_version", "generator", "discriminator",
-              "ema_generator", "g_optimizer", "d_optimizer", "scaler", "epoch", "batch", "step",
-              "rng", "fixed_latents", "sampler", "generator_config", "discriminator_config",
-              "latent_size", "image_size", "options"}
+STATE_KEYS = {
+    "format",
+    "format_version",
+    "fagan_version",
+    "generator",
+    "discriminator",
+    "ema_generator",
+    "g_optimizer",
+    "d_optimizer",
+    "scaler",
+    "epoch",
+    "batch",
+    "step",
+    "rng",
+    "fixed_latents",
+    "sampler",
+    "generator_config",
+    "discriminator_config",
+    "latent_size",
+    "image_size",
+    "options",
+}
 
 
 def small_options(tmp: Path, **overrides) -> TrainOptions:
     """The embedded demo (small32 on the LFW faces, DiffAugment on) for a few CPU steps."""
-    values = dict(model_dir=str(tmp / "models"), sample_dir=str(tmp / "samples"),
-                  batch_size=8, num_workers=0, device="cpu", tensorboard=False,
-                  feedback_factor=2, data_percentage=1.0, num_epochs=3, seed=3)
+    values = dict(
+        model_dir=str(tmp / "models"),
+        sample_dir=str(tmp / "samples"),
+        batch_size=8,
+        num_workers=0,
+        device="cpu",
+        tensorboard=False,
+        feedback_factor=2,
+        data_percentage=1.0,
+        num_epochs=3,
+        seed=3,
+    )
     values.update(overrides)
     return TrainOptions(**values)
 
@@ -49,8 +76,14 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     assert set(state) == STATE_KEYS  # the format states written before still resume from
     # the run's own options (batch size, seed, data, device, ...): only where and how long
     split = tmp_path / "split"
-    resumed = train(TrainOptions(resume=True, model_dir=str(split / "models"),
-                                 sample_dir=str(split / "samples"), max_steps=6))
+    resumed = train(
+        TrainOptions(
+            resume=True,
+            model_dir=str(split / "models"),
+            sample_dir=str(split / "samples"),
+            max_steps=6,
+        )
+    )
     assert resumed.step == 6 and resumed.stopped is StopReason.MAX_STEPS
 
     assert_same_state(whole.generator.state_dict(), resumed.generator.state_dict())
@@ -58,19 +91,29 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     assert_same_state(whole.ema_generator.state_dict(), resumed.ema_generator.state_dict())
     # and the weights did move: the comparison is not between two untouched networks
     fresh = train(small_options(tmp_path / "fresh", max_steps=1))
-    assert not torch.equal(fresh.generator.state_dict()["model.0.value_conv.weight"],
-                           whole.generator.state_dict()["model.0.value_conv.weight"])
+    assert not torch.equal(
+        fresh.generator.state_dict()["model.0.value_conv.weight"],
+        whole.generator.state_dict()["model.0.value_conv.weight"],
+    )
 
 
-def test_resume_after_the_data_changed_continues_from_the_next_epoch(tmp_path: Path,
-                                                                     faces32: Path) -> None:
+def test_resume_after_the_data_changed_continues_from_the_next_epoch(
+    tmp_path: Path, faces32: Path
+) -> None:
     images = tmp_path / "images"
     images.mkdir()
     for face in sorted(faces32.iterdir())[:24]:
         (images / face.name).write_bytes(face.read_bytes())
-    options = small_options(tmp_path, images_dir=str(images), generator_config="small32",
-                            discriminator_config="small32", data_percentage=100.0,
-                            num_epochs=2, max_steps=2, num_samples=4)
+    options = small_options(
+        tmp_path,
+        images_dir=str(images),
+        generator_config="small32",
+        discriminator_config="small32",
+        data_percentage=100.0,
+        num_epochs=2,
+        max_steps=2,
+        num_samples=4,
+    )
     # 24 images at batch 8: 3 batches per epoch; stopped in epoch 1 after batch 2
     assert train(options).step == 2
     for face in sorted(images.iterdir())[:8]:  # now 2 batches per epoch: another order
@@ -92,9 +135,18 @@ def _free_port() -> int:
 def test_two_process_ddp_ranks_agree(tmp_path: Path) -> None:
     from ddp_worker import run_rank
 
-    options = dict(model_dir=str(tmp_path / "models"), sample_dir=str(tmp_path / "samples"),
-                   batch_size=4, num_workers=0, device="cpu", tensorboard=False,
-                   feedback_factor=4, data_percentage=1.0, max_steps=3, seed=5)
+    options = dict(
+        model_dir=str(tmp_path / "models"),
+        sample_dir=str(tmp_path / "samples"),
+        batch_size=4,
+        num_workers=0,
+        device="cpu",
+        tensorboard=False,
+        feedback_factor=4,
+        data_percentage=1.0,
+        max_steps=3,
+        seed=5,
+    )
     mp.spawn(run_rank, args=(2, _free_port(), options, str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -109,10 +161,19 @@ def test_two_process_ddp_ranks_agree(tmp_path: Path) -> None:
 
 
 def test_run_outputs_on_image_folder(tmp_path: Path, faces32: Path) -> None:
-    result = train(small_options(
-        tmp_path, images_dir=str(faces32), generator_config="small32",
-        discriminator_config="small32", data_percentage=100.0, batch_size=16, num_epochs=1,
-        feedback_factor=3, num_samples=16))
+    result = train(
+        small_options(
+            tmp_path,
+            images_dir=str(faces32),
+            generator_config="small32",
+            discriminator_config="small32",
+            data_percentage=100.0,
+            batch_size=16,
+            num_epochs=1,
+            feedback_factor=3,
+            num_samples=16,
+        )
+    )
     models, samples = tmp_path / "models", tmp_path / "samples"
     # 100 images at batch 16: 6 batches; feedback every 2 batches and at batch 1
     assert result.step == 6
@@ -127,8 +188,16 @@ def test_run_outputs_on_image_folder(tmp_path: Path, faces32: Path) -> None:
     # a grid goes with the first record, then with a record 20 steps (MIN_GRID_STEPS) or
     # more after the last grid: none more in 6 steps
     assert sorted(p.name for p in samples.glob("gen_*.png")) == ["gen_1_1.png"]
-    for name in ("GAN_GEN_1.pth", "GAN_DIS_1.pth", "GAN_GEN_EMA_1.pth", "loss.png",
-                 "options.json", "gen.yaml", "dis.yaml", "training_state.pth"):
+    for name in (
+        "GAN_GEN_1.pth",
+        "GAN_DIS_1.pth",
+        "GAN_GEN_EMA_1.pth",
+        "loss.png",
+        "options.json",
+        "gen.yaml",
+        "dis.yaml",
+        "training_state.pth",
+    ):
         assert (models / name).is_file(), name
     assert (samples / "progress.gif").is_file()
     options = json.loads((models / "options.json").read_text())
@@ -148,15 +217,25 @@ def test_divergence_stops_without_overwriting_checkpoint(tmp_path: Path) -> None
     # a used folder is trained on again with --resume only: its state is poisoned, so the
     # first losses of the continued run (step 5, epoch 2) are NaN
     state = load_file(models / "training_state.pth")
-    state["generator"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-                          for k, v in state["generator"].items()}
+    state["generator"] = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+        for k, v in state["generator"].items()
+    }
     torch.save(state, models / "training_state.pth")
-    kept = {name: (models / name).read_bytes()
-            for name in ("training_state.pth", "GAN_GEN_1.pth", "GAN_DIS_1.pth")}
+    kept = {
+        name: (models / name).read_bytes()
+        for name in ("training_state.pth", "GAN_GEN_1.pth", "GAN_DIS_1.pth")
+    }
     log_before = (models / "loss.log").read_text()
     with pytest.raises(FaganError, match=r"diverged at step 5 \(epoch 2, batch 1\)"):
-        train(TrainOptions(resume=True, model_dir=str(models), sample_dir=str(tmp_path / "samples"),
-                           num_epochs=2))
+        train(
+            TrainOptions(
+                resume=True,
+                model_dir=str(models),
+                sample_dir=str(tmp_path / "samples"),
+                num_epochs=2,
+            )
+        )
     for name, data in kept.items():
         assert (models / name).read_bytes() == data, name
     assert (models / "loss.log").read_text() == log_before
@@ -189,10 +268,16 @@ def test_bf16_training_runs_and_logs_finite_losses(tmp_path: Path) -> None:
     assert options["channels_last"] is True
 
 
-@pytest.mark.parametrize(("precision", "flag", "expected"), [
-    ("fp32", None, False), ("bf16", None, True), ("fp16", None, True),
-    ("bf16", False, False), ("fp32", True, True),
-])
+@pytest.mark.parametrize(
+    ("precision", "flag", "expected"),
+    [
+        ("fp32", None, False),
+        ("bf16", None, True),
+        ("fp16", None, True),
+        ("bf16", False, False),
+        ("fp32", True, True),
+    ],
+)
 def test_channels_last_default_follows_precision(precision, flag, expected) -> None:
     from fagan.train import uses_channels_last
 
@@ -201,8 +286,9 @@ def test_channels_last_default_follows_precision(precision, flag, expected) -> N
 
 def test_eval_every_logs_swd_and_its_floor(tmp_path: Path) -> None:
     train(small_options(tmp_path, max_steps=4, eval_every=2, eval_num_samples=40))
-    records = [json.loads(line)
-               for line in (tmp_path / "models" / "stats.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "models" / "stats.jsonl").read_text().splitlines()
+    ]
     evals = [r for r in records if "eval" in r]
     assert [r["step"] for r in evals] == [2, 4]
     first, second = evals[0]["eval"], evals[1]["eval"]
@@ -257,6 +343,9 @@ def test_sample_grid_larger_than_a_batch_is_drawn_in_batches(tmp_path: Path) -> 
     [grid] = (tmp_path / "samples").glob("gen_*.png")
     with Image.open(grid) as image:
         assert image.width > 32 * 4 and image.height > 32 * 2
-    with pytest.raises(FaganError, match=rf"--num_samples must be a whole number in "
-                                         rf"\[1, {MAX_GRID_SAMPLES}\], got 100000"):
+    with pytest.raises(
+        FaganError,
+        match=rf"--num_samples must be a whole number in "
+        rf"\[1, {MAX_GRID_SAMPLES}\], got 100000",
+    ):
         train(small_options(tmp_path / "big", num_samples=100_000))

@@ -28,8 +28,19 @@ def _state(seed: int, key: dict[str, Any] = KEY) -> TrainState:
     ema = copy.deepcopy(G).eval().requires_grad_(False)
     latent_rng, aug_rng = seeded_generators(seed, 0, CPU)
     scaler = Precision.create("fp32", CPU).scaler
-    return TrainState(G, D, ema, make_adam(G, 1e-4), make_adam(D, 4e-4), scaler, latent_rng,
-                      aug_rng, torch.randn(4, G.latent_size), dict(key), {"image_size": 32})
+    return TrainState(
+        G,
+        D,
+        ema,
+        make_adam(G, 1e-4),
+        make_adam(D, 4e-4),
+        scaler,
+        latent_rng,
+        aug_rng,
+        torch.randn(4, G.latent_size),
+        dict(key),
+        {"image_size": 32},
+    )
 
 
 def _step(state: TrainState, real: torch.Tensor) -> None:
@@ -93,8 +104,7 @@ def test_a_changed_data_order_loads_the_networks_but_starts_the_next_epoch() -> 
     saved_state = _state(1)
     _step(saved_state, torch.zeros(2, 3, 32, 32))
     saved = _through_a_file(saved_state.state_dict())
-    other = sampler_key(seed=0, batch_size=2, world_size=1, data_percentage=100.0,
-                        dataset_len=12)
+    other = sampler_key(seed=0, batch_size=2, world_size=1, data_percentage=100.0, dataset_len=12)
     loaded = _state(2, other)
     latent_before = loaded.latent_rng.get_state()
     assert loaded.load_state_dict(saved, batches_per_epoch=6) is False
@@ -104,14 +114,18 @@ def test_a_changed_data_order_loads_the_networks_but_starts_the_next_epoch() -> 
     assert_equal(loaded.d_opt.state_dict(), saved["d_optimizer"])
 
 
-@pytest.mark.parametrize(("saved", "exact", "batches", "expected"), [
-    ((1, 3), True, 4, (1, 3)),  # mid-epoch: where it stopped
-    ((1, 0), True, 4, (1, 0)),
-    ((1, 4), True, 4, (2, 0)),  # a finished epoch: the next one
-    ((1, 3), False, 4, (2, 0)),  # the data order changed: the next epoch, from its start
-    ((1, 4), False, 4, (2, 0)),
-    ((5, 1), False, 2, (6, 0)),
-])
-def test_resume_position(saved: tuple[int, int], exact: bool, batches: int,
-                         expected: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("saved", "exact", "batches", "expected"),
+    [
+        ((1, 3), True, 4, (1, 3)),  # mid-epoch: where it stopped
+        ((1, 0), True, 4, (1, 0)),
+        ((1, 4), True, 4, (2, 0)),  # a finished epoch: the next one
+        ((1, 3), False, 4, (2, 0)),  # the data order changed: the next epoch, from its start
+        ((1, 4), False, 4, (2, 0)),
+        ((5, 1), False, 2, (6, 0)),
+    ],
+)
+def test_resume_position(
+    saved: tuple[int, int], exact: bool, batches: int, expected: tuple[int, int]
+) -> None:
     assert resume_position(*saved, exact, batches) == expected

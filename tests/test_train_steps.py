@@ -39,8 +39,7 @@ def _out_of_place(model: nn.Module) -> int:
         if isinstance(module, ConvBlock) and type(module[-1]) in (nn.LeakyReLU, nn.ReLU):
             module[-1] = nn.Sequential(module[-1])
             changed += 1
-        if isinstance(module, FullAttention) and type(module.activation) in (nn.LeakyReLU,
-                                                                             nn.ReLU):
+        if isinstance(module, FullAttention) and type(module.activation) in (nn.LeakyReLU, nn.ReLU):
             module.activation = nn.Sequential(module.activation)
             changed += 1
     return changed
@@ -71,8 +70,7 @@ def test_inplace_activations_give_bitwise_the_same_training(loss_name: str) -> N
     assert _out_of_place(G_ref) >= 4 and _out_of_place(D_ref) >= 4
     assert _steps(G, D, loss_name) == _steps(G_ref, D_ref, loss_name)
     for ours, ref in ((G, G_ref), (D, D_ref)):
-        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(),
-                                strict=True):
+        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
             assert torch.equal(a, b), name
 
 
@@ -131,8 +129,9 @@ def test_make_adam_is_the_fused_adam_and_matches_the_plain_one() -> None:
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("sn", [True, False])
 @pytest.mark.parametrize("bf16", [False, True])
-def test_transposed_conv_from_one_pixel_equals_the_deconvolution(bias: bool, sn: bool,
-                                                                 bf16: bool) -> None:
+def test_transposed_conv_from_one_pixel_equals_the_deconvolution(
+    bias: bool, sn: bool, bf16: bool
+) -> None:
     """The 1 x 1-input fast path (a matrix product) computes nn.ConvTranspose2d's output
     and gradients; other inputs take nn.ConvTranspose2d's own path."""
     from torch.nn.utils.parametrizations import spectral_norm
@@ -173,8 +172,9 @@ def test_transposed_conv_from_one_pixel_equals_the_deconvolution(bias: bool, sn:
 
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-def test_spectral_norm_on_the_output_equals_spectral_norm_on_the_weight(transpose: bool,
-                                                                        bias: bool) -> None:
+def test_spectral_norm_on_the_output_equals_spectral_norm_on_the_weight(
+    transpose: bool, bias: bool
+) -> None:
     """conv(x, W) / sigma + b == conv(x, W / sigma) + b, with the same power iteration
     (u and v updated alike in training mode), gradients, and state dict."""
     from torch.nn.utils.parametrizations import spectral_norm
@@ -186,8 +186,9 @@ def test_spectral_norm_on_the_output_equals_spectral_norm_on_the_weight(transpos
     )
 
     torch.manual_seed(3)
-    ours_type, ref_type = ((FastPathConvTranspose2d, nn.ConvTranspose2d) if transpose
-                           else (FastPathConv2d, nn.Conv2d))
+    ours_type, ref_type = (
+        (FastPathConvTranspose2d, nn.ConvTranspose2d) if transpose else (FastPathConv2d, nn.Conv2d)
+    )
     ours = spectral_norm(ours_type(64, 128, 4, stride=2, padding=1, bias=bias), dim=0)
     ref = spectral_norm(ref_type(64, 128, 4, stride=2, padding=1, bias=bias), dim=0)
     ref.load_state_dict(ours.state_dict())
@@ -208,8 +209,7 @@ def test_spectral_norm_on_the_output_equals_spectral_norm_on_the_weight(transpos
         torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
         for a, b in zip(grads[0], grads[1], strict=True):  # float rounding, to the scale
             assert float((a - b).abs().max()) <= 1e-5 * float(b.abs().max()) + 1e-7
-        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(),
-                                strict=True):
+        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
     ours.eval(), ref.eval()
     with torch.no_grad():

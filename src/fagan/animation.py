@@ -59,8 +59,16 @@ PALETTE_FRAMES = 16
 
 #: What PIL and its format plugins raise for a file that is not a readable image.
 _UNREADABLE: tuple[type[BaseException], ...] = (
-    OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
-    Image.DecompressionBombError, Image.DecompressionBombWarning,
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
 )
 
 Frame = np.ndarray | str | os.PathLike
@@ -123,8 +131,10 @@ def _load_frame(frame: Frame, index: int) -> np.ndarray:
             with opened as image:
                 width, height = image.size
                 if width * height > MAX_FRAME_PIXELS:
-                    raise FaganError(f"frame image {frame} is {width}x{height}: frames have at "
-                                     f"most {MAX_FRAME_PIXELS:,} pixels")
+                    raise FaganError(
+                        f"frame image {frame} is {width}x{height}: frames have at "
+                        f"most {MAX_FRAME_PIXELS:,} pixels"
+                    )
                 array = np.asarray(image.convert("RGB"))
         except _UNREADABLE as exc:
             raise FaganError(f"cannot read frame image {frame}: {exc}") from None
@@ -203,10 +213,15 @@ def check_fps(fps: float) -> float:
     Raises:
         FaganError: otherwise (including NaN, infinities and non-numbers).
     """
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(fps) or not MIN_FPS <= fps <= MAX_FPS:
-        raise FaganError(f"frames per second must be a number from {MIN_FPS:g} to {MAX_FPS:g}, "
-                         f"got {fps!r}")
+    if (
+        isinstance(fps, bool)
+        or not isinstance(fps, (int, float, np.integer, np.floating))
+        or not math.isfinite(fps)
+        or not MIN_FPS <= fps <= MAX_FPS
+    ):
+        raise FaganError(
+            f"frames per second must be a number from {MIN_FPS:g} to {MAX_FPS:g}, got {fps!r}"
+        )
     return float(fps)
 
 
@@ -222,9 +237,11 @@ def _first_frames(source: FrameSource, count: int) -> list[np.ndarray]:
     arrays = source.frames_at(picks)
     height, width = arrays[0].shape[:2]
     if len(source) * height * width > MAX_ANIMATION_PIXELS:
-        raise FaganError(f"{len(source):,} frames of {width}x{height} make "
-                         f"{len(source) * height * width:,} pixels; an animation has at most "
-                         f"{MAX_ANIMATION_PIXELS:,}")
+        raise FaganError(
+            f"{len(source):,} frames of {width}x{height} make "
+            f"{len(source) * height * width:,} pixels; an animation has at most "
+            f"{MAX_ANIMATION_PIXELS:,}"
+        )
     return arrays
 
 
@@ -233,14 +250,24 @@ def _palette(arrays: list[np.ndarray]) -> Image.Image:
     return Image.fromarray(np.concatenate(arrays)).quantize(256, method=Image.Quantize.MEDIANCUT)
 
 
-def _save_gif(tmp: Path, frames: Iterator[np.ndarray], palette: Image.Image, fps: float,
-              loop: int) -> None:
+def _save_gif(
+    tmp: Path, frames: Iterator[np.ndarray], palette: Image.Image, fps: float, loop: int
+) -> None:
     """Pillow's animated GIF of ``frames``, each quantized to ``palette`` as it arrives."""
-    quantized = (Image.fromarray(frame).quantize(palette=palette, dither=Image.Dither.NONE)
-                 for frame in frames)
+    quantized = (
+        Image.fromarray(frame).quantize(palette=palette, dither=Image.Dither.NONE)
+        for frame in frames
+    )
     first = next(quantized)
-    first.save(tmp, format="GIF", save_all=True, append_images=quantized,
-               duration=max(1, round(1000.0 / fps)), loop=loop, optimize=False)
+    first.save(
+        tmp,
+        format="GIF",
+        save_all=True,
+        append_images=quantized,
+        duration=max(1, round(1000.0 / fps)),
+        loop=loop,
+        optimize=False,
+    )
 
 
 class _Mp4Sink:
@@ -344,14 +371,14 @@ def write_animation(
     elif gif is None:
         atomic_write(mp4, lambda tmp: write_both(None, tmp))
     else:
-        atomic_write(mp4, lambda mp4_tmp: atomic_write(
-            gif, lambda gif_tmp: write_both(gif_tmp, mp4_tmp)))
+        atomic_write(
+            mp4, lambda mp4_tmp: atomic_write(gif, lambda gif_tmp: write_both(gif_tmp, mp4_tmp))
+        )
     return gif, mp4
 
 
 def write_gif(
-    frames: Sequence[Frame] | FrameSource, path: str | os.PathLike, fps: float = 4,
-    loop: int = 0
+    frames: Sequence[Frame] | FrameSource, path: str | os.PathLike, fps: float = 4, loop: int = 0
 ) -> Path:
     """Write frames as an animated GIF (Pillow), atomically, one frame at a time.
 
@@ -392,8 +419,9 @@ def ffmpeg_available() -> bool:
     return True
 
 
-def write_mp4(frames: Sequence[Frame] | FrameSource, path: str | os.PathLike,
-              fps: float = 4) -> Path | None:
+def write_mp4(
+    frames: Sequence[Frame] | FrameSource, path: str | os.PathLike, fps: float = 4
+) -> Path | None:
     """Write frames as an H.264 MP4 with ``imageio-ffmpeg``, if it is installed.
 
     Frames are sent to ffmpeg one at a time. Frames with an odd width or height are
@@ -459,8 +487,9 @@ def make_progress_gif(
     if want_mp4:
         check_output_file(output.with_suffix(".mp4"))
     frames = evenly_spaced(sample_dir_frames(sample_dir), max_frames)
-    gif, video = write_animation(frames, gif_path,
-                                 output.with_suffix(".mp4") if want_mp4 else None, fps=fps)
+    gif, video = write_animation(
+        frames, gif_path, output.with_suffix(".mp4") if want_mp4 else None, fps=fps
+    )
     assert gif is not None
     if want_mp4 and video is None:
         warnings.warn(

@@ -71,8 +71,16 @@ MAX_QUERIES = MAX_QUERY_GRID * MAX_QUERY_GRID
 
 #: What PIL and its format plugins raise for a file that is not a readable image.
 _UNREADABLE: tuple[type[BaseException], ...] = (
-    OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
-    Image.DecompressionBombError, Image.DecompressionBombWarning,
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
 )
 
 
@@ -137,11 +145,13 @@ def capture_layers(model: nn.Module, inputs: Tensor) -> tuple[dict[str, LayerAtt
         attention = captured[name].float().cpu()
         h, w = grids[name]
         if attention.shape[-1] != h * w:  # pragma: no cover - an internal invariant
-            raise FaganError(f"{name}: attention over {attention.shape[-1]} positions, "
-                             f"output grid {h}x{w}")
+            raise FaganError(
+                f"{name}: attention over {attention.shape[-1]} positions, output grid {h}x{w}"
+            )
         kind = "full attention" if isinstance(layer, FullAttention) else "self-attention"
-        result[name] = LayerAttention(name, kind, attention, (h, w),
-                                      float(layer.gamma.detach().float()))
+        result[name] = LayerAttention(
+            name, kind, attention, (h, w), float(layer.gamma.detach().float())
+        )
     return result, output
 
 
@@ -166,8 +176,10 @@ def default_queries(height: int, width: int | None = None, per_side: int = 3) ->
     if per_side < 1:
         raise FaganError(f"the query grid needs at least 1 query per side, got {per_side}")
     if per_side > MAX_QUERY_GRID:
-        raise FaganError(f"--query_grid must be from 1 to {MAX_QUERY_GRID} (a figure shows at "
-                         f"most {MAX_QUERIES} queries), got {per_side}")
+        raise FaganError(
+            f"--query_grid must be from 1 to {MAX_QUERY_GRID} (a figure shows at "
+            f"most {MAX_QUERIES} queries), got {per_side}"
+        )
     xs = [min(width - 1, int((i + 0.5) * width / per_side)) for i in range(per_side)]
     ys = [min(height - 1, int((j + 0.5) * height / per_side)) for j in range(per_side)]
     return [(x, y) for y in ys for x in xs]
@@ -183,8 +195,9 @@ def check_queries(queries: Sequence[Query], image_hw: tuple[int, int]) -> list[Q
     if not queries:
         raise FaganError("no query positions to show")
     if len(queries) > MAX_QUERIES:
-        raise FaganError(f"at most {MAX_QUERIES} query positions fit in a figure, got "
-                         f"{len(queries)}")
+        raise FaganError(
+            f"at most {MAX_QUERIES} query positions fit in a figure, got {len(queries)}"
+        )
     for query in queries:
         query_cell(query, image_hw, (1, 1))
     return queries
@@ -201,13 +214,16 @@ def query_cell(query: Query, image_hw: tuple[int, int], grid: tuple[int, int]) -
     x, y = query
     height, width = image_hw
     if not (0 <= x < width and 0 <= y < height):
-        raise FaganError(f"query {x},{y} is outside the {width}x{height} image "
-                         f"(x in 0..{width - 1}, y in 0..{height - 1})")
+        raise FaganError(
+            f"query {x},{y} is outside the {width}x{height} image "
+            f"(x in 0..{width - 1}, y in 0..{height - 1})"
+        )
     return (y * grid[0]) // height, (x * grid[1]) // width
 
 
-def query_heatmap(attention: Tensor, grid: tuple[int, int], cell: tuple[int, int],
-                  image_hw: tuple[int, int]) -> Tensor:
+def query_heatmap(
+    attention: Tensor, grid: tuple[int, int], cell: tuple[int, int], image_hw: tuple[int, int]
+) -> Tensor:
     """The row of ``attention`` (N, N) for ``cell``, as an ``H x W`` map over the image.
 
     The ``H_l x W_l`` row is upsampled bilinearly (``align_corners=False``) to the image.
@@ -253,8 +269,11 @@ def render_layer(
     from matplotlib.patches import Rectangle
 
     if isinstance(image, Tensor):
-        image = to_uint8(image).permute(1, 2, 0).numpy() if image.is_floating_point() \
+        image = (
+            to_uint8(image).permute(1, 2, 0).numpy()
+            if image.is_floating_point()
             else image.cpu().numpy()
+        )
     image = np.asarray(image)
     height, width = image.shape[:2]
     check_queries(queries, (height, width))
@@ -271,18 +290,36 @@ def render_layer(
         ax = fig.add_subplot(rows, cols, k + 1)
         heat = query_heatmap(attention, layer.grid, cell, (height, width)).numpy()
         ax.imshow(image, interpolation="nearest")
-        ax.imshow(heat, cmap="inferno", alpha=0.6, interpolation="nearest",
-                  vmin=0.0, vmax=max(float(heat.max()), 1e-12))
-        ax.add_patch(Rectangle((cell[1] * cell_w - 0.5, cell[0] * cell_h - 0.5), cell_w, cell_h,
-                               fill=False, edgecolor="cyan", linewidth=1.2))
+        ax.imshow(
+            heat,
+            cmap="inferno",
+            alpha=0.6,
+            interpolation="nearest",
+            vmin=0.0,
+            vmax=max(float(heat.max()), 1e-12),
+        )
+        ax.add_patch(
+            Rectangle(
+                (cell[1] * cell_w - 0.5, cell[0] * cell_h - 0.5),
+                cell_w,
+                cell_h,
+                fill=False,
+                edgecolor="cyan",
+                linewidth=1.2,
+            )
+        )
         ax.plot([x], [y], marker="+", color="cyan", markersize=10, markeredgewidth=2)
         peak = float(attention[cell[0] * w_l + cell[1]].max())
         ax.set_title(f"({x},{y}) -> cell {cell[0]},{cell[1]}  max {peak:.3f}", fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(title or f"{layer.name}: {layer.kind}, {h_l}x{w_l} positions "
-                 f"(uniform {1 / (h_l * w_l):.3g}), g = {layer.gamma:.4g}",
-                 fontsize=9, wrap=True)
+    fig.suptitle(
+        title
+        or f"{layer.name}: {layer.kind}, {h_l}x{w_l} positions "
+        f"(uniform {1 / (h_l * w_l):.3g}), g = {layer.gamma:.4g}",
+        fontsize=9,
+        wrap=True,
+    )
     return fig
 
 
@@ -319,8 +356,11 @@ def write_attention_figures(
     if save_maps is not None:
         check_output_file(save_maps)
     if layers:
-        first = image.shape[-2:] if isinstance(image, Tensor) and image.is_floating_point() \
+        first = (
+            image.shape[-2:]
+            if isinstance(image, Tensor) and image.is_floating_point()
             else np.asarray(image).shape[:2]
+        )
         check_queries(queries, (int(first[0]), int(first[1])))
     output_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -330,8 +370,7 @@ def write_attention_figures(
         fig.savefig(path, format="png")
         written.append(path)
     if save_maps is not None:
-        save_file({name: layer.maps[0].contiguous() for name, layer in layers.items()},
-                  save_maps)
+        save_file({name: layer.maps[0].contiguous() for name, layer in layers.items()}, save_maps)
     return written
 
 
@@ -358,12 +397,15 @@ def load_discriminator(
     if discriminator_config is not None:
         spec = load_config(resolve_config_path(str(discriminator_config), "dis"))
     elif is_training_state(obj):
-        spec = parse_config(obj["discriminator_config"],
-                            f"{discriminator_file} (discriminator config)")
+        spec = parse_config(
+            obj["discriminator_config"], f"{discriminator_file} (discriminator config)"
+        )
         image_size = obj.get("image_size")
     else:
-        raise FaganError(f"{discriminator_file} is a plain state dict: give "
-                         "--discriminator_config for its architecture")
+        raise FaganError(
+            f"{discriminator_file} is a plain state dict: give "
+            "--discriminator_config for its architecture"
+        )
     discriminator = Discriminator(spec, image_size)
     state = network_state_dict(obj, "discriminator", source=str(discriminator_file))
     load_state_into(discriminator, state, f"discriminator weights {discriminator_file}")
@@ -391,8 +433,10 @@ def load_image(path: str | os.PathLike[str], image_size: int) -> Tensor:
             opened_file = Image.open(path)
         with opened_file as opened:
             if opened.width * opened.height > MAX_IMAGE_PIXELS:
-                raise FaganError(f"image {path} is {opened.width}x{opened.height}: images of at "
-                                 f"most {MAX_IMAGE_PIXELS:,} pixels are read")
+                raise FaganError(
+                    f"image {path} is {opened.width}x{opened.height}: images of at "
+                    f"most {MAX_IMAGE_PIXELS:,} pixels are read"
+                )
             if opened.format == "JPEG":  # decode at a reduced scale that still covers S
                 opened.draft(None, (image_size, image_size))
             opened.load()
@@ -409,7 +453,6 @@ def load_image(path: str | os.PathLike[str], image_size: int) -> Tensor:
     if tuple(image.shape[-2:]) != (image_size, image_size):
         image = center_crop(image, image_size)
     return image.mul(2.0).sub_(1.0).clamp_(-1.0, 1.0).contiguous()
-
 
 
 def _rgb_unit_floats(image: Image.Image) -> np.ndarray:

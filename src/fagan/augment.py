@@ -33,7 +33,9 @@ TRANSLATION_RATIO = 0.125
 CUTOUT_RATIO = 0.5
 
 
-def _rand(shape: tuple[int, ...], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _rand(
+    shape: tuple[int, ...], x: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """Uniform ``[0, 1)`` numbers drawn on the generator's device, returned on ``x``'s."""
     device = generator.device if generator is not None else x.device
     r = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
@@ -80,7 +82,9 @@ def _translation(
     return shifted * inside.unsqueeze(1).to(x.dtype)
 
 
-def _cutout(x: torch.Tensor, g: torch.Generator | None, ratio: float = CUTOUT_RATIO) -> torch.Tensor:
+def _cutout(
+    x: torch.Tensor, g: torch.Generator | None, ratio: float = CUTOUT_RATIO
+) -> torch.Tensor:
     """Zero a ``round(ratio * H) x round(ratio * W)`` box per sample, clipped at the border.
 
     As in the reference code, the box centre is uniform over ``[0, H]`` (``[0, H - 1]`` for

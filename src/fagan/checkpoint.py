@@ -64,7 +64,9 @@ def load_file(path: str | Path) -> Any:
     except OSError as error:
         raise FaganError(f"cannot read {path}: {error.strerror or error}") from None
     if not head:
-        raise FaganError(f"cannot read {path}: not a complete PyTorch checkpoint (the file is empty)")
+        raise FaganError(
+            f"cannot read {path}: not a complete PyTorch checkpoint (the file is empty)"
+        )
     if not _is_torch_file(path, head):
         raise _foreign_file_error(path)
     try:
@@ -89,12 +91,13 @@ def _is_torch_file(path: Path, head: bytes) -> bool:
         return False
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(name == "data.pkl" or name.endswith("/data.pkl")
-                       for name in archive.namelist())
+            return any(
+                name == "data.pkl" or name.endswith("/data.pkl") for name in archive.namelist()
+            )
     except (zipfile.BadZipFile, OSError, ValueError):  # truncated: no central directory
         # torch writes <archive>/data.pkl first; its local header names it
         name_length = int.from_bytes(head[26:28], "little")
-        return head[30:30 + name_length].endswith(b"data.pkl")
+        return head[30 : 30 + name_length].endswith(b"data.pkl")
 
 
 def _foreign_file_error(path: Path) -> FaganError:
@@ -109,8 +112,11 @@ def _foreign_file_error(path: Path) -> FaganError:
             f"names {brief_text(names[0], 80)}, so it could run code when unpickled; refused: "
             "only files written by torch.save are read"
         )
-    kind = "a Python pickle not written by torch.save" if names is not None else (
-        _foreign_kind(start[:4096]))
+    kind = (
+        "a Python pickle not written by torch.save"
+        if names is not None
+        else (_foreign_kind(start[:4096]))
+    )
     return FaganError(
         f"cannot read {path}: not a PyTorch weights file ({kind}); expected a state dict or "
         "training state written by torch.save"
@@ -189,8 +195,9 @@ def _unpickling_error(path: Path, message: str) -> FaganError:
 def _torch_detail(error: BaseException) -> str:
     """A bounded one-line account of torch's error, without its advice on ``weights_only``."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line for line in lines
-              if "weights_only" not in line and "documentation" not in line.lower()]
+    useful = [
+        line for line in lines if "weights_only" not in line and "documentation" not in line.lower()
+    ]
     if "WeightsUnpickler error:" in " ".join(useful):
         useful = [line.split("WeightsUnpickler error:", 1)[-1].strip() for line in useful]
         useful = [line for line in useful if line]
@@ -236,8 +243,19 @@ def is_training_state(obj: Any) -> bool:
 # --------------------------------------------------------------------------- validation
 #: The fields ``fagan train --resume`` reads from a training state.
 TRAINING_STATE_FIELDS = (
-    "generator", "discriminator", "g_optimizer", "d_optimizer", "scaler", "epoch", "batch",
-    "step", "rng", "fixed_latents", "sampler", "generator_config", "discriminator_config",
+    "generator",
+    "discriminator",
+    "g_optimizer",
+    "d_optimizer",
+    "scaler",
+    "epoch",
+    "batch",
+    "step",
+    "rng",
+    "fixed_latents",
+    "sampler",
+    "generator_config",
+    "discriminator_config",
 )
 _RNG_KEYS = ("torch", "latent", "augment")
 _Scalar = (bool, int, float, type(None))
@@ -254,8 +272,13 @@ def _found(value: Any) -> str:
 
 def _is_plain_tensor(value: Any) -> bool:
     """A dense, CPU, non-quantized, non-nested tensor: what a weights file holds."""
-    return (isinstance(value, Tensor) and value.layout == torch.strided and not value.is_nested
-            and not value.is_quantized and value.device.type == "cpu")
+    return (
+        isinstance(value, Tensor)
+        and value.layout == torch.strided
+        and not value.is_nested
+        and not value.is_quantized
+        and value.device.type == "cpu"
+    )
 
 
 def _is_count(value: Any, minimum: int = 0) -> bool:
@@ -283,11 +306,13 @@ def check_latents(value: Any, source: str, latent_size: int | None = None) -> Te
         raise FaganError(f"{source}: expected a dense tensor of latents, found {_found(value)}")
     if value.dim() == 4 and tuple(value.shape[2:]) == (1, 1):
         value = value.flatten(1)
-    if value.dim() != 2 or value.shape[0] < 1 or value.shape[1] < 1 or (
-        latent_size is not None and value.shape[1] != latent_size
+    if (
+        value.dim() != 2
+        or value.shape[0] < 1
+        or value.shape[1] < 1
+        or (latent_size is not None and value.shape[1] != latent_size)
     ):
-        raise FaganError(
-            f"{source}: expected latents of shape {want}, found {list(value.shape)}")
+        raise FaganError(f"{source}: expected latents of shape {want}, found {list(value.shape)}")
     if not value.is_floating_point():
         raise FaganError(f"{source}: latents must be floating point, found {value.dtype}")
     if not torch.isfinite(value).all():
@@ -324,8 +349,11 @@ def validate_training_state(state: Any, path: str | Path) -> None:
     if not _is_count(version, 1):
         raise fail("'format_version'", f"expected a positive integer, found {_found(version)}")
     if version > TRAINING_STATE_VERSION:
-        raise fail("'format_version'", f"{version} is newer than this fagan reads "
-                   f"({TRAINING_STATE_VERSION}); update fagan to resume from it")
+        raise fail(
+            "'format_version'",
+            f"{version} is newer than this fagan reads "
+            f"({TRAINING_STATE_VERSION}); update fagan to resume from it",
+        )
     for field in ("generator", "discriminator", "ema_generator"):
         if field == "ema_generator" and state.get(field) is None:
             continue
@@ -335,7 +363,9 @@ def validate_training_state(state: Any, path: str | Path) -> None:
     _check_numbers(state["scaler"], "'scaler'", fail)
     for field in ("epoch", "batch", "step"):
         if not _is_count(state[field]):
-            raise fail(f"'{field}'", f"expected a non-negative integer, found {_found(state[field])}")
+            raise fail(
+                f"'{field}'", f"expected a non-negative integer, found {_found(state[field])}"
+            )
     _check_rng(state["rng"], fail)
     _check_numbers(state["sampler"], "'sampler'", fail)
     for field in ("latent_size", "image_size"):
@@ -352,10 +382,14 @@ def validate_training_state(state: Any, path: str | Path) -> None:
         specs[field] = parse_config(state[field], f"{path} (training state field '{field}')")
     latent_size = specs["generator_config"].in_channels
     if state.get("latent_size", latent_size) != latent_size:
-        raise fail("'latent_size'", f"{state['latent_size']} differs from the generator "
-                   f"config's input channels, {latent_size}")
-    check_latents(state["fixed_latents"], f"{path}: training state field 'fixed_latents'",
-                  latent_size)
+        raise fail(
+            "'latent_size'",
+            f"{state['latent_size']} differs from the generator "
+            f"config's input channels, {latent_size}",
+        )
+    check_latents(
+        state["fixed_latents"], f"{path}: training state field 'fixed_latents'", latent_size
+    )
 
 
 def _check_state_dict(value: Any, field: str, fail: Any) -> None:
@@ -365,34 +399,56 @@ def _check_state_dict(value: Any, field: str, fail: Any) -> None:
         if not isinstance(key, str):
             raise fail(field, f"key {brief_repr(key, 60)} is not a parameter name")
         if not _is_plain_tensor(tensor):
-            raise fail(f"{field}[{brief_repr(key, 60)}]",
-                       f"expected a dense CPU tensor, found {_found(tensor)}")
+            raise fail(
+                f"{field}[{brief_repr(key, 60)}]",
+                f"expected a dense CPU tensor, found {_found(tensor)}",
+            )
 
 
 def _check_optimizer(value: Any, field: str, fail: Any) -> None:
-    if not isinstance(value, Mapping) or not isinstance(value.get("state"), Mapping) or \
-            not isinstance(value.get("param_groups"), list) or not value["param_groups"]:
-        raise fail(field, "expected an optimizer state dict (a mapping with 'state' and "
-                   f"'param_groups'), found {_found(value)}")
+    if (
+        not isinstance(value, Mapping)
+        or not isinstance(value.get("state"), Mapping)
+        or not isinstance(value.get("param_groups"), list)
+        or not value["param_groups"]
+    ):
+        raise fail(
+            field,
+            "expected an optimizer state dict (a mapping with 'state' and "
+            f"'param_groups'), found {_found(value)}",
+        )
     for number, group in enumerate(value["param_groups"]):
         where = f"{field}['param_groups'][{number}]"
-        if not isinstance(group, Mapping) or not isinstance(group.get("params"), list) or \
-                not all(_is_count(index) for index in group["params"]):
-            raise fail(where, f"expected a mapping with a 'params' list of parameter "
-                       f"numbers, found {_found(group)}")
+        if (
+            not isinstance(group, Mapping)
+            or not isinstance(group.get("params"), list)
+            or not all(_is_count(index) for index in group["params"])
+        ):
+            raise fail(
+                where,
+                f"expected a mapping with a 'params' list of parameter "
+                f"numbers, found {_found(group)}",
+            )
         for key, setting in group.items():
             if key != "params" and not _is_setting(setting):
-                raise fail(f"{where}[{brief_repr(key, 40)}]",
-                           f"expected a number or flag, found {_found(setting)}")
+                raise fail(
+                    f"{where}[{brief_repr(key, 40)}]",
+                    f"expected a number or flag, found {_found(setting)}",
+                )
     for index, per_parameter in value["state"].items():
         where = f"{field}['state'][{brief_repr(index, 20)}]"
         if not _is_count(index) or not isinstance(per_parameter, Mapping):
-            raise fail(where, f"expected a parameter number and a mapping of tensors, found "
-                       f"{_found(per_parameter)}")
+            raise fail(
+                where,
+                f"expected a parameter number and a mapping of tensors, found "
+                f"{_found(per_parameter)}",
+            )
         for key, entry in per_parameter.items():
             if not (_is_plain_tensor(entry) or _is_setting(entry)):
-                raise fail(f"{where}[{brief_repr(key, 40)}]",
-                           f"expected a dense CPU tensor or a number, found {_found(entry)}")
+                raise fail(
+                    f"{where}[{brief_repr(key, 40)}]",
+                    f"expected a dense CPU tensor or a number, found {_found(entry)}",
+                )
 
 
 def _is_setting(value: Any) -> bool:
@@ -402,8 +458,13 @@ def _is_setting(value: Any) -> bool:
         return True
     if isinstance(value, Tensor):
         return _is_plain_tensor(value) and value.numel() == 1
-    return isinstance(value, (tuple, list)) and len(value) <= 4 and all(
-        isinstance(v, (int, float)) or (_is_plain_tensor(v) and v.numel() == 1) for v in value)
+    return (
+        isinstance(value, (tuple, list))
+        and len(value) <= 4
+        and all(
+            isinstance(v, (int, float)) or (_is_plain_tensor(v) and v.numel() == 1) for v in value
+        )
+    )
 
 
 def _check_numbers(value: Any, field: str, fail: Any) -> None:
@@ -412,19 +473,22 @@ def _check_numbers(value: Any, field: str, fail: Any) -> None:
         raise fail(field, f"expected a mapping, found {_found(value)}")
     for key, entry in value.items():
         if not isinstance(key, str) or not _is_setting(entry) or isinstance(entry, (tuple, list)):
-            raise fail(f"{field}[{brief_repr(key, 40)}]",
-                       f"expected a number, found {_found(entry)}")
+            raise fail(
+                f"{field}[{brief_repr(key, 40)}]", f"expected a number, found {_found(entry)}"
+            )
 
 
 def _check_rng(value: Any, fail: Any) -> None:
     if not isinstance(value, list) or not value:
-        raise fail("'rng'", f"expected a list of generator states (one per process), found "
-                   f"{_found(value)}")
+        raise fail(
+            "'rng'", f"expected a list of generator states (one per process), found {_found(value)}"
+        )
     cpu_state_size = torch.get_rng_state().numel()
     for rank, states in enumerate(value):
         if not isinstance(states, Mapping):
-            raise fail(f"'rng'[{rank}]", f"expected a mapping of generator states, found "
-                       f"{_found(states)}")
+            raise fail(
+                f"'rng'[{rank}]", f"expected a mapping of generator states, found {_found(states)}"
+            )
         missing = [key for key in _RNG_KEYS if key not in states]
         if missing:
             raise fail(f"'rng'[{rank}]", f"lacks {', '.join(missing)}")
@@ -432,13 +496,22 @@ def _check_rng(value: Any, fail: Any) -> None:
             if key not in states:
                 continue
             state = states[key]
-            if not _is_plain_tensor(state) or state.dtype != torch.uint8 or state.dim() != 1 \
-                    or state.numel() == 0:
-                raise fail(f"'rng'[{rank}]['{key}']",
-                           f"expected a 1-D uint8 CPU tensor, found {_found(state)}")
+            if (
+                not _is_plain_tensor(state)
+                or state.dtype != torch.uint8
+                or state.dim() != 1
+                or state.numel() == 0
+            ):
+                raise fail(
+                    f"'rng'[{rank}]['{key}']",
+                    f"expected a 1-D uint8 CPU tensor, found {_found(state)}",
+                )
             if key == "torch" and state.numel() != cpu_state_size:
-                raise fail(f"'rng'[{rank}]['torch']", f"expected the CPU generator's "
-                           f"{cpu_state_size}-byte state, found {state.numel()} bytes")
+                raise fail(
+                    f"'rng'[{rank}]['torch']",
+                    f"expected the CPU generator's "
+                    f"{cpu_state_size}-byte state, found {state.numel()} bytes",
+                )
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
@@ -523,7 +596,7 @@ def _drop_unused_batch_norms(state: Mapping[str, Tensor], model: nn.Module) -> d
 
 def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     if state and all(key.startswith(prefix) for key in state):
-        return {key[len(prefix):]: value for key, value in state.items()}
+        return {key[len(prefix) :]: value for key, value in state.items()}
     return dict(state)
 
 
@@ -543,8 +616,10 @@ def network_state_dict(
         state = obj.get(key)
         if state is None:
             raise FaganError(f"{source}: this training state holds no {role} weights")
-    elif isinstance(obj, Mapping) and obj and all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    elif (
+        isinstance(obj, Mapping)
+        and obj
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
     ):
         state = obj
     else:
@@ -595,8 +670,9 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str) 
     model.load_state_dict(state, strict=True)
 
 
-def _other_layer_kind(key: str, tensor: Tensor, state: Mapping[str, Tensor],
-                      expected: Mapping[str, Tensor]) -> str:
+def _other_layer_kind(
+    key: str, tensor: Tensor, state: Mapping[str, Tensor], expected: Mapping[str, Tensor]
+) -> str:
     """When the file's layer holding ``key`` is another kind of layer: both layers' first
     differing tensors and their shapes (``model.<i>`` is ``architecture[i]`` of the config)."""
     parts = key.split(".")

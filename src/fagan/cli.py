@@ -84,31 +84,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 class GenerateOptions:
     """``fagan generate``: images from a trained generator."""
 
-    generator_file: str = option(MISSING, EXISTING_FILE, "GAN_GEN_*.pth (ours or "
-                                 "attn-gan-pytorch's) or a training_state.pth")
-    generator_config: str | None = option(None, TEXT, "architecture file or built-in name "
-                                          "(optional for a training state)")
+    generator_file: str = option(
+        MISSING, EXISTING_FILE, "GAN_GEN_*.pth (ours or attn-gan-pytorch's) or a training_state.pth"
+    )
+    generator_config: str | None = option(
+        None, TEXT, "architecture file or built-in name (optional for a training state)"
+    )
     output_dir: str = option(MISSING, TEXT, "where the PNGs go")
-    latents: str | None = option(None, EXISTING_FILE, "N x latent_size float tensor saved "
-                                 "with torch.save (instead of --num_samples)")
+    latents: str | None = option(
+        None,
+        EXISTING_FILE,
+        "N x latent_size float tensor saved with torch.save (instead of --num_samples)",
+    )
     num_samples: int | None = option(None, POSITIVE_INT, "number of images (default 64)")
     seed: int = option(0, SEED, "seed of the latents")
-    latent_size: int | None = option(None, POSITIVE_INT, "latent size (default: from the "
-                                     "config, 128 for the original's)")
-    truncation: float | None = option(None, POSITIVE_FLOAT, "truncate latents to |z| <= T "
-                                      "(truncation trick)")
+    latent_size: int | None = option(
+        None, POSITIVE_INT, "latent size (default: from the config, 128 for the original's)"
+    )
+    truncation: float | None = option(
+        None, POSITIVE_FLOAT, "truncate latents to |z| <= T (truncation trick)"
+    )
     batch_size: int = option(64, POSITIVE_INT, "images per forward pass")
     grid: bool = option(False, FLAG, "one grid.png instead of one file each")
-    prefer_ema: bool = option(True, FLAG, "from a training state, use the raw generator, not "
-                              "its EMA", negative_flag="no_ema")
+    prefer_ema: bool = option(
+        True,
+        FLAG,
+        "from a training state, use the raw generator, not its EMA",
+        negative_flag="no_ema",
+    )
     device: str = option("auto", TEXT, "auto, cpu, cuda, cuda:N or mps")
 
     def validate(self) -> None:
         """Checks every option, then the ones that exclude each other."""
         options.check_fields(self)
         if self.latents is not None and self.num_samples is not None:
-            raise FaganError("--latents and --num_samples exclude each other: the file's "
-                             "latents are the images")
+            raise FaganError(
+                "--latents and --num_samples exclude each other: the file's latents are the images"
+            )
         if self.latents is not None and self.truncation is not None:
             raise FaganError("--truncation applies to sampled latents, not to a --latents file")
 
@@ -120,18 +132,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     opts = options.from_namespace(GenerateOptions, args)
     opts.validate()
     device = resolve_device(opts.device)
-    generator = load_generator(opts.generator_file, opts.generator_config,
-                               latent_size=opts.latent_size, device=device,
-                               prefer_ema=opts.prefer_ema)
+    generator = load_generator(
+        opts.generator_file,
+        opts.generator_config,
+        latent_size=opts.latent_size,
+        device=device,
+        prefer_ema=opts.prefer_ema,
+    )
     if opts.latents is not None:
         latents = read_latents(opts.latents, generator.latent_size)
     else:
-        latents = make_latents(opts.num_samples or 64, generator.latent_size, opts.seed,
-                               opts.truncation)
-    written = write_images(generator, latents, opts.output_dir, batch_size=opts.batch_size,
-                           grid=opts.grid)
-    print(f"wrote {len(latents)} image(s) to {opts.output_dir}"
-          + (f" as {written[0].name}" if opts.grid else ""))
+        latents = make_latents(
+            opts.num_samples or 64, generator.latent_size, opts.seed, opts.truncation
+        )
+    written = write_images(
+        generator, latents, opts.output_dir, batch_size=opts.batch_size, grid=opts.grid
+    )
+    print(
+        f"wrote {len(latents)} image(s) to {opts.output_dir}"
+        + (f" as {written[0].name}" if opts.grid else "")
+    )
     return 0
 
 
@@ -178,28 +198,52 @@ def _declared(cls: type) -> Callable[[argparse.ArgumentParser], None]:
 
 # --------------------------------------------------------------------------- interpolate
 def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--generator_file", type=existing_file, required=True,
-                   help="GAN_GEN_*.pth (ours or attn-gan-pytorch's) or a training_state.pth")
-    p.add_argument("--generator_config",
-                   help="architecture file or built-in name (optional for a training state)")
-    p.add_argument("--seeds", required=True,
-                   help="two or more comma-separated seeds whose latents are the key frames")
-    p.add_argument("--steps", type=positive_int, default=16,
-                   help="frames from one seed to the next")
-    p.add_argument("--loop", action="store_true",
-                   help="return to the first seed at the end (a seamless loop)")
-    p.add_argument("--truncation", type=positive_float,
-                   help="truncate the key latents to |z| <= T (truncation trick)")
-    p.add_argument("--output", required=True,
-                   help="the .gif to write (an .mp4 goes beside it where imageio-ffmpeg works)")
+    p.add_argument(
+        "--generator_file",
+        type=existing_file,
+        required=True,
+        help="GAN_GEN_*.pth (ours or attn-gan-pytorch's) or a training_state.pth",
+    )
+    p.add_argument(
+        "--generator_config",
+        help="architecture file or built-in name (optional for a training state)",
+    )
+    p.add_argument(
+        "--seeds",
+        required=True,
+        help="two or more comma-separated seeds whose latents are the key frames",
+    )
+    p.add_argument(
+        "--steps", type=positive_int, default=16, help="frames from one seed to the next"
+    )
+    p.add_argument(
+        "--loop", action="store_true", help="return to the first seed at the end (a seamless loop)"
+    )
+    p.add_argument(
+        "--truncation",
+        type=positive_float,
+        help="truncate the key latents to |z| <= T (truncation trick)",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="the .gif to write (an .mp4 goes beside it where imageio-ffmpeg works)",
+    )
     p.add_argument("--fps", type=positive_float, default=16.0)
     p.add_argument("--no_mp4", dest="mp4", action="store_false", help="write the GIF only")
     p.add_argument("--strip", help="also write a .png of the key frames side by side")
-    p.add_argument("--strip_frames", type=positive_int,
-                   help="show this many evenly spaced frames in the strip instead of the keys")
+    p.add_argument(
+        "--strip_frames",
+        type=positive_int,
+        help="show this many evenly spaced frames in the strip instead of the keys",
+    )
     p.add_argument("--batch_size", type=positive_int, default=64)
-    p.add_argument("--no_ema", dest="prefer_ema", action="store_false",
-                   help="from a training state, use the raw generator, not its EMA")
+    p.add_argument(
+        "--no_ema",
+        dest="prefer_ema",
+        action="store_false",
+        help="from a training state, use the raw generator, not its EMA",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
@@ -213,15 +257,33 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         raise FaganError(f"--output must end in .gif or .mp4, got {args.output}")
     if args.strip is not None and Path(args.strip).suffix.lower() != ".png":
         raise FaganError(f"--strip must end in .png, got {args.strip}")
-    generator = load_generator(args.generator_file, args.generator_config,
-                               device=resolve_device(args.device), prefer_ema=args.prefer_ema)
-    walk = interpolate(generator, seeds, steps=args.steps, loop=args.loop,
-                       truncation=args.truncation, batch_size=args.batch_size)
-    files = write_interpolation(walk, args.output, fps=args.fps, mp4=args.mp4,
-                                strip=args.strip, strip_frames=args.strip_frames)
+    generator = load_generator(
+        args.generator_file,
+        args.generator_config,
+        device=resolve_device(args.device),
+        prefer_ema=args.prefer_ema,
+    )
+    walk = interpolate(
+        generator,
+        seeds,
+        steps=args.steps,
+        loop=args.loop,
+        truncation=args.truncation,
+        batch_size=args.batch_size,
+    )
+    files = write_interpolation(
+        walk,
+        args.output,
+        fps=args.fps,
+        mp4=args.mp4,
+        strip=args.strip,
+        strip_frames=args.strip_frames,
+    )
     written = [str(p) for p in (files.gif, files.mp4, files.strip) if p is not None]
-    print(f"wrote {files.num_frames} frames through seeds {','.join(map(str, seeds))}: "
-          + ", ".join(written))
+    print(
+        f"wrote {files.num_frames} frames through seeds {','.join(map(str, seeds))}: "
+        + ", ".join(written)
+    )
     return 0
 
 
@@ -236,8 +298,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     declared = {f.name: f.metadata for f in fields(EvaluateOptions)}
     source = p.add_mutually_exclusive_group(required=True)
     for name in ("fake_dir", "generator_file"):
-        source.add_argument(f"--{name}", type=declared[name]["kind"].argparse_type(),
-                            help=declared[name]["help"])
+        source.add_argument(
+            f"--{name}", type=declared[name]["kind"].argparse_type(), help=declared[name]["help"]
+        )
     add_arguments(p, EvaluateOptions)
 
 
@@ -249,8 +312,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     opts.fake_dir, opts.generator_file = args.fake_dir, args.generator_file
     results = run_evaluation(opts, log=lambda message: print(message, file=sys.stderr))
     meta = results["meta"]
-    print(f"{meta['n_real']} real images ({meta['real_dir']}) vs {meta['n_fake']} "
-          f"generated ({meta['fake_source']}) at {meta['image_size']}x{meta['image_size']}")
+    print(
+        f"{meta['n_real']} real images ({meta['real_dir']}) vs {meta['n_fake']} "
+        f"generated ({meta['fake_source']}) at {meta['image_size']}x{meta['image_size']}"
+    )
     print(format_table(results))
     if opts.output is not None:
         print(f"wrote {write_results(results, opts.output)}")
@@ -272,28 +337,51 @@ query_point.__name__ = "x,y pixel coordinates"
 
 def add_attention_arguments(p: argparse.ArgumentParser) -> None:
     net = p.add_mutually_exclusive_group(required=True)
-    net.add_argument("--generator_file", type=existing_file,
-                     help="show the generator's layers on an image it generates")
-    net.add_argument("--discriminator_file", type=existing_file,
-                     help="show the discriminator's layers on a real image (--image)")
-    p.add_argument("--generator_config",
-                   help="architecture file or built-in name (optional for a training state)")
-    p.add_argument("--discriminator_config",
-                   help="architecture file or built-in name (optional for a training state)")
+    net.add_argument(
+        "--generator_file",
+        type=existing_file,
+        help="show the generator's layers on an image it generates",
+    )
+    net.add_argument(
+        "--discriminator_file",
+        type=existing_file,
+        help="show the discriminator's layers on a real image (--image)",
+    )
+    p.add_argument(
+        "--generator_config",
+        help="architecture file or built-in name (optional for a training state)",
+    )
+    p.add_argument(
+        "--discriminator_config",
+        help="architecture file or built-in name (optional for a training state)",
+    )
     p.add_argument("--seed", type=seed, default=0, help="seed of the generated image")
-    p.add_argument("--truncation", type=positive_float,
-                   help="truncate the latent to |z| <= T")
+    p.add_argument("--truncation", type=positive_float, help="truncate the latent to |z| <= T")
     p.add_argument("--image", help="the real image for the discriminator")
-    p.add_argument("--query", type=query_point, action="append",
-                   help="x,y: a query position in image pixels (repeat for more); default "
-                   "a grid of queries")
-    p.add_argument("--query_grid", type=positive_int, default=3,
-                   help="N: an N x N grid of evenly spaced queries when no --query is given")
-    p.add_argument("--output_dir", required=True,
-                   help="one attention_<layer>.png per attention layer goes here")
+    p.add_argument(
+        "--query",
+        type=query_point,
+        action="append",
+        help="x,y: a query position in image pixels (repeat for more); default a grid of queries",
+    )
+    p.add_argument(
+        "--query_grid",
+        type=positive_int,
+        default=3,
+        help="N: an N x N grid of evenly spaced queries when no --query is given",
+    )
+    p.add_argument(
+        "--output_dir",
+        required=True,
+        help="one attention_<layer>.png per attention layer goes here",
+    )
     p.add_argument("--save_maps", help="also save the raw (N, N) maps by layer name to this .pt")
-    p.add_argument("--no_ema", dest="prefer_ema", action="store_false",
-                   help="from a training state, use the raw generator, not its EMA")
+    p.add_argument(
+        "--no_ema",
+        dest="prefer_ema",
+        action="store_false",
+        help="from a training state, use the raw generator, not its EMA",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
@@ -313,8 +401,9 @@ def cmd_attention(args: argparse.Namespace) -> int:
     if args.generator_file is not None:
         if args.image is not None or args.discriminator_config is not None:
             raise FaganError("--image and --discriminator_config go with --discriminator_file")
-        model = load_generator(args.generator_file, args.generator_config, device=device,
-                               prefer_ema=args.prefer_ema)
+        model = load_generator(
+            args.generator_file, args.generator_config, device=device, prefer_ema=args.prefer_ema
+        )
         size = model.image_size
         inputs = make_latents(1, model.latent_size, args.seed, args.truncation).to(device)
         source = f"generated image (seed {args.seed})"
@@ -323,8 +412,9 @@ def cmd_attention(args: argparse.Namespace) -> int:
             raise FaganError("--discriminator_file needs --image, the real image to look at")
         if args.generator_config is not None or args.truncation is not None:
             raise FaganError("--generator_config and --truncation go with --generator_file")
-        model = load_discriminator(args.discriminator_file, args.discriminator_config,
-                                   device=device)
+        model = load_discriminator(
+            args.discriminator_file, args.discriminator_config, device=device
+        )
         size = model.image_size
         inputs = load_image(args.image, size).unsqueeze(0).to(device)
         source = f"image {args.image}"
@@ -333,13 +423,18 @@ def cmd_attention(args: argparse.Namespace) -> int:
         query_cell(query, (size, size), (1, 1))  # outside the image: fail before any work
     layers, output = capture_layers(model, inputs)
     image = output[0] if args.generator_file is not None else inputs[0]
-    written = write_attention_figures(layers, image.cpu(), args.output_dir, queries,
-                                      save_maps=args.save_maps)
+    written = write_attention_figures(
+        layers, image.cpu(), args.output_dir, queries, save_maps=args.save_maps
+    )
     for path, layer in zip(written, layers.values(), strict=True):
-        print(f"{layer.name}: {layer.kind}, {layer.grid[0]}x{layer.grid[1]} positions, "
-              f"g = {layer.gamma:.4g} -> {path}")
-    print(f"{len(written)} attention layer(s) on the {source}, {len(queries)} queries"
-          + (f"; maps saved to {args.save_maps}" if args.save_maps else ""))
+        print(
+            f"{layer.name}: {layer.kind}, {layer.grid[0]}x{layer.grid[1]} positions, "
+            f"g = {layer.gamma:.4g} -> {path}"
+        )
+    print(
+        f"{len(written)} attention layer(s) on the {source}, {len(queries)} queries"
+        + (f"; maps saved to {args.save_maps}" if args.save_maps else "")
+    )
     return 0
 
 
@@ -354,27 +449,52 @@ port_number.__name__ = "port"
 
 
 def add_explore_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--generator_file", type=existing_file, required=True,
-                   help="GAN_GEN_*.pth (ours or attn-gan-pytorch's) or a training_state.pth")
-    p.add_argument("--generator_config",
-                   help="architecture file or built-in name (optional for a training state)")
-    p.add_argument("--discriminator_file", type=existing_file,
-                   help="also show the critic's score and attention (GAN_DIS_*.pth or a "
-                   "training_state.pth)")
-    p.add_argument("--discriminator_config",
-                   help="architecture file or built-in name (optional for a training state)")
-    p.add_argument("--truncation", type=positive_float,
-                   help="start with latents truncated to |z| <= T (and export with it)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=port_number, default=7860,
-                   help="port to listen on (0: any free port)")
-    p.add_argument("--export", metavar="PAGE.html",
-                   help="write one self-contained HTML page for --seeds and exit (no server)")
-    p.add_argument("--seeds", help="comma-separated seeds precomputed for --export "
-                   "(default 0,1,2,3)")
-    p.add_argument("--no_ema", dest="prefer_ema", action="store_false",
-                   help="from a training state, use the raw generator, not its EMA")
+    p.add_argument(
+        "--generator_file",
+        type=existing_file,
+        required=True,
+        help="GAN_GEN_*.pth (ours or attn-gan-pytorch's) or a training_state.pth",
+    )
+    p.add_argument(
+        "--generator_config",
+        help="architecture file or built-in name (optional for a training state)",
+    )
+    p.add_argument(
+        "--discriminator_file",
+        type=existing_file,
+        help="also show the critic's score and attention (GAN_DIS_*.pth or a training_state.pth)",
+    )
+    p.add_argument(
+        "--discriminator_config",
+        help="architecture file or built-in name (optional for a training state)",
+    )
+    p.add_argument(
+        "--truncation",
+        type=positive_float,
+        help="start with latents truncated to |z| <= T (and export with it)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    p.add_argument(
+        "--port", type=port_number, default=7860, help="port to listen on (0: any free port)"
+    )
+    p.add_argument(
+        "--export",
+        metavar="PAGE.html",
+        help="write one self-contained HTML page for --seeds and exit (no server)",
+    )
+    p.add_argument(
+        "--seeds", help="comma-separated seeds precomputed for --export (default 0,1,2,3)"
+    )
+    p.add_argument(
+        "--no_ema",
+        dest="prefer_ema",
+        action="store_false",
+        help="from a training state, use the raw generator, not its EMA",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
@@ -396,17 +516,21 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if args.truncation is not None and not low <= args.truncation <= high:
         raise FaganError(f"--truncation must be from {low:g} to {high:g}, got {args.truncation}")
     device = resolve_device(args.device)
-    generator = load_generator(args.generator_file, args.generator_config, device=device,
-                               prefer_ema=args.prefer_ema)
+    generator = load_generator(
+        args.generator_file, args.generator_config, device=device, prefer_ema=args.prefer_ema
+    )
     discriminator = None
     if args.discriminator_file is not None:
-        discriminator = load_discriminator(args.discriminator_file, args.discriminator_config,
-                                           device=device)
+        discriminator = load_discriminator(
+            args.discriminator_file, args.discriminator_config, device=device
+        )
     explorer = Explorer(generator, discriminator, truncation=args.truncation)
     if args.export is not None:
         path = export_page(explorer, seeds, args.export)
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, seeds "
-              f"{','.join(map(str, seeds))}): open it in any browser, no server needed")
+        print(
+            f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, seeds "
+            f"{','.join(map(str, seeds))}): open it in any browser, no server needed"
+        )
         return 0
     server = make_server(explorer, args.host, args.port)
     with server:
@@ -416,28 +540,40 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- main
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
-                          Callable[[argparse.Namespace], int]]] = {
-    "train": ("train a FAGAN (the original train.py's flags)", _declared(TrainOptions),
-              cmd_train),
-    "generate": ("write images from a trained generator", _declared(GenerateOptions),
-                 cmd_generate),
+COMMANDS: dict[
+    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {
+    "train": ("train a FAGAN (the original train.py's flags)", _declared(TrainOptions), cmd_train),
+    "generate": ("write images from a trained generator", _declared(GenerateOptions), cmd_generate),
     "plot-losses": ("plot a loss.log", _declared(PlotLossesOptions), cmd_plot_losses),
     "make-gif": ("animate the sample grids of a run", _declared(MakeGifOptions), cmd_make_gif),
-    "interpolate": ("animate a walk through the latents of chosen seeds",
-                    add_interpolate_arguments, cmd_interpolate),
-    "evaluate": ("measure generated images against real ones (SWD, FID, KID, IS)",
-                 add_evaluate_arguments, cmd_evaluate),
-    "attention": ("draw where each attention layer looks, for chosen query positions",
-                  add_attention_arguments, cmd_attention),
-    "explore": ("a local page: images, and where each attention layer looks under the pointer",
-                add_explore_arguments, cmd_explore),
+    "interpolate": (
+        "animate a walk through the latents of chosen seeds",
+        add_interpolate_arguments,
+        cmd_interpolate,
+    ),
+    "evaluate": (
+        "measure generated images against real ones (SWD, FID, KID, IS)",
+        add_evaluate_arguments,
+        cmd_evaluate,
+    ),
+    "attention": (
+        "draw where each attention layer looks, for chosen query positions",
+        add_attention_arguments,
+        cmd_attention,
+    ),
+    "explore": (
+        "a local page: images, and where each attention layer looks under the pointer",
+        add_explore_arguments,
+        cmd_explore,
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fagan", description="Full Attention GANs: train, sample, measure, "
-                     "inspect.")
+    parser = _Parser(
+        prog="fagan", description="Full Attention GANs: train, sample, measure, inspect."
+    )
     parser.add_argument("--version", action="version", version=f"fagan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -458,8 +594,7 @@ def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None =
     return _guarded(func, args, parser.prog)
 
 
-def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace,
-             prog: str) -> int:
+def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str) -> int:
     def one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
         return f"{prog}: warning: {' '.join(str(message).split())}\n"
 
@@ -476,8 +611,10 @@ def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print(f"{prog}: error: out of memory (try a smaller --batch_size or --num_samples)",
-              file=sys.stderr)
+        print(
+            f"{prog}: error: out of memory (try a smaller --batch_size or --num_samples)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
     except Exception as error:  # a bug or a library's failure: one line, the rest in a file
         return _internal_error(prog, error)
@@ -490,7 +627,7 @@ def _internal_error(prog: str, error: Exception) -> int:
     name = type(error).__name__
     message = " ".join(str(error).split())
     if len(message) > _MAX_MESSAGE:
-        message = message[:_MAX_MESSAGE - 3] + "..."
+        message = message[: _MAX_MESSAGE - 3] + "..."
     trace = "".join(traceback.format_exception(error))
     path = Path(tempfile.gettempdir()) / f"fagan-crash-{os.getpid()}-{int(time.time())}.log"
     try:

@@ -100,7 +100,11 @@ class IgnoreAttnMapsSpec:
 
 
 LayerSpec = (
-    ConvSpec | FullAttentionSpec | SelfAttentionSpec | DropoutSpec | BatchNormSpec
+    ConvSpec
+    | FullAttentionSpec
+    | SelfAttentionSpec
+    | DropoutSpec
+    | BatchNormSpec
     | IgnoreAttnMapsSpec
 )
 
@@ -156,8 +160,17 @@ _SCHEMA: dict[str, tuple[tuple[str, ...], dict[str, Any], dict[str, str]]] = {
         {"use_spectral_norm": "spectral_norm", "use_batch_norm": "batch_norm"},
     ),
     "full_attention": (
-        ("channels", "kernel_dims", "stride", "padding", "bias", "use_spectral_norm",
-         "use_batch_norm", "squeeze_factor", "transpose_conv"),
+        (
+            "channels",
+            "kernel_dims",
+            "stride",
+            "padding",
+            "bias",
+            "use_spectral_norm",
+            "use_batch_norm",
+            "squeeze_factor",
+            "transpose_conv",
+        ),
         {"activation": None},
         {"spectral_norm": "use_spectral_norm", "batch_norm": "use_batch_norm"},
     ),
@@ -191,20 +204,25 @@ class _Field:
         raw = self.values[key]
         if isinstance(raw, bool):
             raise self.fail(
-                key, f"expected a pair of integers like \"(4, 4)\", got {brief_repr(raw)}")
+                key, f'expected a pair of integers like "(4, 4)", got {brief_repr(raw)}'
+            )
         if isinstance(raw, int):
             value = (raw, raw)
-        elif isinstance(raw, (list, tuple)) and len(raw) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in raw
+        elif (
+            isinstance(raw, (list, tuple))
+            and len(raw) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
         ):
             value = (raw[0], raw[1])
-        elif isinstance(raw, str) and len(raw) <= _MAX_TUPLE_TEXT and (
-            match := _TUPLE.match(raw.strip())
+        elif (
+            isinstance(raw, str)
+            and len(raw) <= _MAX_TUPLE_TEXT
+            and (match := _TUPLE.match(raw.strip()))
         ):
             value = (int(match.group(1)), int(match.group(2)))
         else:
             raise self.fail(
-                key, f"malformed tuple {brief_repr(raw)}; expected two integers like \"(4, 4)\""
+                key, f'malformed tuple {brief_repr(raw)}; expected two integers like "(4, 4)"'
             )
         if min(value) < minimum:
             raise self.fail(key, f"values must be >= {minimum}, got {brief_repr(value)}")
@@ -241,7 +259,9 @@ class _Field:
                 return parse_activation(raw)
             except ValueError:
                 pass
-        raise self.fail(key, f"cannot parse activation {brief_repr(raw)}; expected {ACTIVATION_FORMS}")
+        raise self.fail(
+            key, f"cannot parse activation {brief_repr(raw)}; expected {ACTIVATION_FORMS}"
+        )
 
 
 def _key(key: Any) -> str:
@@ -369,7 +389,9 @@ def _layer_output_shape(
     if not isinstance(layer, (ConvSpec, FullAttentionSpec)):
         return shape
     sizes = []
-    for size, k, s, p in zip((height, width), layer.kernel_size, layer.stride, layer.padding, strict=True):
+    for size, k, s, p in zip(
+        (height, width), layer.kernel_size, layer.stride, layer.padding, strict=True
+    ):
         out = (size - 1) * s - 2 * p + k if layer.transpose else (size + 2 * p - k) // s + 1
         if out < 1:
             raise FaganError(
@@ -650,17 +672,19 @@ def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
     out = []
     for layer in spec.layers:
         if isinstance(layer, ConvSpec):
-            out.append({
-                "name": "conv_transpose" if layer.transpose else "conv",
-                "channels": pair((layer.in_channels, layer.out_channels)),
-                "kernel_dims": pair(layer.kernel_size),
-                "stride": pair(layer.stride),
-                "padding": pair(layer.padding),
-                "bias": layer.bias,
-                "batch_norm": layer.batch_norm,
-                "spectral_norm": layer.spectral_norm,
-                "activation": str(layer.activation),
-            })
+            out.append(
+                {
+                    "name": "conv_transpose" if layer.transpose else "conv",
+                    "channels": pair((layer.in_channels, layer.out_channels)),
+                    "kernel_dims": pair(layer.kernel_size),
+                    "stride": pair(layer.stride),
+                    "padding": pair(layer.padding),
+                    "bias": layer.bias,
+                    "batch_norm": layer.batch_norm,
+                    "spectral_norm": layer.spectral_norm,
+                    "activation": str(layer.activation),
+                }
+            )
         elif isinstance(layer, FullAttentionSpec):
             entry = {
                 "name": "full_attention",
@@ -678,8 +702,12 @@ def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
                 entry["activation"] = str(layer.activation)
             out.append(entry)
         elif isinstance(layer, SelfAttentionSpec):
-            entry = {"name": "self_attention", "channels": layer.channels,
-                     "bias": layer.bias, "squeeze_factor": layer.squeeze_factor}
+            entry = {
+                "name": "self_attention",
+                "channels": layer.channels,
+                "bias": layer.bias,
+                "squeeze_factor": layer.squeeze_factor,
+            }
             if layer.activation is not None:
                 entry["activation"] = str(layer.activation)
             out.append(entry)
@@ -693,9 +721,25 @@ def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
 
 
 __all__ = [
-    "ActivationSpec", "BatchNormSpec", "ConvSpec", "DropoutSpec", "FullAttentionSpec",
-    "IgnoreAttnMapsSpec", "LAYER_NAMES", "LayerSpec", "NetworkSpec", "SelfAttentionSpec",
-    "BUILTIN_CONFIGS", "MAX_CONFIG_BYTES", "MAX_CONFIG_DEPTH", "MAX_CONFIG_VALUES", "ROLES",
-    "builtin_config_names", "check_config_size", "load_config", "parse_config",
-    "resolve_config_path", "spec_to_dict",
+    "ActivationSpec",
+    "BatchNormSpec",
+    "ConvSpec",
+    "DropoutSpec",
+    "FullAttentionSpec",
+    "IgnoreAttnMapsSpec",
+    "LAYER_NAMES",
+    "LayerSpec",
+    "NetworkSpec",
+    "SelfAttentionSpec",
+    "BUILTIN_CONFIGS",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_DEPTH",
+    "MAX_CONFIG_VALUES",
+    "ROLES",
+    "builtin_config_names",
+    "check_config_size",
+    "load_config",
+    "parse_config",
+    "resolve_config_path",
+    "spec_to_dict",
 ]

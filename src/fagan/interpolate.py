@@ -71,8 +71,14 @@ class Interpolation:
         batch_size: frames per forward pass.
     """
 
-    def __init__(self, generator: Generator, latents: Tensor, key_indices: list[int],
-                 seeds: list[int], batch_size: int) -> None:
+    def __init__(
+        self,
+        generator: Generator,
+        latents: Tensor,
+        key_indices: list[int],
+        seeds: list[int],
+        batch_size: int,
+    ) -> None:
         self.generator = generator
         self.latents = latents
         self.key_indices = key_indices
@@ -85,7 +91,7 @@ class Interpolation:
 
     def _batch_images(self, batch: int) -> Tensor:
         start = batch * self.batch_size
-        chunk = self.latents[start:start + self.batch_size]
+        chunk = self.latents[start : start + self.batch_size]
         return next(generate_batches(self.generator, chunk, self.batch_size))
 
     def _batch_u8(self, batch: int) -> np.ndarray:
@@ -102,8 +108,10 @@ class Interpolation:
                 generated[batch] = self._kept.get(batch, None)
                 if generated[batch] is None:
                     generated[batch] = self._batch_u8(batch)
-                    if sum(a.nbytes for a in self._kept.values()) + generated[batch].nbytes \
-                            <= _CACHE_BYTES:
+                    if (
+                        sum(a.nbytes for a in self._kept.values()) + generated[batch].nbytes
+                        <= _CACHE_BYTES
+                    ):
                         self._kept[batch] = generated[batch]
             arrays.append(generated[batch][index % self.batch_size].copy())
         return arrays
@@ -164,8 +172,9 @@ def parse_seeds(text: str) -> list[int]:
             seeds.append(int(part))
         except ValueError:
             shown = part if len(part) <= 40 else part[:40] + "..."
-            raise FaganError(f"seeds must be whole numbers separated by commas, got "
-                             f"{shown!r}") from None
+            raise FaganError(
+                f"seeds must be whole numbers separated by commas, got {shown!r}"
+            ) from None
     if len(seeds) < 2:
         shown = text if len(text) <= 40 else text[:40] + "..."
         raise FaganError(f"an interpolation needs at least two seeds, got {shown!r}")
@@ -215,18 +224,21 @@ def interpolate(
         raise FaganError(f"--steps must be a whole number >= 1, got {steps!r}")
     frames = walk_length(len(seeds), steps, loop)
     if frames > MAX_FRAMES:
-        raise FaganError(f"{len(seeds)} seeds with --steps {steps} make {frames:,} frames; a "
-                         f"walk has at most {MAX_FRAMES:,} (give fewer steps or seeds)")
+        raise FaganError(
+            f"{len(seeds)} seeds with --steps {steps} make {frames:,} frames; a "
+            f"walk has at most {MAX_FRAMES:,} (give fewer steps or seeds)"
+        )
     size = getattr(generator, "image_size", 0)
     if frames * size * size > MAX_ANIMATION_PIXELS:
-        raise FaganError(f"{frames:,} frames of {size}x{size} make {frames * size * size:,} "
-                         f"pixels; an animation has at most {MAX_ANIMATION_PIXELS:,} (give "
-                         "fewer steps or seeds)")
+        raise FaganError(
+            f"{frames:,} frames of {size}x{size} make {frames * size * size:,} "
+            f"pixels; an animation has at most {MAX_ANIMATION_PIXELS:,} (give "
+            "fewer steps or seeds)"
+        )
     keys = latents_for_seeds(seeds, generator.latent_size, truncation)
     path = interpolation_path(keys, steps, loop=loop)
     generator.eval()
-    return Interpolation(generator, path, [k * steps for k in range(len(seeds))], seeds,
-                         batch_size)
+    return Interpolation(generator, path, [k * steps for k in range(len(seeds))], seeds, batch_size)
 
 
 class _Collect:
@@ -290,16 +302,20 @@ def write_interpolation(
     if strip is not None and Path(strip).suffix.lower() != ".png":
         raise FaganError(f"the strip image must end in .png, got {strip}")
     if strip_frames is not None and not 1 <= strip_frames <= MAX_STRIP_FRAMES:
-        raise FaganError(f"--strip_frames must be from 1 to {MAX_STRIP_FRAMES}, got "
-                         f"{strip_frames}")
+        raise FaganError(f"--strip_frames must be from 1 to {MAX_STRIP_FRAMES}, got {strip_frames}")
     fps = check_fps(fps)
     shown: list[int] = []
     if strip is not None:
-        shown = (list(walk.key_indices) if strip_frames is None
-                 else evenly_spaced(list(range(len(walk))), strip_frames))
+        shown = (
+            list(walk.key_indices)
+            if strip_frames is None
+            else evenly_spaced(list(range(len(walk))), strip_frames)
+        )
         if len(shown) > MAX_STRIP_FRAMES:
-            raise FaganError(f"the strip would show {len(shown)} key frames, more than "
-                             f"{MAX_STRIP_FRAMES}: give --strip_frames")
+            raise FaganError(
+                f"the strip would show {len(shown)} key frames, more than "
+                f"{MAX_STRIP_FRAMES}: give --strip_frames"
+            )
         check_output_file(strip)
     gif_path = output.with_suffix(".gif")
     mp4_path = output.with_suffix(".mp4") if mp4 or suffix == ".mp4" else None
@@ -314,6 +330,5 @@ def write_interpolation(
     strip_path: Path | None = None
     if strip is not None:
         frames = torch.from_numpy(np.stack([source.kept[i] for i in shown])).permute(0, 3, 1, 2)
-        strip_path = write_grid(make_grid(frames, nrow=len(shown), padding=2, pad_value=0),
-                                strip)
+        strip_path = write_grid(make_grid(frames, nrow=len(shown), padding=2, pad_value=0), strip)
     return InterpolationFiles(gif, video, strip_path, len(walk), list(shown))

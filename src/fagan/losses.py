@@ -131,7 +131,10 @@ def relativistic_lsgan_g(r: Tensor, f: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- gradient penalty
 def gradient_penalty(
-    discriminator: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator | None = None,
+    discriminator: nn.Module,
+    real: Tensor,
+    fake: Tensor,
+    generator: torch.Generator | None = None,
     labels: Tensor | None = None,
 ) -> Tensor:
     """WGAN-GP's penalty ``E[(||grad D(x_hat)||_2 - 1)^2]`` on random interpolates.
@@ -221,8 +224,9 @@ def mismatched_labels(
     for _ in range(MISMATCH_REDRAWS):
         redraw = y[torch.randint(0, batch, (batch,), device=device, generator=generator)]
         wrong = torch.where(wrong == y, redraw, wrong)
-    offset = torch.randint(1, num_classes, (batch,), device=device, generator=generator,
-                           dtype=y.dtype)
+    offset = torch.randint(
+        1, num_classes, (batch,), device=device, generator=generator, dtype=y.dtype
+    )
     return torch.where(wrong == y, (y + offset) % num_classes, wrong)
 
 

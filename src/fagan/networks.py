@@ -55,24 +55,40 @@ from fagan.layers.conditional import (
 
 def _conv(spec: ConvSpec) -> nn.Module:
     return ConvBlock(
-        spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
-        activation=spec.activation.build(), transpose=spec.transpose, bias=spec.bias,
-        use_spectral_norm=spec.spectral_norm, use_batch_norm=spec.batch_norm,
+        spec.in_channels,
+        spec.out_channels,
+        spec.kernel_size,
+        spec.stride,
+        spec.padding,
+        activation=spec.activation.build(),
+        transpose=spec.transpose,
+        bias=spec.bias,
+        use_spectral_norm=spec.spectral_norm,
+        use_batch_norm=spec.batch_norm,
     )
 
 
 def _full_attention(spec: FullAttentionSpec) -> nn.Module:
     return FullAttention(
-        spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
-        transpose=spec.transpose, squeeze_factor=spec.squeeze_factor, bias=spec.bias,
-        use_spectral_norm=spec.use_spectral_norm, use_batch_norm=spec.use_batch_norm,
+        spec.in_channels,
+        spec.out_channels,
+        spec.kernel_size,
+        spec.stride,
+        spec.padding,
+        transpose=spec.transpose,
+        squeeze_factor=spec.squeeze_factor,
+        bias=spec.bias,
+        use_spectral_norm=spec.use_spectral_norm,
+        use_batch_norm=spec.use_batch_norm,
         activation=None if spec.activation is None else spec.activation.build(),
     )
 
 
 def _self_attention(spec: SelfAttentionSpec) -> nn.Module:
     return SelfAttention(
-        spec.channels, squeeze_factor=spec.squeeze_factor, bias=spec.bias,
+        spec.channels,
+        squeeze_factor=spec.squeeze_factor,
+        bias=spec.bias,
         activation=None if spec.activation is None else spec.activation.build(),
     )
 
@@ -129,8 +145,11 @@ def _size_field(spec: NetworkSpec, shape: tuple[int, int, int]) -> str:
         _, height, width = NetworkSpec(spec.layers[: index + 1], spec.source).output_shape(*shape)
         layer = spec.layers[index]
         if height != width and isinstance(layer, (ConvSpec, FullAttentionSpec)):
-            pairs = {"kernel_dims": layer.kernel_size, "stride": layer.stride,
-                     "padding": layer.padding}
+            pairs = {
+                "kernel_dims": layer.kernel_size,
+                "stride": layer.stride,
+                "padding": layer.padding,
+            }
             field = next((k for k, v in pairs.items() if v[0] != v[1]), "kernel_dims")
             return f"{spec.source}: architecture[{index}]: field '{field}'"
     return f"{spec.source}: architecture[{_last_sizing_layer(spec)}]: field 'kernel_dims'"
@@ -165,10 +184,17 @@ def _replace_batch_norms(model: nn.Module, num_classes: int, shared_dim: int | N
     for name, bn in found:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, ConditionalBatchNorm2d(
-            bn.num_features, num_classes, shared_dim=shared_dim, eps=bn.eps,
-            momentum=bn.momentum,
-        ))
+        setattr(
+            parent,
+            child,
+            ConditionalBatchNorm2d(
+                bn.num_features,
+                num_classes,
+                shared_dim=shared_dim,
+                eps=bn.eps,
+                momentum=bn.momentum,
+            ),
+        )
     return len(found)
 
 
@@ -203,8 +229,11 @@ class Network(nn.Module):
     def conditioning_options(self) -> dict[str, int | str | None]:
         """``num_classes``, ``conditioning`` and ``embedding_dim``: the keyword arguments
         that, with the spec, rebuild this network (e.g. from a checkpoint's metadata)."""
-        return {"num_classes": self.num_classes, "conditioning": self.conditioning,
-                "embedding_dim": self.embedding_dim}
+        return {
+            "num_classes": self.num_classes,
+            "conditioning": self.conditioning,
+            "embedding_dim": self.embedding_dim,
+        }
 
     def _condition_vectors(self, y: Tensor, dtype: torch.dtype) -> Tensor:
         """The concat scheme's condition (B, K): one-hot labels or their learned embedding."""
@@ -213,8 +242,14 @@ class Network(nn.Module):
         return vectors.to(dtype)
 
     def _labels(self, y: Tensor | None, inputs: Tensor, who: str) -> Tensor | None:
-        return check_labels(y, inputs.shape[0], self.num_classes, who, device=inputs.device,
-                            check_range=self.validate_labels)
+        return check_labels(
+            y,
+            inputs.shape[0],
+            self.num_classes,
+            who,
+            device=inputs.device,
+            check_range=self.validate_labels,
+        )
 
 
 class Generator(Network):
@@ -260,11 +295,18 @@ class Generator(Network):
                     "generator's first layer by the condition size, and this layer is not a "
                     "convolution or full attention"
                 )
-            layers = (*layers[:first], _widened(layers[first], condition_size),
-                      *layers[first + 1:])
+            layers = (
+                *layers[:first],
+                _widened(layers[first], condition_size),
+                *layers[first + 1 :],
+            )
         elif spec.in_channels != latent_size + condition_size:
-            concat = (f" (or {latent_size + condition_size}: the latent size plus the "
-                      f"{condition_size} condition channels)" if condition_size else "")
+            concat = (
+                f" (or {latent_size + condition_size}: the latent size plus the "
+                f"{condition_size} condition channels)"
+                if condition_size
+                else ""
+            )
             raise FaganError(
                 f"{_first_channel_field(spec)}: the generator's first layer takes "
                 f"{spec.in_channels} channels but the latent size is {latent_size}{concat} "
@@ -279,8 +321,11 @@ class Generator(Network):
         built = NetworkSpec(tuple(layers), spec.source)
         channels, height, width = built.output_shape(latent_size + condition_size, 1, 1)
         if channels != 3 or height != width or height < 4:
-            where = (_last_channel_field(spec) if channels != 3
-                     else _size_field(built, (latent_size + condition_size, 1, 1)))
+            where = (
+                _last_channel_field(spec)
+                if channels != 3
+                else _size_field(built, (latent_size + condition_size, 1, 1))
+            )
             raise FaganError(
                 f"{where}: the generator's output is not an image: a latent vector "
                 f"becomes {channels}x{height}x{width}, expected 3xSxS (RGB, square, S >= 4)"
@@ -386,9 +431,12 @@ class Discriminator(Network):
         if image_size is None:
             image_size = infer_image_size(spec)
             if image_size is None:
-                where = (_last_channel_field(spec) if spec.out_channels != 1
-                         else f"{spec.source}: architecture[{_last_sizing_layer(spec)}]: "
-                         "field 'kernel_dims'")
+                where = (
+                    _last_channel_field(spec)
+                    if spec.out_channels != 1
+                    else f"{spec.source}: architecture[{_last_sizing_layer(spec)}]: "
+                    "field 'kernel_dims'"
+                )
                 raise FaganError(
                     f"{where}: the discriminator does not reduce any square RGB image "
                     "to a single logit (1x1x1 output)"
@@ -398,8 +446,11 @@ class Discriminator(Network):
         except FaganError as error:
             raise FaganError(f"{error}; the images are {image_size}x{image_size}") from None
         if shape != (1, 1, 1):
-            where = (_last_channel_field(spec) if shape[0] != 1
-                     else _size_field(spec, (3, image_size, image_size)))
+            where = (
+                _last_channel_field(spec)
+                if shape[0] != 1
+                else _size_field(spec, (3, image_size, image_size))
+            )
             raise FaganError(
                 f"{where}: the discriminator does not reduce a 3x{image_size}x{image_size} "
                 f"image to logits: it gives {shape[0]}x{shape[1]}x{shape[2]}, expected 1x1x1"
@@ -419,7 +470,8 @@ class Discriminator(Network):
         #: index of the last convolution, whose input is phi (projection) or gets the condition
         self.head_index = last
         head_input = NetworkSpec(spec.layers[:last], spec.source).output_shape(
-            3, image_size, image_size)
+            3, image_size, image_size
+        )
         if scheme == "projection":
             self.projection = ProjectionHead(num_classes, head_input[0])
             return

@@ -75,7 +75,9 @@ class Kind:
             try:
                 value = self.parse(text)
             except (ValueError, OverflowError):
-                raise argparse.ArgumentTypeError(f"expected {self.what}, got {quote(text)}") from None
+                raise argparse.ArgumentTypeError(
+                    f"expected {self.what}, got {quote(text)}"
+                ) from None
             try:
                 ok = self.accepts(value)
             except (TypeError, ValueError, OverflowError):
@@ -112,8 +114,9 @@ EXISTING_DIR = Kind(str, lambda v: isinstance(v, str) and Path(v).is_dir(), "an 
 
 def int_range(low: int, high: int) -> Kind:
     """A kind that accepts whole numbers from ``low`` to ``high`` (both included)."""
-    return Kind(int, lambda v: _is_int(v) and low <= v <= high,
-                f"a whole number from {low} to {high}")
+    return Kind(
+        int, lambda v: _is_int(v) and low <= v <= high, f"a whole number from {low} to {high}"
+    )
 
 
 def choice(*values: str) -> Kind:
@@ -142,8 +145,13 @@ def option(
             pair (``--channels_last`` / ``--no_channels_last``).
         cli: False for options that exist only in the library API.
     """
-    metadata = {"kind": kind, "help": help, "group": group, "negative_flag": negative_flag,
-                "cli": cli}
+    metadata = {
+        "kind": kind,
+        "help": help,
+        "group": group,
+        "negative_flag": negative_flag,
+        "cli": cli,
+    }
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -157,8 +165,13 @@ def _help(f: dataclasses.Field, text: str) -> str:
 class _Record(argparse.Action):
     """Stores a flag's value (``const`` for a flag without one) and records that it was given."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
         setattr(namespace, _GIVEN, given_options(namespace) | {self.dest})
 
@@ -190,25 +203,36 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             if f.default is None:  # tri-state: two flags, neither means "derive it"
                 pair = target.add_mutually_exclusive_group()
                 pair.add_argument(f"--{f.name}", const=True, default=None, help=text, **switch)
-                pair.add_argument(f"--{negative}", const=False, default=None,
-                                  help=f"the opposite of --{f.name}", **switch)
+                pair.add_argument(
+                    f"--{negative}",
+                    const=False,
+                    default=None,
+                    help=f"the opposite of --{f.name}",
+                    **switch,
+                )
             elif f.default is True:
-                target.add_argument(f"--{negative}", const=False, default=True, help=text,
-                                    **switch)
+                target.add_argument(f"--{negative}", const=False, default=True, help=text, **switch)
             else:
-                target.add_argument(f"--{f.name}", const=True, default=False, help=text,
-                                    **switch)
+                target.add_argument(f"--{f.name}", const=True, default=False, help=text, **switch)
             continue
         required = f.default is MISSING
-        target.add_argument(f"--{f.name}", type=kind.argparse_type(), required=required,
-                            action=_Record, default=None if required else f.default,
-                            help=_help(f, text))
+        target.add_argument(
+            f"--{f.name}",
+            type=kind.argparse_type(),
+            required=required,
+            action=_Record,
+            default=None if required else f.default,
+            help=_help(f, text),
+        )
 
 
 def from_namespace(cls: type, namespace: argparse.Namespace) -> Any:
     """The dataclass ``cls`` built from the parsed arguments of :func:`add_arguments`."""
-    values = {f.name: getattr(namespace, f.name) for f in fields(cls)
-              if f.metadata.get("cli", False) and hasattr(namespace, f.name)}
+    values = {
+        f.name: getattr(namespace, f.name)
+        for f in fields(cls)
+        if f.metadata.get("cli", False) and hasattr(namespace, f.name)
+    }
     return cls(**values)
 
 

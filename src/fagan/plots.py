@@ -44,8 +44,9 @@ def _read_lines(path: Path) -> list[str]:
         with path.open(encoding="utf-8", newline="") as handle:
             size = os.fstat(handle.fileno()).st_size
             if size > MAX_LOG_BYTES:
-                raise FaganError(f"{path} is {size:,} bytes; logs of at most "
-                                 f"{MAX_LOG_BYTES:,} bytes are read")
+                raise FaganError(
+                    f"{path} is {size:,} bytes; logs of at most {MAX_LOG_BYTES:,} bytes are read"
+                )
             return handle.read(MAX_LOG_BYTES + 1).splitlines(keepends=True)
     except FileNotFoundError as exc:
         raise FaganError(f"log file not found: {path}") from exc
@@ -161,8 +162,9 @@ def _plot_format(plot_file: Path) -> str:
     return fmt
 
 
-def envelope(values: Sequence[float],
-             max_points: int = MAX_PLOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
+def envelope(
+    values: Sequence[float], max_points: int = MAX_PLOT_POINTS
+) -> tuple[np.ndarray, np.ndarray]:
     """The points to draw for a curve: all of them, or the min and max of equal buckets.
 
     A curve of at most ``max_points`` values is returned as it is (index, value). A longer

@@ -81,8 +81,10 @@ class PrepareResult:
         if self.class_names is None:
             text += ", unlabelled"
         else:
-            shown = ", ".join(f"{name} {count:,}" for name, count
-                              in list(zip(self.class_names, self.label_counts, strict=True))[:12])
+            shown = ", ".join(
+                f"{name} {count:,}"
+                for name, count in list(zip(self.class_names, self.label_counts, strict=True))[:12]
+            )
             more = ", ..." if len(self.class_names) > 12 else ""
             text += f", {len(self.class_names)} classes ({shown}{more})"
         return text + f", {self.bytes / 2**20:,.1f} MB"
@@ -159,8 +161,15 @@ def prepare_dataset(
     def write(tmp: Path) -> None:
         entries: list[list[str | int]] = []
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            items = decode_images(src, size, crop, workers=workers, png_level=compress_level,
-                                  progress=progress, desc=f"preparing {out.name}")
+            items = decode_images(
+                src,
+                size,
+                crop,
+                workers=workers,
+                png_level=compress_level,
+                progress=progress,
+                desc=f"preparing {out.name}",
+            )
             with closing(items):  # leaving the loop (done, error, Ctrl-C) stops the workers
                 for item in items:
                     if item.image is None:
@@ -173,12 +182,19 @@ def prepare_dataset(
                     if max_images is not None and len(entries) >= max_images:
                         break
             if not entries:
-                raise FaganError(f"no usable images in {src.path}: "
-                                 + skip_summary(src.path, result.skipped, len(src)))
-            meta = {"labels": None} if class_names is None else {
-                "labels": entries, "class_names": list(class_names)}
-            zf.writestr(zipfile.ZipInfo("dataset.json", _MEMBER_DATE),
-                        json.dumps(meta, separators=(",", ":")))
+                raise FaganError(
+                    f"no usable images in {src.path}: "
+                    + skip_summary(src.path, result.skipped, len(src))
+                )
+            meta = (
+                {"labels": None}
+                if class_names is None
+                else {"labels": entries, "class_names": list(class_names)}
+            )
+            zf.writestr(
+                zipfile.ZipInfo("dataset.json", _MEMBER_DATE),
+                json.dumps(meta, separators=(",", ":")),
+            )
         result.count = len(entries)
         if class_names is not None:
             counts = [0] * len(class_names)
@@ -190,9 +206,7 @@ def prepare_dataset(
     result.bytes = out.stat().st_size
     if result.skipped:
         considered = result.count + len(result.skipped)
-        warnings.warn(skip_summary(src.path, result.skipped, considered), UserWarning,
-                      stacklevel=2)
+        warnings.warn(skip_summary(src.path, result.skipped, considered), UserWarning, stacklevel=2)
     if log is not None:
         log(result.summary())
     return result
-

@@ -135,8 +135,10 @@ class RunLock:
             self._held = True
             return self
         try:
-            text = (f"pid {os.getpid()}\nhost {socket.gethostname()}\n"
-                    f"since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            text = (
+                f"pid {os.getpid()}\nhost {socket.gethostname()}\n"
+                f"since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+            )
             os.ftruncate(fd, 0)
             os.pwrite(fd, text.encode("utf-8"), 0)
         except OSError:  # a full disk: the lock holds, only the message loses the pid
@@ -159,8 +161,12 @@ class RunLock:
     def __enter__(self) -> RunLock:
         return self.acquire()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.release()
 
 
@@ -206,8 +212,10 @@ class RunSummary:
     def in_model_dir(self) -> bool:
         """Whether the model folder holds the run (not only the sample folder its grids)."""
         board = self.model_dir / _TENSORBOARD_DIR
-        return any((p.parent == self.model_dir and _MODEL_MARKERS.match(p.name))
-                   or p.parent == board for p in self.files)
+        return any(
+            (p.parent == self.model_dir and _MODEL_MARKERS.match(p.name)) or p.parent == board
+            for p in self.files
+        )
 
     def describe(self) -> str:
         """A few words for messages: ``step 338, epoch 4``, ``epoch 4`` or ``12 files``."""
@@ -227,8 +235,10 @@ def run_files(model_dir: str | os.PathLike, sample_dir: str | os.PathLike) -> li
     """
     model_dir, sample_dir = Path(model_dir), Path(sample_dir)
     found: set[Path] = set()
-    for folder, patterns in ((model_dir, (_MODEL_MARKERS, _MODEL_EXTRAS)),
-                             (sample_dir, (_SAMPLE_MARKERS, _SAMPLE_EXTRAS))):
+    for folder, patterns in (
+        (model_dir, (_MODEL_MARKERS, _MODEL_EXTRAS)),
+        (sample_dir, (_SAMPLE_MARKERS, _SAMPLE_EXTRAS)),
+    ):
         for path in _files_in(folder):
             name = path.name
             temp = _TEMP.match(name)
@@ -236,13 +246,13 @@ def run_files(model_dir: str | os.PathLike, sample_dir: str | os.PathLike) -> li
                 name = temp["name"]
             if any(pattern.match(name) for pattern in patterns):
                 found.add(path)
-    found.update(p for p in _files_in(model_dir / _TENSORBOARD_DIR)
-                 if _TENSORBOARD_EVENTS.match(p.name))
+    found.update(
+        p for p in _files_in(model_dir / _TENSORBOARD_DIR) if _TENSORBOARD_EVENTS.match(p.name)
+    )
     return sorted(found)
 
 
-def existing_run(model_dir: str | os.PathLike,
-                 sample_dir: str | os.PathLike) -> RunSummary | None:
+def existing_run(model_dir: str | os.PathLike, sample_dir: str | os.PathLike) -> RunSummary | None:
     """Whether the folders hold a training run's outputs, and how far it got.
 
     A run is there when any of ``training_state.pth``, ``GAN_*_<epoch>.pth``,
@@ -264,15 +274,21 @@ def existing_run(model_dir: str | os.PathLike,
     if step is None:
         step, epoch = _stats_position(model_dir / "stats.jsonl")
     if epoch is None:
-        epochs = [int(m["epoch"]) for p in markers
-                  if (m := _MODEL_MARKERS.match(p.name) or _SAMPLE_MARKERS.match(p.name))
-                  and m["epoch"] is not None]
+        epochs = [
+            int(m["epoch"])
+            for p in markers
+            if (m := _MODEL_MARKERS.match(p.name) or _SAMPLE_MARKERS.match(p.name))
+            and m["epoch"] is not None
+        ]
         epoch = max(epochs, default=None)
     return RunSummary(model_dir, sample_dir, tuple(files), step, epoch)
 
 
-def clear_run(model_dir: str | os.PathLike, sample_dir: str | os.PathLike,
-              keep: Iterable[str | os.PathLike | None] = ()) -> list[Path]:
+def clear_run(
+    model_dir: str | os.PathLike,
+    sample_dir: str | os.PathLike,
+    keep: Iterable[str | os.PathLike | None] = (),
+) -> list[Path]:
     """Removes a training run's outputs from the folders, and nothing else.
 
     The files are those of :func:`run_files`; ``model_dir/tensorboard`` goes too once it
@@ -322,9 +338,11 @@ def _files_in(folder: Path) -> list[Path]:
 
 def _is_marker(path: Path, model_dir: Path, sample_dir: Path) -> bool:
     """Whether ``path`` (one of :func:`run_files`) alone shows that a run wrote there."""
-    return ((path.parent == model_dir and bool(_MODEL_MARKERS.match(path.name)))
-            or (path.parent == sample_dir and bool(_SAMPLE_MARKERS.match(path.name)))
-            or path.parent == model_dir / _TENSORBOARD_DIR)
+    return (
+        (path.parent == model_dir and bool(_MODEL_MARKERS.match(path.name)))
+        or (path.parent == sample_dir and bool(_SAMPLE_MARKERS.match(path.name)))
+        or path.parent == model_dir / _TENSORBOARD_DIR
+    )
 
 
 def _state_position(path: Path) -> tuple[int | None, int | None]:
@@ -373,8 +391,9 @@ class RunClaim:
         removed: what ``overwrite`` removed.
     """
 
-    def __init__(self, locks: list[RunLock], previous: RunSummary | None,
-                 removed: list[Path]) -> None:
+    def __init__(
+        self, locks: list[RunLock], previous: RunSummary | None, removed: list[Path]
+    ) -> None:
         self.locks = locks
         self.previous = previous
         self.removed = removed
@@ -387,8 +406,12 @@ class RunClaim:
     def __enter__(self) -> RunClaim:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.release()
 
 
@@ -478,8 +501,10 @@ def claim_run_folder(
             if say is not None:
                 files = sum(1 for p in removed if not p.is_dir() and p.name != _TENSORBOARD_DIR)
                 where = model_dir if model_dir == sample_dir else f"{model_dir} and {sample_dir}"
-                say(f"--overwrite: removed {files} file(s) of the previous run "
-                    f"({previous.describe()}) from {where}")
+                say(
+                    f"--overwrite: removed {files} file(s) of the previous run "
+                    f"({previous.describe()}) from {where}"
+                )
         return RunClaim(locks, previous, removed)
     except BaseException:
         for lock in reversed(locks):

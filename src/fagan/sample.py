@@ -97,8 +97,9 @@ def _as_nchw(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
-def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2,
-              pad_value: int | float = 0) -> torch.Tensor:
+def make_grid(
+    images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: int | float = 0
+) -> torch.Tensor:
     """:func:`torchvision.utils.make_grid`'s layout of a (N, C, H, W) batch, as (C', H', W').
 
     ``nrow`` images per row, ``padding`` pixels of ``pad_value`` around and between them,
@@ -116,12 +117,13 @@ def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2,
     columns = min(nrow, count)
     rows = -(-count // columns)
     cell_h, cell_w = height + padding, width + padding
-    grid = images.new_full((channels, cell_h * rows + padding, cell_w * columns + padding),
-                           pad_value)
+    grid = images.new_full(
+        (channels, cell_h * rows + padding, cell_w * columns + padding), pad_value
+    )
     for index in range(count):
         y, x = divmod(index, columns)
         top, left = y * cell_h + padding, x * cell_w + padding
-        grid[:, top:top + height, left:left + width] = images[index]
+        grid[:, top : top + height, left : left + width] = images[index]
     return grid
 
 
@@ -145,8 +147,9 @@ def grid_uint8(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     return make_grid(to_uint8(images), nrow=nrow, padding=2, pad_value=0)
 
 
-def grid_uint8_batches(batches: Iterable[torch.Tensor], count: int,
-                       nrow: int | None = None) -> torch.Tensor:
+def grid_uint8_batches(
+    batches: Iterable[torch.Tensor], count: int, nrow: int | None = None
+) -> torch.Tensor:
     """:func:`grid_uint8` of images that arrive batch by batch, without holding them all.
 
     Each batch is turned into bytes and copied into the grid as it comes, so memory is
@@ -186,11 +189,18 @@ def grid_uint8_batches(batches: Iterable[torch.Tensor], count: int,
                 grid = images.new_zeros(shape)
             else:
                 rows = -(-count // columns)
-                grid = images.new_zeros((channels, (height + padding) * rows + padding,
-                                         (width + padding) * columns + padding))
+                grid = images.new_zeros(
+                    (
+                        channels,
+                        (height + padding) * rows + padding,
+                        (width + padding) * columns + padding,
+                    )
+                )
         if tuple(images.shape[1:]) != shape:
-            raise FaganError(f"images of shape {tuple(images.shape[1:])} after images of "
-                             f"shape {shape}: a grid needs images of one shape")
+            raise FaganError(
+                f"images of shape {tuple(images.shape[1:])} after images of "
+                f"shape {shape}: a grid needs images of one shape"
+            )
         if done + images.shape[0] > count:
             raise FaganError(f"more than the {count} images announced for the grid")
         for image in images:
@@ -199,7 +209,7 @@ def grid_uint8_batches(batches: Iterable[torch.Tensor], count: int,
             else:
                 y, x = divmod(done, columns)
                 top, left = y * (shape[1] + padding) + padding, x * (shape[2] + padding) + padding
-                grid[:, top:top + shape[1], left:left + shape[2]] = image
+                grid[:, top : top + shape[1], left : left + shape[2]] = image
             done += 1
     if grid is None or done != count:
         raise FaganError(f"the grid was announced {count} images but got {done}")

@@ -202,8 +202,11 @@ def check_dataset_path(path: str | os.PathLike[str], flag: str = "--images_dir")
     if not p.is_file():
         raise FaganError(f"{flag}: {p} is not a folder or a dataset zip")
     if not zipfile.is_zipfile(p):
-        what = ("a truncated or damaged zip" if p.suffix.lower() == ".zip"
-                else "a file that is not a zip")
+        what = (
+            "a truncated or damaged zip"
+            if p.suffix.lower() == ".zip"
+            else "a file that is not a zip"
+        )
         raise FaganError(f"{flag}: {p} is not a folder or a dataset zip ({what})")
     return p
 
@@ -310,7 +313,10 @@ def resize_shorter_side(t: torch.Tensor, size: int) -> torch.Tensor:
     if (new_h, new_w) == (height, width):
         return t
     out = torch.nn.functional.interpolate(
-        t.unsqueeze(0), size=(new_h, new_w), mode="bilinear", align_corners=False,
+        t.unsqueeze(0),
+        size=(new_h, new_w),
+        mode="bilinear",
+        align_corners=False,
         antialias=True,
     )
     return out.squeeze(0)
@@ -324,7 +330,7 @@ def center_crop(t: torch.Tensor, size: int) -> torch.Tensor:
     height, width = t.shape[-2:]
     top = int(round((height - size) / 2.0))
     left = int(round((width - size) / 2.0))
-    return t[..., top:top + size, left:left + size]
+    return t[..., top : top + size, left : left + size]
 
 
 def to_square_uint8(arr: np.ndarray, image_size: int, crop: str = "center") -> np.ndarray:
@@ -352,7 +358,10 @@ def to_square_uint8(arr: np.ndarray, image_size: int, crop: str = "center") -> n
     if crop == "none":
         if tuple(t.shape[-2:]) != (size, size):
             t = torch.nn.functional.interpolate(
-                t.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False,
+                t.unsqueeze(0),
+                size=(size, size),
+                mode="bilinear",
+                align_corners=False,
                 antialias=True,
             ).squeeze(0)
     else:
@@ -364,8 +373,9 @@ def to_square_uint8(arr: np.ndarray, image_size: int, crop: str = "center") -> n
     return u8.permute(1, 2, 0).contiguous().numpy()  # (S, S, 3)
 
 
-def uint8_to_float(images: torch.Tensor,
-                   memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:
+def uint8_to_float(
+    images: torch.Tensor, memory_format: torch.memory_format = torch.preserve_format
+) -> torch.Tensor:
     """Bytes ``(..., H, W, 3)`` to float32 ``(..., 3, H, W)`` in ``[-1, 1]``: ``u * (2/255) - 1``.
 
     The inverse of :func:`fagan.sample.to_uint8` byte for byte. One multiplication and one
@@ -491,8 +501,9 @@ class ImageSource:
             )
         return io.BytesIO(zf.read(info))
 
-    def read(self, index: int, image_size: int, crop: str = "center") -> tuple[
-            np.ndarray, tuple[int, int]]:
+    def read(
+        self, index: int, image_size: int, crop: str = "center"
+    ) -> tuple[np.ndarray, tuple[int, int]]:
         """Image ``index`` as ``(S, S, 3)`` uint8, and its stored ``(width, height)``.
 
         Raises:
@@ -505,8 +516,9 @@ class ImageSource:
     def subset(self, count: int) -> ImageSource:
         """The first ``count`` images."""
         labels = None if self.labels is None else self.labels[:count]
-        return ImageSource(self.path, self.kind, self.names[:count], labels, self.class_names,
-                           self.stamp)
+        return ImageSource(
+            self.path, self.kind, self.names[:count], labels, self.class_names, self.stamp
+        )
 
 
 def _class_labels(root: Path, names: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]] | None:
@@ -549,29 +561,41 @@ def _zip_labels(
     by_name: dict[str, int] = {}
     for k, entry in enumerate(entries):
         if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
-            raise FaganError(f"{where}: label entry {k} is not a [file name, label] pair: "
-                             f"{json.dumps(entry)[:80]}")
+            raise FaganError(
+                f"{where}: label entry {k} is not a [file name, label] pair: "
+                f"{json.dumps(entry)[:80]}"
+            )
         name, label = entry
         if isinstance(label, bool) or not isinstance(label, int) or label < 0:
-            raise FaganError(f"{where}: the label of {name} is {json.dumps(label)[:40]}, not a "
-                             "whole number >= 0 (fagan reads class labels)")
+            raise FaganError(
+                f"{where}: the label of {name} is {json.dumps(label)[:40]}, not a "
+                "whole number >= 0 (fagan reads class labels)"
+            )
         by_name[name.replace("\\", "/")] = label
     present = set(names)
     unknown = sorted(n for n in by_name if n not in present)
     if unknown:
-        raise FaganError(f"{where} names {len(unknown)} file(s) that are not images in the zip "
-                         f"(e.g. {unknown[0]})")
+        raise FaganError(
+            f"{where} names {len(unknown)} file(s) that are not images in the zip "
+            f"(e.g. {unknown[0]})"
+        )
     unlabelled = [n for n in names if n not in by_name]
     if unlabelled:
-        raise FaganError(f"{where} has no label for {len(unlabelled)} image(s) "
-                         f"(e.g. {unlabelled[0]})")
+        raise FaganError(
+            f"{where} has no label for {len(unlabelled)} image(s) (e.g. {unlabelled[0]})"
+        )
     labels = np.array([by_name[n] for n in names], dtype=np.int64)
     class_names = meta.get("class_names")
     if class_names is not None:
-        if not (isinstance(class_names, list) and all(isinstance(c, str) for c in class_names)
-                and len(class_names) > int(labels.max(initial=-1))):
-            raise FaganError(f'{where}: "class_names" must be a list of names, one for each '
-                             f"label 0..{int(labels.max(initial=0))}")
+        if not (
+            isinstance(class_names, list)
+            and all(isinstance(c, str) for c in class_names)
+            and len(class_names) > int(labels.max(initial=-1))
+        ):
+            raise FaganError(
+                f'{where}: "class_names" must be a list of names, one for each '
+                f"label 0..{int(labels.max(initial=0))}"
+            )
         return labels, tuple(class_names)
     return labels, None
 
@@ -607,16 +631,25 @@ def open_source(
         stamp = _file_stamp(p)
         zf = _zip_handle(str(p), stamp, os.getpid())
         infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
-            struct.error) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        ValueError,
+        EOFError,
+        struct.error,
+    ) as exc:
         raise FaganError(f"{flag}: {p} is not a readable zip ({exc})") from None
-    names = tuple(sorted(
-        info.filename for info in infos
-        if not info.is_dir()
-        and not info.filename.startswith("__MACOSX/")
-        and not os.path.basename(info.filename).startswith(".")
-        and os.path.splitext(info.filename)[1].lower() in IMAGE_EXTENSIONS
-    ))
+    names = tuple(
+        sorted(
+            info.filename
+            for info in infos
+            if not info.is_dir()
+            and not info.filename.startswith("__MACOSX/")
+            and not os.path.basename(info.filename).startswith(".")
+            and os.path.splitext(info.filename)[1].lower() in IMAGE_EXTENSIONS
+        )
+    )
     if not names:
         kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise FaganError(f"{flag}: {p} holds no images (looked for {kinds})")
@@ -710,8 +743,15 @@ def decode_images(
     job = _DecodeJob(source, image_size, _check_crop(crop), png_level)
     n = len(source)
     workers = default_workers() if workers is None else workers
-    bar = tqdm(total=n, desc=desc, unit="img", disable=None if progress is None else not progress,
-               leave=False, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=n,
+        desc=desc,
+        unit="img",
+        disable=None if progress is None else not progress,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     try:
         if workers <= 1 or n < _POOL_THRESHOLD:
             for index in range(n):
@@ -722,8 +762,9 @@ def decode_images(
         chunks = [list(range(s, min(n, s + chunk))) for s in range(0, n, chunk)]
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context,
-                                 initializer=_pool_init, initargs=(job,)) as pool:
+        with ProcessPoolExecutor(
+            min(workers, len(chunks)), mp_context=context, initializer=_pool_init, initargs=(job,)
+        ) as pool:
             try:
                 for results in pool.map(_pool_run, chunks):
                     bar.update(len(results))
@@ -734,17 +775,21 @@ def decode_images(
         bar.close()
 
 
-def skip_summary(where: str | os.PathLike[str], skipped: Sequence[tuple[str, str]],
-                 total: int) -> str:
+def skip_summary(
+    where: str | os.PathLike[str], skipped: Sequence[tuple[str, str]], total: int
+) -> str:
     """One line: how many of ``total`` files were skipped, with up to three examples."""
     examples = "; ".join(f"{name}: {why}" for name, why in skipped[:3])
     more = "; ..." if len(skipped) > 3 else ""
-    return (f"skipped {len(skipped)} of {total} files in {where} that are not usable images "
-            f"(e.g. {examples}{more})")
+    return (
+        f"skipped {len(skipped)} of {total} files in {where} that are not usable images "
+        f"(e.g. {examples}{more})"
+    )
 
 
-def _mixed_sizes(source: ImageSource, name: str, size: tuple[int, int], first_name: str,
-                 first: tuple[int, int]) -> FaganError:
+def _mixed_sizes(
+    source: ImageSource, name: str, size: tuple[int, int], first_name: str, first: tuple[int, int]
+) -> FaganError:
     return FaganError(
         f"{source.path}: images of mixed sizes: {name} is {size[0]}x{size[1]} but {first_name} "
         f"is {first[0]}x{first[1]}; a dataset zip holds images of one size (fagan prepare "
@@ -760,8 +805,14 @@ def _zip_image_sizes(source: ImageSource, progress: bool | None) -> None:
     """
     zf = _zip_handle(str(source.path), source.stamp, os.getpid())
     first: tuple[tuple[int, int], str] | None = None
-    for name in tqdm(source.names, desc="checking image sizes", unit="img", leave=False,
-                     disable=None if progress is None else not progress, file=sys.stderr):
+    for name in tqdm(
+        source.names,
+        desc="checking image sizes",
+        unit="img",
+        leave=False,
+        disable=None if progress is None else not progress,
+        file=sys.stderr,
+    ):
         try:
             with zf.open(name) as member:
                 head = member.read(24)

@@ -75,8 +75,19 @@ from fagan.train_state import (
     seeded_generators,
 )
 
-__all__ = ["PRECISIONS", "TRAINING_STATE", "StopReason", "TrainOptions", "TrainResult",
-           "TrainSetup", "TrainState", "d_step", "g_step", "resolve_setup", "train"]
+__all__ = [
+    "PRECISIONS",
+    "TRAINING_STATE",
+    "StopReason",
+    "TrainOptions",
+    "TrainResult",
+    "TrainSetup",
+    "TrainState",
+    "d_step",
+    "g_step",
+    "resolve_setup",
+    "train",
+]
 
 OPTIONS_FILE = "options.json"
 # The embedded demo (no --images_dir): 100 small faces, so a small architecture and
@@ -142,8 +153,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def d_step(
-    G: nn.Module, D: nn.Module, real: Tensor, z: Tensor, loss: GANLoss,
-    opt: torch.optim.Optimizer, prec: Precision, augment: Callable[[Tensor], Tensor],
+    G: nn.Module,
+    D: nn.Module,
+    real: Tensor,
+    z: Tensor,
+    loss: GANLoss,
+    opt: torch.optim.Optimizer,
+    prec: Precision,
+    augment: Callable[[Tensor], Tensor],
     rng: torch.Generator,
 ) -> float:
     """One discriminator update: each discriminator pass runs once per batch.
@@ -170,8 +187,14 @@ def d_step(
 
 
 def g_step(
-    G: nn.Module, D: nn.Module, real: Tensor, z: Tensor, loss: GANLoss,
-    opt: torch.optim.Optimizer, prec: Precision, augment: Callable[[Tensor], Tensor],
+    G: nn.Module,
+    D: nn.Module,
+    real: Tensor,
+    z: Tensor,
+    loss: GANLoss,
+    opt: torch.optim.Optimizer,
+    prec: Precision,
+    augment: Callable[[Tensor], Tensor],
 ) -> float:
     """One generator update.
 
@@ -224,7 +247,8 @@ def make_adam(model: nn.Module, lr: float) -> torch.optim.Adam:
     """
     params = list(model.parameters())
     fused = bool(params) and all(
-        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params
+    )
     return torch.optim.Adam(params, lr=lr, betas=(0.0, 0.9), fused=fused or None)
 
 
@@ -285,8 +309,9 @@ def resolve_setup(opts: TrainOptions, saved: dict[str, Any] | None = None) -> Tr
     default = DEMO_CONFIG if embedded else "fagan64"
     if saved is not None:
         g_spec = parse_config(saved["generator_config"], "the training state's generator config")
-        d_spec = parse_config(saved["discriminator_config"],
-                              "the training state's discriminator config")
+        d_spec = parse_config(
+            saved["discriminator_config"], "the training state's discriminator config"
+        )
     else:
         g_spec = load_config(resolve_config_path(opts.generator_config or default, "gen"))
         d_spec = load_config(resolve_config_path(opts.discriminator_config or default, "dis"))
@@ -303,9 +328,15 @@ def resolve_setup(opts: TrainOptions, saved: dict[str, Any] | None = None) -> Tr
         policy = "" if opts.augment.strip().lower() == "none" else opts.augment
     workers = opts.num_workers
     return TrainSetup(
-        g_spec, d_spec, architecture=opts.generator_config or default, latent_size=latent_size,
-        image_size=generator_size, embedded=embedded, augment_policy=policy,
-        num_workers=default_num_workers(in_memory=embedded) if workers is None else workers)
+        g_spec,
+        d_spec,
+        architecture=opts.generator_config or default,
+        latent_size=latent_size,
+        image_size=generator_size,
+        embedded=embedded,
+        augment_policy=policy,
+        num_workers=default_num_workers(in_memory=embedded) if workers is None else workers,
+    )
 
 
 @dataclass
@@ -316,25 +347,44 @@ class _Data:
     sampler: ResumableSampler
 
 
-def _open_data(opts: TrainOptions, setup: TrainSetup, info: DistInfo, device: torch.device,
-               say: Callable[[str], None]) -> _Data:
+def _open_data(
+    opts: TrainOptions,
+    setup: TrainSetup,
+    info: DistInfo,
+    device: torch.device,
+    say: Callable[[str], None],
+) -> _Data:
     """The images, decoded once, and this process's share of each epoch."""
     images = open_training_data(
-        opts.images_dir, setup.image_size, device, num_workers=setup.num_workers,
-        channels_last=_memory_format(opts) == torch.channels_last)
+        opts.images_dir,
+        setup.image_size,
+        device,
+        num_workers=setup.num_workers,
+        channels_last=_memory_format(opts) == torch.channels_last,
+    )
     if setup.embedded:
         say(f"no --images_dir: training {setup.architecture} on the embedded demo faces")
     say(images.describe())
     sampler = ResumableSampler(
-        len(images), batch_size=opts.batch_size, seed=opts.seed,
-        data_percentage=opts.data_percentage, rank=info.rank, world_size=info.world_size,
+        len(images),
+        batch_size=opts.batch_size,
+        seed=opts.seed,
+        data_percentage=opts.data_percentage,
+        rank=info.rank,
+        world_size=info.world_size,
     )
     return _Data(images, sampler)
 
 
-def _new_state(opts: TrainOptions, setup: TrainSetup, info: DistInfo, device: torch.device,
-               data: _Data, scaler: torch.amp.GradScaler,
-               say: Callable[[str], None]) -> TrainState:
+def _new_state(
+    opts: TrainOptions,
+    setup: TrainSetup,
+    info: DistInfo,
+    device: torch.device,
+    data: _Data,
+    scaler: torch.amp.GradScaler,
+    say: Callable[[str], None],
+) -> TrainState:
     """The state of a new run: fresh networks (or --generator_file's), step 0."""
     G = Generator(setup.g_spec, setup.latent_size)
     D = Discriminator(setup.d_spec, setup.image_size)
@@ -346,35 +396,67 @@ def _new_state(opts: TrainOptions, setup: TrainSetup, info: DistInfo, device: to
         G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
         D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
     elif info.enabled:
-        say("note: batch norm is synchronised across processes on GPUs only; on the CPU each "
-            "process normalises its own batch (buffers are taken from rank 0 at checkpoints)")
+        say(
+            "note: batch norm is synchronised across processes on GPUs only; on the CPU each "
+            "process normalises its own batch (buffers are taken from rank 0 at checkpoints)"
+        )
     memory_format = _memory_format(opts)
     G.to(device, memory_format=memory_format).train()
     D.to(device, memory_format=memory_format).train()
     ema = copy.deepcopy(G).eval().requires_grad_(False) if opts.ema_decay > 0 else None
     latent_rng, aug_rng = seeded_generators(opts.seed, info.rank, device)
     fixed_latents = torch.randn(
-        opts.num_samples, setup.latent_size, generator=torch.Generator().manual_seed(opts.seed))
-    key = sampler_key(seed=opts.seed, batch_size=opts.batch_size, world_size=info.world_size,
-                      data_percentage=opts.data_percentage, dataset_len=data.sampler.dataset_len)
-    run = {"generator_config": spec_to_dict(setup.g_spec),
-           "discriminator_config": spec_to_dict(setup.d_spec),
-           "latent_size": setup.latent_size, "image_size": setup.image_size,
-           "options": asdict(opts)}
-    return TrainState(G, D, ema, make_adam(G, opts.g_lr), make_adam(D, opts.d_lr), scaler,
-                      latent_rng, aug_rng, fixed_latents.to(device), key, run, epoch=opts.start)
+        opts.num_samples, setup.latent_size, generator=torch.Generator().manual_seed(opts.seed)
+    )
+    key = sampler_key(
+        seed=opts.seed,
+        batch_size=opts.batch_size,
+        world_size=info.world_size,
+        data_percentage=opts.data_percentage,
+        dataset_len=data.sampler.dataset_len,
+    )
+    run = {
+        "generator_config": spec_to_dict(setup.g_spec),
+        "discriminator_config": spec_to_dict(setup.d_spec),
+        "latent_size": setup.latent_size,
+        "image_size": setup.image_size,
+        "options": asdict(opts),
+    }
+    return TrainState(
+        G,
+        D,
+        ema,
+        make_adam(G, opts.g_lr),
+        make_adam(D, opts.d_lr),
+        scaler,
+        latent_rng,
+        aug_rng,
+        fixed_latents.to(device),
+        key,
+        run,
+        epoch=opts.start,
+    )
 
 
-def _resume(state: TrainState, saved: dict[str, Any], path: Path, info: DistInfo,
-            batches_per_epoch: int, say: Callable[[str], None]) -> None:
+def _resume(
+    state: TrainState,
+    saved: dict[str, Any],
+    path: Path,
+    info: DistInfo,
+    batches_per_epoch: int,
+    say: Callable[[str], None],
+) -> None:
     """Continues ``state`` from the saved one, exactly where the data order allows."""
-    exact = state.load_state_dict(saved, batches_per_epoch=batches_per_epoch, rank=info.rank,
-                                  source=str(path))
+    exact = state.load_state_dict(
+        saved, batches_per_epoch=batches_per_epoch, rank=info.rank, source=str(path)
+    )
     if not exact:
         warnings.warn(
             "the data order changed since the training state was saved (other images, batch "
             "size, seed, data percentage or number of processes): continuing from the start "
-            f"of epoch {state.epoch}, not exactly", stacklevel=2)
+            f"of epoch {state.epoch}, not exactly",
+            stacklevel=2,
+        )
     say(f"resuming from {path}: epoch {state.epoch}, batch {state.batch}, step {state.step}")
 
 
@@ -385,8 +467,9 @@ def _memory_format(opts: TrainOptions) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _for_training(net: nn.Module, opts: TrainOptions, info: DistInfo,
-                  device: torch.device) -> nn.Module:
+def _for_training(
+    net: nn.Module, opts: TrainOptions, info: DistInfo, device: torch.device
+) -> nn.Module:
     """``net`` as the steps call it: wrapped for DDP and torch.compile where asked."""
     if info.enabled:
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -403,8 +486,9 @@ class _Inputs:
     memory_format: torch.memory_format
 
     def latents(self, n: int) -> Tensor:
-        return torch.randn(n, self.setup.latent_size, device=self.device,
-                           generator=self.state.latent_rng)
+        return torch.randn(
+            n, self.setup.latent_size, device=self.device, generator=self.state.latent_rng
+        )
 
     def augment(self, x: Tensor) -> Tensor:
         policy = self.setup.augment_policy
@@ -412,8 +496,13 @@ class _Inputs:
 
 
 # --------------------------------------------------------------------------- run outputs
-def _prepare_run_folder(opts: TrainOptions, setup: TrainSetup, info: DistInfo,
-                        device: torch.device, say: Callable[[str], None]) -> RunLog:
+def _prepare_run_folder(
+    opts: TrainOptions,
+    setup: TrainSetup,
+    info: DistInfo,
+    device: torch.device,
+    say: Callable[[str], None],
+) -> RunLog:
     """Creates the run's folders and writes the resolved options and architectures."""
     model_dir = Path(opts.model_dir)
     for flag, folder in (("--model_dir", model_dir), ("--sample_dir", Path(opts.sample_dir))):
@@ -425,12 +514,17 @@ def _prepare_run_folder(opts: TrainOptions, setup: TrainSetup, info: DistInfo,
             ) from None
     _remove_stale_temp_files(model_dir, say)
     run_log = RunLog(model_dir, tensorboard=opts.tensorboard)
-    resolved = {**asdict(opts), "latent_size": setup.latent_size,
-                "image_size": setup.image_size, "augment": setup.augment_policy or "none",
-                "num_workers": setup.num_workers,
-                "channels_last": uses_channels_last(opts.precision, opts.channels_last),
-                "world_size": info.world_size, "device": str(device),
-                "fagan_version": __version__}
+    resolved = {
+        **asdict(opts),
+        "latent_size": setup.latent_size,
+        "image_size": setup.image_size,
+        "augment": setup.augment_policy or "none",
+        "num_workers": setup.num_workers,
+        "channels_last": uses_channels_last(opts.precision, opts.channels_last),
+        "world_size": info.world_size,
+        "device": str(device),
+        "fagan_version": __version__,
+    }
     _write_text(model_dir / OPTIONS_FILE, json.dumps(resolved, indent=2) + "\n")
     for name, spec in (("gen.yaml", setup.g_spec), ("dis.yaml", setup.d_spec)):
         _write_text(model_dir / name, yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
@@ -446,8 +540,15 @@ class _Feedback:
     (``run_log`` is None elsewhere).
     """
 
-    def __init__(self, opts: TrainOptions, run_log: RunLog | None, evaluator: _Evaluator | None,
-                 prec: Precision, batches_per_epoch: int, world_size: int) -> None:
+    def __init__(
+        self,
+        opts: TrainOptions,
+        run_log: RunLog | None,
+        evaluator: _Evaluator | None,
+        prec: Precision,
+        batches_per_epoch: int,
+        world_size: int,
+    ) -> None:
         self.opts, self.run_log, self.evaluator, self.prec = opts, run_log, evaluator, prec
         self.interval = max(1, batches_per_epoch // opts.feedback_factor)
         self.batches_per_epoch, self.world_size = batches_per_epoch, world_size
@@ -462,10 +563,16 @@ class _Feedback:
         self.end_epoch()  # on errors too: the error message gets a line of its own
 
     def start_epoch(self, state: TrainState) -> None:
-        self.bar = tqdm(total=self.batches_per_epoch, initial=state.batch,
-                        desc=f"epoch {state.epoch}/{self.opts.num_epochs}",
-                        disable=self.run_log is None, unit="batch", dynamic_ncols=True,
-                        leave=True, file=sys.stderr)
+        self.bar = tqdm(
+            total=self.batches_per_epoch,
+            initial=state.batch,
+            desc=f"epoch {state.epoch}/{self.opts.num_epochs}",
+            disable=self.run_log is None,
+            unit="batch",
+            dynamic_ncols=True,
+            leave=True,
+            file=sys.stderr,
+        )
         self.window_start, self.window_images = time.monotonic(), 0
 
     def end_epoch(self) -> None:
@@ -484,15 +591,21 @@ class _Feedback:
         if self.run_log is None:
             return
         if state.batch % self.interval == 0 or state.batch == 1:
-            self.run_log.feedback({
-                "step": state.step, "epoch": state.epoch, "batch": state.batch,
-                "d_loss": d_loss, "g_loss": g_loss,
-                "gamma": state.generator.gammas() | {
-                    f"D.{k}": v for k, v in state.discriminator.gammas().items()},
-                "images_per_s": rate, "g_lr": state.g_opt.param_groups[0]["lr"],
-                "d_lr": state.d_opt.param_groups[0]["lr"],
-                "time": time.monotonic() - self.started,
-            })
+            self.run_log.feedback(
+                {
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "batch": state.batch,
+                    "d_loss": d_loss,
+                    "g_loss": g_loss,
+                    "gamma": state.generator.gammas()
+                    | {f"D.{k}": v for k, v in state.discriminator.gammas().items()},
+                    "images_per_s": rate,
+                    "g_lr": state.g_opt.param_groups[0]["lr"],
+                    "d_lr": state.d_opt.param_groups[0]["lr"],
+                    "time": time.monotonic() - self.started,
+                }
+            )
             if self.last_grid is None or state.step - self.last_grid >= MIN_GRID_STEPS:
                 self.sample_grid(state, f"{state.epoch}_{state.batch}")
                 self.last_grid = state.step
@@ -505,8 +618,9 @@ class _Feedback:
         was_training = net.training
         net.eval()
         with torch.no_grad(), self.prec.autocast():  # in batches: --num_samples may be large
-            images = torch.cat([net(z).float() for z in
-                                state.fixed_latents.split(self.opts.batch_size)])
+            images = torch.cat(
+                [net(z).float() for z in state.fixed_latents.split(self.opts.batch_size)]
+            )
         net.train(was_training)
         grid = grid_uint8(images)  # one layout for the PNG and TensorBoard
         path = write_grid(grid, Path(self.opts.sample_dir) / f"gen_{tag}.png")
@@ -517,10 +631,12 @@ class _Feedback:
     def evaluate(self, state: TrainState) -> None:
         assert self.evaluator is not None and self.run_log is not None
         scores = self.evaluator(state.sampling_generator)
-        self.run_log.append_stats({"step": state.step, "epoch": state.epoch,
-                                   "batch": state.batch, "eval": scores})
+        self.run_log.append_stats(
+            {"step": state.step, "epoch": state.epoch, "batch": state.batch, "eval": scores}
+        )
         message = f"step {state.step}: " + ", ".join(
-            f"{name} {value:.3f}" for name, value in scores.items() if not name[-1].isdigit())
+            f"{name} {value:.3f}" for name, value in scores.items() if not name[-1].isdigit()
+        )
         if self.bar is not None:
             self.bar.write(message)
 
@@ -553,13 +669,16 @@ class _Checkpoints:
         if not self.info.is_main:
             return
         epoch, folder = state.epoch, self.model_dir
-        self.files["generator"] = save_file(state.generator.state_dict(),
-                                            folder / f"GAN_GEN_{epoch}.pth")
-        self.files["discriminator"] = save_file(state.discriminator.state_dict(),
-                                                folder / f"GAN_DIS_{epoch}.pth")
+        self.files["generator"] = save_file(
+            state.generator.state_dict(), folder / f"GAN_GEN_{epoch}.pth"
+        )
+        self.files["discriminator"] = save_file(
+            state.discriminator.state_dict(), folder / f"GAN_DIS_{epoch}.pth"
+        )
         if state.ema is not None:
-            self.files["ema_generator"] = save_file(state.ema.state_dict(),
-                                                    folder / f"GAN_GEN_EMA_{epoch}.pth")
+            self.files["ema_generator"] = save_file(
+                state.ema.state_dict(), folder / f"GAN_GEN_EMA_{epoch}.pth"
+            )
 
     def end_of_epoch(self, state: TrainState, opts: TrainOptions) -> None:
         """Every ``--checkpoint_factor`` epochs, and the first and last, as the original."""
@@ -607,8 +726,14 @@ class _Evaluator:
         from fagan.evaluate import evaluate_generator, flatten_results
 
         scores = evaluate_generator(
-            generator, self.real, self.metrics, num_samples=len(self.real), seed=self.seed,
-            swd_floor=self.first and "swd" in self.metrics, **self.options)
+            generator,
+            self.real,
+            self.metrics,
+            num_samples=len(self.real),
+            seed=self.seed,
+            swd_floor=self.first and "swd" in self.metrics,
+            **self.options,
+        )
         self.first = False
         return flatten_results(scores)
 
@@ -654,8 +779,12 @@ class _Run:
 
 
 # --------------------------------------------------------------------------- the loop
-def train(opts: TrainOptions, log: Callable[[str], None] | None = None, *,
-          given: Collection[str] | None = None) -> TrainResult:
+def train(
+    opts: TrainOptions,
+    log: Callable[[str], None] | None = None,
+    *,
+    given: Collection[str] | None = None,
+) -> TrainResult:
     """Trains a GAN as the options say; see the module docstring for the outline.
 
     Args:
@@ -707,15 +836,18 @@ def continuation_flag(model_dir: str | Path) -> str:
     """
     path = Path(model_dir) / TRAINING_STATE
     if not path.is_file():
-        return "--overwrite" if Path(model_dir).is_dir() and any(Path(model_dir).iterdir()) \
-            else ""
+        return "--overwrite" if Path(model_dir).is_dir() and any(Path(model_dir).iterdir()) else ""
     try:
         saved = read_training_state(path)
         key, options = saved["sampler"], saved["options"]
         batches = ResumableSampler(
-            key["dataset_len"], batch_size=key["batch_size"], seed=key["seed"],
-            data_percentage=key["data_percentage"], rank=0,
-            world_size=key["world_size"]).batches_per_epoch
+            key["dataset_len"],
+            batch_size=key["batch_size"],
+            seed=key["seed"],
+            data_percentage=key["data_percentage"],
+            rank=0,
+            world_size=key["world_size"],
+        ).batches_per_epoch
         epoch, _ = resume_position(saved["epoch"], saved["batch"], True, batches)
         return "--overwrite" if epoch > options["num_epochs"] else "--resume"
     except (FaganError, KeyError, TypeError):
@@ -737,17 +869,31 @@ def native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def _claim_run_folder(opts: TrainOptions, info: DistInfo, device: torch.device,
-                      say: Callable[[str], None], cleanup: ExitStack) -> None:
+def _claim_run_folder(
+    opts: TrainOptions,
+    info: DistInfo,
+    device: torch.device,
+    say: Callable[[str], None],
+    cleanup: ExitStack,
+) -> None:
     """The main process claims the run folders (lock; refuse, continue or clear a previous
     run); every process stops when that fails. The claim is held until the run ends."""
     failure: FaganError | None = None
     if info.is_main:
         try:
             claim = claim_run_folder(
-                opts.model_dir, opts.sample_dir, resume=opts.resume, overwrite=opts.overwrite,
-                keep=(opts.generator_file, opts.discriminator_file, opts.generator_config,
-                      opts.discriminator_config), say=say)
+                opts.model_dir,
+                opts.sample_dir,
+                resume=opts.resume,
+                overwrite=opts.overwrite,
+                keep=(
+                    opts.generator_file,
+                    opts.discriminator_file,
+                    opts.generator_config,
+                    opts.discriminator_config,
+                ),
+                say=say,
+            )
             cleanup.callback(claim.release)
         except FaganError as error:
             failure = error
@@ -755,8 +901,14 @@ def _claim_run_folder(opts: TrainOptions, info: DistInfo, device: torch.device,
         raise failure or FaganError("the main process could not claim the run folders")
 
 
-def _train(opts: TrainOptions, saved: dict[str, Any] | None, info: DistInfo,
-           device: torch.device, say: Callable[[str], None], cleanup: ExitStack) -> TrainResult:
+def _train(
+    opts: TrainOptions,
+    saved: dict[str, Any] | None,
+    info: DistInfo,
+    device: torch.device,
+    say: Callable[[str], None],
+    cleanup: ExitStack,
+) -> TrainResult:
     """Sets the run up, trains, and writes the end-of-run outputs."""
     model_dir = Path(opts.model_dir)
     setup = resolve_setup(opts, saved)
@@ -766,29 +918,37 @@ def _train(opts: TrainOptions, saved: dict[str, Any] | None, info: DistInfo,
     prec = Precision.create(opts.precision, device)
     state = _new_state(opts, setup, info, device, data, prec.scaler, say)
     if saved is not None:
-        _resume(state, saved, model_dir / TRAINING_STATE, info,
-                data.sampler.batches_per_epoch, say)
+        _resume(state, saved, model_dir / TRAINING_STATE, info, data.sampler.batches_per_epoch, say)
     run_log = _prepare_run_folder(opts, setup, info, device, say) if info.is_main else None
     evaluator = None
     if opts.eval_every is not None and info.is_main:
         evaluator = _Evaluator(data.images.base, opts, device)
     batches = data.sampler.batches_per_epoch
     run = _Run(
-        opts=opts, info=info, device=device, loss=get_loss(opts.loss_function), prec=prec,
+        opts=opts,
+        info=info,
+        device=device,
+        loss=get_loss(opts.loss_function),
+        prec=prec,
         G=_for_training(state.generator, opts, info, device),
         D=_for_training(state.discriminator, opts, info, device),
-        inputs=_Inputs(state, setup, device, _memory_format(opts)), data=data,
+        inputs=_Inputs(state, setup, device, _memory_format(opts)),
+        data=data,
         feedback=_Feedback(opts, run_log, evaluator, prec, batches, info.world_size),
-        checkpoints=_Checkpoints(model_dir, info))
-    say(f"training on {device} ({info.world_size} process(es)), {data.sampler.dataset_len} "
-        f"images, {batches} batches per epoch, loss {run.loss.name}, precision {opts.precision}")
+        checkpoints=_Checkpoints(model_dir, info),
+    )
+    say(
+        f"training on {device} ({info.world_size} process(es)), {data.sampler.dataset_len} "
+        f"images, {batches} batches per epoch, loss {run.loss.name}, precision {opts.precision}"
+    )
     stopped = _train_epochs(run, state)
     if run_log is not None:
         run_log.close()
         _end_of_run(run, state, stopped, say)
     files = {**run.checkpoints.files, "training_state": run.checkpoints.state_path}
-    return TrainResult(state.generator, state.discriminator, state.ema, state.step, state.epoch,
-                       stopped, files)
+    return TrainResult(
+        state.generator, state.discriminator, state.ema, state.step, state.epoch, stopped, files
+    )
 
 
 def _train_epochs(run: _Run, state: TrainState) -> StopReason:
@@ -804,10 +964,20 @@ def _train_epochs(run: _Run, state: TrainState) -> StopReason:
             for i, batch in enumerate(batches, start=state.batch + 1):
                 real = batch.images
                 for _ in range(opts.n_critic):
-                    d_loss = d_step(G, D, real, inputs.latents(len(real)), loss, state.d_opt,
-                                    prec, inputs.augment, state.aug_rng)
-                g_loss = g_step(G, D, real, inputs.latents(len(real)), loss, state.g_opt, prec,
-                                inputs.augment)
+                    d_loss = d_step(
+                        G,
+                        D,
+                        real,
+                        inputs.latents(len(real)),
+                        loss,
+                        state.d_opt,
+                        prec,
+                        inputs.augment,
+                        state.aug_rng,
+                    )
+                g_loss = g_step(
+                    G, D, real, inputs.latents(len(real)), loss, state.g_opt, prec, inputs.augment
+                )
                 if state.ema is not None:
                     decay = ema_decay_at(opts.ema_decay, state.step)
                     ema_update(state.ema, state.generator, decay)
@@ -841,8 +1011,9 @@ def _check_finite(d_loss: float, g_loss: float, state: TrainState, model_dir: st
         )
 
 
-def _stop_reason(run: _Run, state: TrainState, signalled: StopReason | None,
-                 started: float) -> StopReason | None:
+def _stop_reason(
+    run: _Run, state: TrainState, signalled: StopReason | None, started: float
+) -> StopReason | None:
     """Why to stop after this step, if at all; every process stops at the same step."""
     opts, want = run.opts, signalled
     if want is None and _reached(opts.max_steps, state.step):
@@ -860,8 +1031,9 @@ def planned_steps(batches_per_epoch: int, opts: TrainOptions) -> int:
     return batches_per_epoch * (opts.num_epochs - opts.start + 1)
 
 
-def stop_message(stopped: StopReason, state: TrainState, opts: TrainOptions, planned: int,
-                 state_path: Path) -> str:
+def stop_message(
+    stopped: StopReason, state: TrainState, opts: TrainOptions, planned: int, state_path: Path
+) -> str:
     """The last line of a run that stopped before its last epoch: why, how far, how to go on.
 
     Args:
@@ -872,16 +1044,22 @@ def stop_message(stopped: StopReason, state: TrainState, opts: TrainOptions, pla
         state_path: the training state saved.
     """
     by = {StopReason.MAX_STEPS: "--max_steps", StopReason.TIME_LIMIT: "--time_limit"}.get(
-        stopped, stopped.value)
-    command = (f"fagan train --resume --model_dir {shlex.quote(opts.model_dir)} "
-               f"--sample_dir {shlex.quote(opts.sample_dir)}")
-    return (f"stopped by {by} at step {state.step:,} of {planned:,} planned (epoch "
-            f"{state.epoch} of {opts.num_epochs}); training state saved to {state_path}; "
-            f"continue with: {command}")
+        stopped, stopped.value
+    )
+    command = (
+        f"fagan train --resume --model_dir {shlex.quote(opts.model_dir)} "
+        f"--sample_dir {shlex.quote(opts.sample_dir)}"
+    )
+    return (
+        f"stopped by {by} at step {state.step:,} of {planned:,} planned (epoch "
+        f"{state.epoch} of {opts.num_epochs}); training state saved to {state_path}; "
+        f"continue with: {command}"
+    )
 
 
-def _end_of_run(run: _Run, state: TrainState, stopped: StopReason,
-                say: Callable[[str], None]) -> None:
+def _end_of_run(
+    run: _Run, state: TrainState, stopped: StopReason, say: Callable[[str], None]
+) -> None:
     """The final weights, loss plot and progress GIF (main process), and the last message."""
     model_dir, sample_dir = Path(run.opts.model_dir), Path(run.opts.sample_dir)
     files = run.checkpoints.files
@@ -896,8 +1074,10 @@ def _end_of_run(run: _Run, state: TrainState, stopped: StopReason,
     if any(sample_dir.glob("gen_*_*.png")):
         files["gif"] = make_progress_gif(sample_dir, sample_dir / "progress.gif", mp4=True)
     if stopped is StopReason.DONE:
-        say(f"done: {state.step:,} steps; weights and training state in {model_dir}, "
-            f"samples in {sample_dir}")
+        say(
+            f"done: {state.step:,} steps; weights and training state in {model_dir}, "
+            f"samples in {sample_dir}"
+        )
     else:
         say(stop_message(stopped, state, run.opts, planned, run.checkpoints.state_path))
 
@@ -961,5 +1141,7 @@ def _remove_stale_temp_files(model_dir: Path, say: Callable[[str], None]) -> Non
             except OSError:
                 continue
     if removed:
-        say(f"removed {len(removed)} temporary file(s) left in {model_dir} by saves that were "
-            f"interrupted: {', '.join(sorted(removed))}")
+        say(
+            f"removed {len(removed)} temporary file(s) left in {model_dir} by saves that were "
+            f"interrupted: {', '.join(sorted(removed))}"
+        )

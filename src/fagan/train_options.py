@@ -49,8 +49,10 @@ MAX_GRID_SAMPLES = 1024
 #: --feedback_factor asks.
 MIN_GRID_STEPS = 20
 GRID_SAMPLES = Kind(
-    int, lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_GRID_SAMPLES,
-    f"a whole number in [1, {MAX_GRID_SAMPLES}]")
+    int,
+    lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_GRID_SAMPLES,
+    f"a whole number in [1, {MAX_GRID_SAMPLES}]",
+)
 
 
 def default_num_workers(in_memory: bool) -> int:
@@ -84,92 +86,164 @@ class TrainOptions:
 
     # ---- the original train.py's flags
     generator_config: str | None = option(
-        None, TEXT, "generator architecture: a .conf/.yaml file or a built-in name (fagan64, "
-        "sagan64, small32); default fagan64, or small32 for the embedded demo", group=ORIGINAL)
+        None,
+        TEXT,
+        "generator architecture: a .conf/.yaml file or a built-in name (fagan64, "
+        "sagan64, small32); default fagan64, or small32 for the embedded demo",
+        group=ORIGINAL,
+    )
     discriminator_config: str | None = option(
-        None, TEXT, "discriminator architecture, likewise", group=ORIGINAL)
+        None, TEXT, "discriminator architecture, likewise", group=ORIGINAL
+    )
     generator_file: str | None = option(
-        None, EXISTING_FILE, "initial generator weights (ours or attn-gan-pytorch's "
-        "GAN_GEN_*.pth)", group=ORIGINAL)
+        None,
+        EXISTING_FILE,
+        "initial generator weights (ours or attn-gan-pytorch's GAN_GEN_*.pth)",
+        group=ORIGINAL,
+    )
     discriminator_file: str | None = option(
-        None, EXISTING_FILE, "initial discriminator weights", group=ORIGINAL)
+        None, EXISTING_FILE, "initial discriminator weights", group=ORIGINAL
+    )
     images_dir: str | None = option(
-        None, TEXT, "training images: a folder (flat, nested, or one sub-folder per class) or "
+        None,
+        TEXT,
+        "training images: a folder (flat, nested, or one sub-folder per class) or "
         "a dataset zip from fagan prepare; default data/celeba if present, else the embedded "
-        "demo faces", group=ORIGINAL)
+        "demo faces",
+        group=ORIGINAL,
+    )
     sample_dir: str = option("samples/fagan_1", TEXT, "sample grids go here", group=ORIGINAL)
-    model_dir: str = option("models/fagan_1", TEXT,
-                            "weights, training state, logs and plots go here", group=ORIGINAL)
+    model_dir: str = option(
+        "models/fagan_1", TEXT, "weights, training state, logs and plots go here", group=ORIGINAL
+    )
     loss_function: str = option(
-        "relativistic-hinge", TEXT, "hinge, relativistic-hinge, standard, lsgan, wgan-gp, "
-        "relativistic-standard, relativistic-lsgan", group=ORIGINAL)
+        "relativistic-hinge",
+        TEXT,
+        "hinge, relativistic-hinge, standard, lsgan, wgan-gp, "
+        "relativistic-standard, relativistic-lsgan",
+        group=ORIGINAL,
+    )
     latent_size: int | None = option(
-        None, POSITIVE_INT, "latent size (default: the generator config's input channels, "
-        "128 for the original's)", group=ORIGINAL)
+        None,
+        POSITIVE_INT,
+        "latent size (default: the generator config's input channels, 128 for the original's)",
+        group=ORIGINAL,
+    )
     batch_size: int = option(32, POSITIVE_INT, "images per step (per process)", group=ORIGINAL)
     start: int = option(1, POSITIVE_INT, "number of the first epoch", group=ORIGINAL)
     num_epochs: int = option(12, POSITIVE_INT, "number of the last epoch", group=ORIGINAL)
     feedback_factor: int = option(
-        62, POSITIVE_INT, "loss logs (loss.log, stats.jsonl, TensorBoard scalars) per epoch, "
+        62,
+        POSITIVE_INT,
+        "loss logs (loss.log, stats.jsonl, TensorBoard scalars) per epoch, "
         "and at its first batch; a sample grid (and its TensorBoard image) goes with a log "
-        f"when at least {MIN_GRID_STEPS} steps passed since the last grid", group=ORIGINAL)
-    checkpoint_factor: int = option(1, POSITIVE_INT, "save weights every N epochs",
-                                    group=ORIGINAL)
-    g_lr: float = option(0.0001, POSITIVE_FLOAT, "generator learning rate (Adam)",
-                         group=ORIGINAL)
-    d_lr: float = option(0.0004, POSITIVE_FLOAT, "discriminator learning rate (Adam)",
-                         group=ORIGINAL)
-    data_percentage: float = option(100.0, PERCENTAGE, "share of the data used per epoch",
-                                    group=ORIGINAL)
+        f"when at least {MIN_GRID_STEPS} steps passed since the last grid",
+        group=ORIGINAL,
+    )
+    checkpoint_factor: int = option(1, POSITIVE_INT, "save weights every N epochs", group=ORIGINAL)
+    g_lr: float = option(0.0001, POSITIVE_FLOAT, "generator learning rate (Adam)", group=ORIGINAL)
+    d_lr: float = option(
+        0.0004, POSITIVE_FLOAT, "discriminator learning rate (Adam)", group=ORIGINAL
+    )
+    data_percentage: float = option(
+        100.0, PERCENTAGE, "share of the data used per epoch", group=ORIGINAL
+    )
     num_workers: int | None = option(
-        None, NON_NEGATIVE_INT, "data loading processes (default: one fewer than the CPUs "
+        None,
+        NON_NEGATIVE_INT,
+        "data loading processes (default: one fewer than the CPUs "
         f"this process may use, at most {MAX_DEFAULT_WORKERS}; 0 for the embedded demo, "
-        "whose images are in memory)", group=ORIGINAL)
+        "whose images are in memory)",
+        group=ORIGINAL,
+    )
     # ---- beyond the original
-    seed: int = option(0, SEED, "seed of the initial weights, the data order, the latents "
-                       "and the augmentations", group=BEYOND)
-    resume: bool = option(False, FLAG, "continue exactly from the training state in "
-                          "--model_dir, with the options the run was started with",
-                          group=BEYOND)
-    overwrite: bool = option(False, FLAG, "clears that run's outputs first: the previous run's "
-                             "weights, state, logs and grids in --model_dir and --sample_dir",
-                             group=BEYOND)
-    ema_decay: float = option(0.999, UNIT_INTERVAL, "decay of the generator's moving average "
-                              "used for samples (0: off)", group=BEYOND)
-    precision: str = option("fp32", choice(*PRECISIONS), "bf16 autocast (CPU and GPU) or "
-                            "fp16 with a gradient scaler (GPU)", group=BEYOND)
+    seed: int = option(
+        0,
+        SEED,
+        "seed of the initial weights, the data order, the latents and the augmentations",
+        group=BEYOND,
+    )
+    resume: bool = option(
+        False,
+        FLAG,
+        "continue exactly from the training state in "
+        "--model_dir, with the options the run was started with",
+        group=BEYOND,
+    )
+    overwrite: bool = option(
+        False,
+        FLAG,
+        "clears that run's outputs first: the previous run's "
+        "weights, state, logs and grids in --model_dir and --sample_dir",
+        group=BEYOND,
+    )
+    ema_decay: float = option(
+        0.999,
+        UNIT_INTERVAL,
+        "decay of the generator's moving average used for samples (0: off)",
+        group=BEYOND,
+    )
+    precision: str = option(
+        "fp32",
+        choice(*PRECISIONS),
+        "bf16 autocast (CPU and GPU) or fp16 with a gradient scaler (GPU)",
+        group=BEYOND,
+    )
     image_size: int | None = option(
-        None, POSITIVE_INT, "training image size (must match the generator's output)",
-        group=BEYOND)
+        None, POSITIVE_INT, "training image size (must match the generator's output)", group=BEYOND
+    )
     device: str = option("auto", TEXT, "auto, cpu, cuda, cuda:N or mps", group=BEYOND)
-    n_critic: int = option(1, POSITIVE_INT, "discriminator steps per generator step",
-                           group=BEYOND)
+    n_critic: int = option(1, POSITIVE_INT, "discriminator steps per generator step", group=BEYOND)
     augment: str | None = option(
-        None, TEXT, "DiffAugment policy such as color,translation,cutout, or none (default: "
-        "that policy for the embedded demo, none for folders)", group=BEYOND)
+        None,
+        TEXT,
+        "DiffAugment policy such as color,translation,cutout, or none (default: "
+        "that policy for the embedded demo, none for folders)",
+        group=BEYOND,
+    )
     max_steps: int | None = option(
-        None, POSITIVE_INT, "stop after this many steps in all, saving a resumable state",
-        group=BEYOND)
+        None,
+        POSITIVE_INT,
+        "stop after this many steps in all, saving a resumable state",
+        group=BEYOND,
+    )
     time_limit: float | None = option(
-        None, POSITIVE_FLOAT, "stop after this many seconds, saving a resumable state",
-        group=BEYOND)
+        None, POSITIVE_FLOAT, "stop after this many seconds, saving a resumable state", group=BEYOND
+    )
     num_samples: int = option(64, GRID_SAMPLES, "images in each sample grid", group=BEYOND)
-    tensorboard: bool = option(True, FLAG, "do not write TensorBoard events", group=BEYOND,
-                               negative_flag="no_tensorboard")
+    tensorboard: bool = option(
+        True, FLAG, "do not write TensorBoard events", group=BEYOND, negative_flag="no_tensorboard"
+    )
     channels_last: bool | None = option(
-        None, FLAG, "channels-last memory format (default: on with --precision bf16/fp16)",
-        group=BEYOND, negative_flag="no_channels_last")
+        None,
+        FLAG,
+        "channels-last memory format (default: on with --precision bf16/fp16)",
+        group=BEYOND,
+        negative_flag="no_channels_last",
+    )
     compile: bool = option(False, FLAG, "torch.compile both networks", group=BEYOND)
     eval_every: int | None = option(
-        None, POSITIVE_INT, "every N steps, measure the EMA generator against real images "
-        "(logged to stats.jsonl and TensorBoard)", group=BEYOND)
-    eval_metrics: str = option("swd", TEXT, "metrics for --eval_every: swd, fid, kid, is "
-                               "(fid/kid/is need --inception_weights)", group=BEYOND)
-    eval_num_samples: int = option(1000, POSITIVE_INT, "real (and generated) images per "
-                                   "evaluation, at least 2", group=BEYOND)
+        None,
+        POSITIVE_INT,
+        "every N steps, measure the EMA generator against real images "
+        "(logged to stats.jsonl and TensorBoard)",
+        group=BEYOND,
+    )
+    eval_metrics: str = option(
+        "swd",
+        TEXT,
+        "metrics for --eval_every: swd, fid, kid, is (fid/kid/is need --inception_weights)",
+        group=BEYOND,
+    )
+    eval_num_samples: int = option(
+        1000, POSITIVE_INT, "real (and generated) images per evaluation, at least 2", group=BEYOND
+    )
     inception_weights: str | None = option(
-        None, EXISTING_FILE, "InceptionV3 weights file for FID/KID/IS (never downloaded)",
-        group=BEYOND)
+        None,
+        EXISTING_FILE,
+        "InceptionV3 weights file for FID/KID/IS (never downloaded)",
+        group=BEYOND,
+    )
 
     def validate(self) -> None:
         """Checks every option once, at the boundary: each against its kind, then together.
@@ -213,19 +287,34 @@ def given_by_default(opts: TrainOptions) -> frozenset[str]:
 # --------------------------------------------------------------------------- resuming
 #: Options a resumed run may change: where, how long and how visibly it runs. Everything
 #: else decides what is computed; changing it would not continue the run exactly.
-RESUME_MAY_CHANGE = frozenset({
-    "sample_dir", "num_epochs", "max_steps", "time_limit", "feedback_factor",
-    "checkpoint_factor", "num_workers", "device", "tensorboard", "channels_last", "compile",
-    "eval_every", "eval_metrics", "eval_num_samples", "inception_weights",
-})
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "sample_dir",
+        "num_epochs",
+        "max_steps",
+        "time_limit",
+        "feedback_factor",
+        "checkpoint_factor",
+        "num_workers",
+        "device",
+        "tensorboard",
+        "channels_last",
+        "compile",
+        "eval_every",
+        "eval_metrics",
+        "eval_num_samples",
+        "inception_weights",
+    }
+)
 #: Options that say which run to resume: always the caller's.
 _RESUME_LOCATION = frozenset({"model_dir", "resume", "overwrite"})
 #: Starting weights, only read when a run starts: a resumed run has its own.
 _START_ONLY = frozenset({"generator_file", "discriminator_file"})
 
 
-def resumed_options(opts: TrainOptions, saved: Mapping[str, Any] | None,
-                    given: Collection[str]) -> tuple[TrainOptions, list[str]]:
+def resumed_options(
+    opts: TrainOptions, saved: Mapping[str, Any] | None, given: Collection[str]
+) -> tuple[TrainOptions, list[str]]:
     """The options of a resumed run: the saved run's, with the caller's allowed changes.
 
     Args:
@@ -257,8 +346,10 @@ def resumed_options(opts: TrainOptions, saved: Mapping[str, Any] | None,
         elif name in RESUME_MAY_CHANGE:
             notices.append(f"--{name} {_shown(mine)} replaces the run's {_shown(theirs)}")
         elif name in _START_ONLY:
-            raise FaganError(f"--{name} sets the weights a run starts from; --resume "
-                             f"continues from the training state in {opts.model_dir}")
+            raise FaganError(
+                f"--{name} sets the weights a run starts from; --resume "
+                f"continues from the training state in {opts.model_dir}"
+            )
         else:
             raise FaganError(
                 f"--{name} {_shown(mine)} differs from the run's {_shown(theirs)}: a resumed "

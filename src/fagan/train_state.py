@@ -30,9 +30,21 @@ from fagan.errors import FaganError
 
 TRAINING_STATE = "training_state.pth"
 #: What --resume reads from a training state.
-REQUIRED_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "scaler", "epoch",
-                 "batch", "step", "rng", "fixed_latents", "sampler", "generator_config",
-                 "discriminator_config")
+REQUIRED_KEYS = (
+    "generator",
+    "discriminator",
+    "g_optimizer",
+    "d_optimizer",
+    "scaler",
+    "epoch",
+    "batch",
+    "step",
+    "rng",
+    "fixed_latents",
+    "sampler",
+    "generator_config",
+    "discriminator_config",
+)
 
 RngState = dict[str, Tensor]
 
@@ -55,11 +67,17 @@ def read_training_state(path: Path) -> dict[str, Any]:
     return saved
 
 
-def sampler_key(*, seed: int, batch_size: int, world_size: int, data_percentage: float,
-                dataset_len: int) -> dict[str, Any]:
+def sampler_key(
+    *, seed: int, batch_size: int, world_size: int, data_percentage: float, dataset_len: int
+) -> dict[str, Any]:
     """What fixes the order of the data: a resumed run continues exactly only if it is equal."""
-    return {"seed": seed, "batch_size": batch_size, "world_size": world_size,
-            "data_percentage": data_percentage, "dataset_len": dataset_len}
+    return {
+        "seed": seed,
+        "batch_size": batch_size,
+        "world_size": world_size,
+        "data_percentage": data_percentage,
+        "dataset_len": dataset_len,
+    }
 
 
 def resume_position(epoch: int, batch: int, exact: bool, batches_per_epoch: int) -> tuple[int, int]:
@@ -80,8 +98,9 @@ def resume_position(epoch: int, batch: int, exact: bool, batches_per_epoch: int)
     return epoch, batch
 
 
-def seeded_generators(seed: int, rank: int, device: torch.device) -> tuple[torch.Generator,
-                                                                         torch.Generator]:
+def seeded_generators(
+    seed: int, rank: int, device: torch.device
+) -> tuple[torch.Generator, torch.Generator]:
     """The random streams of the latents and of the augmentations, one pair per process."""
     latent = torch.Generator(device=device).manual_seed((seed * 7919 + rank) % 2**64)
     augment = torch.Generator(device=device).manual_seed((seed * 104729 + rank + 1) % 2**64)
@@ -129,8 +148,11 @@ class TrainState:
 
     def rng_state(self) -> RngState:
         """This process's random streams (torch's global one included)."""
-        state = {"torch": torch.get_rng_state(), "latent": self.latent_rng.get_state(),
-                 "augment": self.aug_rng.get_state()}
+        state = {
+            "torch": torch.get_rng_state(),
+            "latent": self.latent_rng.get_state(),
+            "augment": self.aug_rng.get_state(),
+        }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state()
         return state
@@ -143,8 +165,9 @@ class TrainState:
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
 
-    def state_dict(self, gather: Callable[[RngState], list[RngState]] | None = None
-                   ) -> dict[str, Any]:
+    def state_dict(
+        self, gather: Callable[[RngState], list[RngState]] | None = None
+    ) -> dict[str, Any]:
         """The contents of ``training_state.pth``.
 
         Args:
@@ -153,21 +176,32 @@ class TrainState:
         """
         rng = self.rng_state()
         return {
-            "format": TRAINING_STATE_FORMAT, "format_version": 1, "fagan_version": __version__,
+            "format": TRAINING_STATE_FORMAT,
+            "format_version": 1,
+            "fagan_version": __version__,
             "generator": self.generator.state_dict(),
             "discriminator": self.discriminator.state_dict(),
             "ema_generator": None if self.ema is None else self.ema.state_dict(),
-            "g_optimizer": self.g_opt.state_dict(), "d_optimizer": self.d_opt.state_dict(),
+            "g_optimizer": self.g_opt.state_dict(),
+            "d_optimizer": self.d_opt.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
             "rng": gather(rng) if gather is not None else [rng],
             "fixed_latents": self.fixed_latents.cpu(),
             "sampler": self.sampler_key,
             **self.run,
         }
 
-    def load_state_dict(self, saved: dict[str, Any], *, batches_per_epoch: int, rank: int = 0,
-                        source: str = "training state") -> bool:
+    def load_state_dict(
+        self,
+        saved: dict[str, Any],
+        *,
+        batches_per_epoch: int,
+        rank: int = 0,
+        source: str = "training state",
+    ) -> bool:
         """Continues from ``saved`` (a :meth:`state_dict`, usually read from a file).
 
         The random streams and the position in the epoch are restored only where the data
@@ -199,6 +233,7 @@ class TrainState:
         exact = len(rngs) == self.sampler_key["world_size"] and saved["sampler"] == self.sampler_key
         if exact:
             self.set_rng_state(rngs[rank])
-        self.epoch, self.batch = resume_position(saved["epoch"], saved["batch"], exact,
-                                                 batches_per_epoch)
+        self.epoch, self.batch = resume_position(
+            saved["epoch"], saved["batch"], exact, batches_per_epoch
+        )
         return exact

@@ -97,14 +97,20 @@ class Explorer:
         FaganError: a discriminator for another image size than the generator's.
     """
 
-    def __init__(self, generator: Generator, discriminator: Discriminator | None = None, *,
-                 inline_max_positions: int = DEFAULT_INLINE_MAX_POSITIONS,
-                 truncation: float | None = None) -> None:
+    def __init__(
+        self,
+        generator: Generator,
+        discriminator: Discriminator | None = None,
+        *,
+        inline_max_positions: int = DEFAULT_INLINE_MAX_POSITIONS,
+        truncation: float | None = None,
+    ) -> None:
         if discriminator is not None and discriminator.image_size != generator.image_size:
             raise FaganError(
                 f"the discriminator takes {discriminator.image_size}x"
                 f"{discriminator.image_size} images but the generator makes "
-                f"{generator.image_size}x{generator.image_size}")
+                f"{generator.image_size}x{generator.image_size}"
+            )
         self.generator = generator.eval()
         self.discriminator = discriminator.eval() if discriminator is not None else None
         self.inline_max_positions = inline_max_positions
@@ -123,10 +129,16 @@ class Explorer:
 
     # ------------------------------------------------------------------ description
     def _describe(self, layers: dict[str, LayerAttention]) -> list[dict[str, object]]:
-        return [{"name": layer.name, "kind": layer.kind, "grid": list(layer.grid),
-                 "positions": layer.grid[0] * layer.grid[1],
-                 "inline": layer.grid[0] * layer.grid[1] <= self.inline_max_positions}
-                for layer in layers.values()]
+        return [
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "grid": list(layer.grid),
+                "positions": layer.grid[0] * layer.grid[1],
+                "inline": layer.grid[0] * layer.grid[1] <= self.inline_max_positions,
+            }
+            for layer in layers.values()
+        ]
 
     def layer_names(self, net: str) -> list[str]:
         """The attention layers of ``generator`` or ``discriminator``, in forward order."""
@@ -141,8 +153,11 @@ class Explorer:
             "truncation": self.truncation,
             "layers": self._layer_meta,
             "has_discriminator": self.discriminator is not None,
-            "limits": {"seed_max": str(SEED_MAX), "truncation": list(TRUNCATION_RANGE),
-                       "upload_bytes": MAX_UPLOAD_BYTES},
+            "limits": {
+                "seed_max": str(SEED_MAX),
+                "truncation": list(TRUNCATION_RANGE),
+                "upload_bytes": MAX_UPLOAD_BYTES,
+            },
         }
 
     # ------------------------------------------------------------------ forward passes
@@ -160,8 +175,7 @@ class Explorer:
             layers, images = capture_layers(self.generator, z.to(self._device))
         else:  # pragma: no cover - no conditional generator exists yet
             labels = torch.tensor([label], device=self._device)
-            layers, images = capture_layers(_Labelled(self.generator, labels),
-                                            z.to(self._device))
+            layers, images = capture_layers(_Labelled(self.generator, labels), z.to(self._device))
             layers = {name.removeprefix("generator."): layer for name, layer in layers.items()}
             for name, layer in layers.items():
                 layer.name = name
@@ -190,9 +204,17 @@ class Explorer:
         for layer in layers.values():
             n = layer.grid[0] * layer.grid[1]
             inline = n <= self.inline_max_positions
-            out.append({"name": layer.name, "kind": layer.kind, "grid": list(layer.grid),
-                        "gamma": layer.gamma, "positions": n, "inline": inline,
-                        "maps": encode_array(layer.maps[0], dtype) if inline else None})
+            out.append(
+                {
+                    "name": layer.name,
+                    "kind": layer.kind,
+                    "grid": list(layer.grid),
+                    "gamma": layer.gamma,
+                    "positions": n,
+                    "inline": inline,
+                    "maps": encode_array(layer.maps[0], dtype) if inline else None,
+                }
+            )
         return out
 
     # ------------------------------------------------------------------ answers
@@ -225,18 +247,21 @@ class Explorer:
             "size": self.image_size,
             "dtype": dtype,
             "generator": {"layers": self._layers_json(g_layers, dtype)},
-            "discriminator": None if d_layers is None else
-            {"score": d_score, "layers": self._layers_json(d_layers, dtype)},
+            "discriminator": None
+            if d_layers is None
+            else {"score": d_score, "layers": self._layers_json(d_layers, dtype)},
         }
 
     def _need_discriminator(self) -> Discriminator:
         if self.discriminator is None:
-            raise RequestError("no discriminator is loaded (start fagan explore with "
-                               "--discriminator_file)", 404)
+            raise RequestError(
+                "no discriminator is loaded (start fagan explore with --discriminator_file)", 404
+            )
         return self.discriminator
 
-    def discriminate_upload(self, data: bytes, content_type: str,
-                            dtype: str = "float16") -> dict[str, object]:
+    def discriminate_upload(
+        self, data: bytes, content_type: str, dtype: str = "float16"
+    ) -> dict[str, object]:
         """The discriminator's score and maps for an uploaded PNG or JPEG.
 
         The image is read as ``fagan attention --image`` reads it (RGB, EXIF orientation,
@@ -261,9 +286,14 @@ class Explorer:
             self._uploads.move_to_end(key)
             while len(self._uploads) > _UPLOADS_KEPT:
                 self._uploads.popitem(last=False)
-        return {"upload": key, "image": _data_url(png_bytes(image)), "size": self.image_size,
-                "dtype": dtype, "generator": None,
-                "discriminator": {"score": score, "layers": self._layers_json(layers, dtype)}}
+        return {
+            "upload": key,
+            "image": _data_url(png_bytes(image)),
+            "size": self.image_size,
+            "dtype": dtype,
+            "generator": None,
+            "discriminator": {"score": score, "layers": self._layers_json(layers, dtype)},
+        }
 
     def _decode_upload(self, data: bytes) -> Tensor:
         try:
@@ -274,8 +304,11 @@ class Explorer:
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise RequestError(f"cannot read the uploaded image: {error}") from None
         if width * height > MAX_UPLOAD_PIXELS:
-            raise RequestError(f"the uploaded image has {width}x{height} pixels; at most "
-                               f"{MAX_UPLOAD_PIXELS} are accepted", 413)
+            raise RequestError(
+                f"the uploaded image has {width}x{height} pixels; at most "
+                f"{MAX_UPLOAD_PIXELS} are accepted",
+                413,
+            )
         with tempfile.TemporaryDirectory(prefix="fagan-explore-") as folder:
             path = Path(folder) / "upload"
             path.write_bytes(data)
@@ -284,9 +317,17 @@ class Explorer:
             except FaganError as error:
                 raise RequestError(str(error).replace(str(path), "the uploaded image")) from None
 
-    def query(self, net: str, layer_name: str, x: int, y: int, *,
-              request: ImageRequest | None = None, upload: str | None = None,
-              dtype: str = "float16") -> dict[str, object]:
+    def query(
+        self,
+        net: str,
+        layer_name: str,
+        x: int,
+        y: int,
+        *,
+        request: ImageRequest | None = None,
+        upload: str | None = None,
+        dtype: str = "float16",
+    ) -> dict[str, object]:
         """One query's row of one layer: where the layer's output cell under pixel (x, y) looks.
 
         The network runs without keeping any (N, N) map; the layer's input is caught on
@@ -311,24 +352,27 @@ class Explorer:
         """
         model: nn.Module = self.generator if net == "generator" else self._need_discriminator()
         if layer_name not in self.layer_names(net):
-            raise RequestError(f"unknown {net} layer {layer_name[:80]!r} (expected one of "
-                               f"{', '.join(self.layer_names(net))})")
+            raise RequestError(
+                f"unknown {net} layer {layer_name[:80]!r} (expected one of "
+                f"{', '.join(self.layer_names(net))})"
+            )
         layer = attention_layers(model)[layer_name]
         caught: dict[str, Tensor] = {}
         handle = layer.register_forward_pre_hook(
-            lambda _m, args: caught.__setitem__("x", args[0].detach()))
+            lambda _m, args: caught.__setitem__("x", args[0].detach())
+        )
         try:
             with torch.no_grad(), self._lock:
                 if upload is not None:
                     if net != "discriminator":
                         raise RequestError("an upload goes with net=discriminator")
                     if upload not in self._uploads:
-                        raise RequestError("that upload is no longer kept: upload it again",
-                                           404)
+                        raise RequestError("that upload is no longer kept: upload it again", 404)
                     self.discriminator(self._uploads[upload][None].to(self._device))
                 elif request is None:
-                    raise RequestError("give the image: seed (and truncation, seed2, mix) "
-                                       "or upload")
+                    raise RequestError(
+                        "give the image: seed (and truncation, seed2, mix) or upload"
+                    )
                 else:
                     image = self._call_generator(request)
                     if net == "discriminator":
@@ -341,8 +385,12 @@ class Explorer:
         cell = ((y * grid[0]) // self.image_size, (x * grid[1]) // self.image_size)
         q_i = q.flatten(2)[0, :, cell[0] * grid[1] + cell[1]]  # (Cq,)
         row = (q_i @ k.flatten(2)[0]).softmax(dim=-1)  # (N,)
-        return {"layer": layer_name, "grid": list(grid), "cell": list(cell),
-                "row": encode_array(row, dtype)}
+        return {
+            "layer": layer_name,
+            "grid": list(grid),
+            "cell": list(cell),
+            "row": encode_array(row, dtype),
+        }
 
 
 class _Labelled(nn.Module):  # pragma: no cover - no conditional generator exists yet

@@ -46,22 +46,35 @@ def render_export(explorer: Explorer, seeds: Sequence[int], *, label: int | None
             raise FaganError(f"the page template lacks {tag}")
     if "</script" in script.lower() or "</style" in style.lower():  # pragma: no cover
         raise FaganError("the page's script or style cannot be inlined")
-    results = [explorer.generate(ImageRequest(seed, explorer.truncation, label=label))
-               for seed in seeds]
-    data = json.dumps({"info": explorer.info(), "results": results}, allow_nan=False,
-                      separators=(",", ":"))
+    results = [
+        explorer.generate(ImageRequest(seed, explorer.truncation, label=label)) for seed in seeds
+    ]
+    data = json.dumps(
+        {"info": explorer.info(), "results": results}, allow_nan=False, separators=(",", ":")
+    )
     data = data.replace("<", "\\u003c")  # no "</script>" can close the element early
-    csp = (f"default-src 'none'; script-src '{_sha256(script)}'; style-src "
-           f"'{_sha256(style)}'; img-src data: blob:; base-uri 'none'; form-action 'none'")
-    return (html
-            .replace(_CSP_MARK, f'<meta http-equiv="Content-Security-Policy" content="{csp}">')
-            .replace(_STYLE_TAG, f"<style>{style}</style>")
-            .replace(_SCRIPT_TAG, f'<script id="fagan-data" type="application/json">{data}'
-                     f"</script>\n<script>{script}</script>"))
+    csp = (
+        f"default-src 'none'; script-src '{_sha256(script)}'; style-src "
+        f"'{_sha256(style)}'; img-src data: blob:; base-uri 'none'; form-action 'none'"
+    )
+    return (
+        html.replace(_CSP_MARK, f'<meta http-equiv="Content-Security-Policy" content="{csp}">')
+        .replace(_STYLE_TAG, f"<style>{style}</style>")
+        .replace(
+            _SCRIPT_TAG,
+            f'<script id="fagan-data" type="application/json">{data}'
+            f"</script>\n<script>{script}</script>",
+        )
+    )
 
 
-def export_page(explorer: Explorer, seeds: Sequence[int], path: str | os.PathLike[str], *,
-                label: int | None = None) -> Path:
+def export_page(
+    explorer: Explorer,
+    seeds: Sequence[int],
+    path: str | os.PathLike[str],
+    *,
+    label: int | None = None,
+) -> Path:
     """Writes :func:`render_export`'s page to ``path`` (atomically) and returns the path."""
     page = render_export(explorer, seeds, label=label)
     return atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))

@@ -76,8 +76,9 @@ def single_values(pairs: Iterable[tuple[str, str]], allowed: Iterable[str]) -> d
     values: dict[str, str] = {}
     for name, value in pairs:
         if name not in allowed:
-            raise RequestError(f"unknown parameter {name!r} (expected some of "
-                               f"{', '.join(sorted(allowed))})")
+            raise RequestError(
+                f"unknown parameter {name!r} (expected some of {', '.join(sorted(allowed))})"
+            )
         if name in values:
             raise RequestError(f"parameter {name!r} given more than once")
         values[name] = value
@@ -93,8 +94,11 @@ def parse_seed(text: str, name: str = "seed") -> int:
 
 def parse_number(text: str, name: str, low: float, high: float) -> float:
     """A finite decimal number in ``[low, high]``."""
-    if not _NUMBER.fullmatch(text) or not math.isfinite(float(text)) or \
-            not low <= float(text) <= high:
+    if (
+        not _NUMBER.fullmatch(text)
+        or not math.isfinite(float(text))
+        or not low <= float(text) <= high
+    ):
         raise RequestError(f"{name} must be a number from {low:g} to {high:g}, got {text[:40]!r}")
     return float(text)
 
@@ -102,8 +106,9 @@ def parse_number(text: str, name: str, low: float, high: float) -> float:
 def parse_index(text: str, name: str, count: int) -> int:
     """A whole number in ``0..count-1``."""
     if not _WHOLE.fullmatch(text) or int(text) >= count:
-        raise RequestError(f"{name} must be a whole number from 0 to {count - 1}, "
-                           f"got {text[:40]!r}")
+        raise RequestError(
+            f"{name} must be a whole number from 0 to {count - 1}, got {text[:40]!r}"
+        )
     return int(text)
 
 
@@ -179,14 +184,20 @@ def check_upload(data: bytes, content_type: str) -> str:
     """
     kind = content_type.split(";")[0].strip().lower()
     if kind not in UPLOAD_TYPES:
-        raise RequestError(f"uploads must be PNG or JPEG (image/png, image/jpeg), got "
-                           f"{kind[:60] or 'no content type'!r}", 415)
+        raise RequestError(
+            f"uploads must be PNG or JPEG (image/png, image/jpeg), got "
+            f"{kind[:60] or 'no content type'!r}",
+            415,
+        )
     if len(data) > MAX_UPLOAD_BYTES:
-        raise RequestError(f"the upload is {len(data)} bytes; at most {MAX_UPLOAD_BYTES} "
-                           "are accepted", 413)
+        raise RequestError(
+            f"the upload is {len(data)} bytes; at most {MAX_UPLOAD_BYTES} are accepted", 413
+        )
     if not data:
         raise RequestError("the upload is empty")
     if not data.startswith(UPLOAD_TYPES[kind]):
-        raise RequestError(f"the upload is not a {kind.split('/')[1].upper()} file "
-                           "(its first bytes do not match)", 415)
+        raise RequestError(
+            f"the upload is not a {kind.split('/')[1].upper()} file (its first bytes do not match)",
+            415,
+        )
     return kind

@@ -58,8 +58,10 @@ ASSETS = {
 _IMAGE_PARAMS = ("seed", "truncation", "seed2", "mix", "class")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 #: The page may load its own files and data: URLs, and talk to this server only.
-_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def read_asset(name: str) -> bytes:
@@ -132,8 +134,9 @@ class ExploreHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         """Quiet: the terminal shows the address and errors only."""
 
-    def _send(self, status: int, body: bytes, content_type: str,
-              extra: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -149,8 +152,7 @@ class ExploreHandler(BaseHTTPRequestHandler):
     def _json(self, value: object, status: int = 200) -> None:
         self._send(status, json.dumps(value, allow_nan=False).encode(), "application/json")
 
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors the base class finds (malformed request line, bad method) as JSON too."""
         try:
             phrase = HTTPStatus(code).phrase
@@ -187,8 +189,9 @@ class ExploreHandler(BaseHTTPRequestHandler):
     def _params(self, allowed: tuple[str, ...]) -> dict[str, str]:
         query = urlsplit(self.path).query
         try:
-            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query),
-                              max_num_fields=32)
+            pairs = parse_qsl(
+                query, keep_blank_values=True, strict_parsing=bool(query), max_num_fields=32
+            )
         except ValueError as error:
             raise RequestError(f"malformed query string: {error}") from None
         return single_values(pairs, allowed)
@@ -228,15 +231,19 @@ class ExploreHandler(BaseHTTPRequestHandler):
         elif path == "/api/generate":
             values = self._params((*_IMAGE_PARAMS, "dtype"))
             dtype = self._dtype(values)
-            self._json(explorer.generate(parse_image_request(values, explorer.num_classes),
-                                         dtype))
+            self._json(explorer.generate(parse_image_request(values, explorer.num_classes), dtype))
         elif path == "/api/image.png":
             values = self._params(_IMAGE_PARAMS)
             request = parse_image_request(values, explorer.num_classes)
             name = f"fagan_seed{request.seed}" + (
-                f"_to{request.seed2}_{request.mix:.3f}" if request.seed2 is not None else "")
-            self._send(200, explorer.image_png(request), "image/png",
-                       {"Content-Disposition": f'inline; filename="{name}.png"'})
+                f"_to{request.seed2}_{request.mix:.3f}" if request.seed2 is not None else ""
+            )
+            self._send(
+                200,
+                explorer.image_png(request),
+                "image/png",
+                {"Content-Disposition": f'inline; filename="{name}.png"'},
+            )
         elif path == "/api/query":
             self._json(self._query())
         elif path == "/api/discriminate":
@@ -257,8 +264,14 @@ class ExploreHandler(BaseHTTPRequestHandler):
         if "upload" in values:
             if any(name in values for name in _IMAGE_PARAMS):
                 raise RequestError("give either upload or seed, not both")
-            return explorer.query(net, layer, x, y, upload=parse_upload_key(values["upload"]),
-                                  dtype=self._dtype(values))
+            return explorer.query(
+                net,
+                layer,
+                x,
+                y,
+                upload=parse_upload_key(values["upload"]),
+                dtype=self._dtype(values),
+            )
         request = parse_image_request(values, explorer.num_classes)
         return explorer.query(net, layer, x, y, request=request, dtype=self._dtype(values))
 
@@ -278,10 +291,14 @@ class ExploreHandler(BaseHTTPRequestHandler):
         length = int(length_text)
         if length > MAX_UPLOAD_BYTES:
             self.close_connection = True  # the body stays unread
-            raise RequestError(f"the upload is {length} bytes; at most {MAX_UPLOAD_BYTES} "
-                               "are accepted", 413)
+            raise RequestError(
+                f"the upload is {length} bytes; at most {MAX_UPLOAD_BYTES} are accepted", 413
+            )
         data = self.rfile.read(length)
         if len(data) != length:
             raise RequestError("the upload ended before its Content-Length")
-        self._json(self.server.explorer.discriminate_upload(
-            data, self.headers.get("Content-Type", ""), dtype))
+        self._json(
+            self.server.explorer.discriminate_upload(
+                data, self.headers.get("Content-Type", ""), dtype
+            )
+        )

@@ -64,4 +64,3 @@ def parse_activation(text: str) -> ActivationSpec:
     if match:
         return ActivationSpec("lrelu", float(match.group(1)))
     raise ValueError(f"cannot parse activation {text!r}; expected {ACTIVATION_FORMS}")
-

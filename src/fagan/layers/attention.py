@@ -125,8 +125,16 @@ class FullAttention(_AttentionBase):
         squeezed = in_channels // squeeze_factor
 
         def make(out: int, normalised: bool = False) -> nn.Module:
-            return make_conv(in_channels, out, kernel_size, stride, padding,
-                             transpose=transpose, bias=bias, use_spectral_norm=normalised)
+            return make_conv(
+                in_channels,
+                out,
+                kernel_size,
+                stride,
+                padding,
+                transpose=transpose,
+                bias=bias,
+                use_spectral_norm=normalised,
+            )
 
         self.query_conv = make(squeezed)
         self.key_conv = make(squeezed)
@@ -172,7 +180,8 @@ class SelfAttention(_AttentionBase):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self._attend(
-            _positions(self.query_conv(x)), _positions(self.key_conv(x)),
+            _positions(self.query_conv(x)),
+            _positions(self.key_conv(x)),
             _positions(self.value_conv(x)),
         )  # (B, N, C)
         out = out.transpose(1, 2).reshape(x.shape)

@@ -70,9 +70,18 @@ class ConvBlock(nn.Sequential):
         use_spectral_norm: bool = False,
         use_batch_norm: bool = False,
     ) -> None:
-        layers: list[nn.Module] = [make_conv(
-            in_channels, out_channels, kernel_size, stride, padding, transpose=transpose,
-            bias=bias, use_spectral_norm=use_spectral_norm)]
+        layers: list[nn.Module] = [
+            make_conv(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                transpose=transpose,
+                bias=bias,
+                use_spectral_norm=use_spectral_norm,
+            )
+        ]
         if use_batch_norm:
             layers.append(nn.BatchNorm2d(out_channels))
         layers.append(activation)

