@@ -518,6 +518,50 @@ def _weights_tag(path: Path) -> str:
     ]
 
 
+def _generator_and_size(opts: EvaluateOptions, device: torch.device) -> tuple[Any, int]:
+    """The generator to measure (None for a folder) and the size images are compared at."""
+    generator = None
+    size = opts.image_size
+    if opts.generator_file is not None:
+        from fagan.generate import load_generator
+
+        generator = load_generator(opts.generator_file, opts.generator_config, device=device)
+        if size is not None and size != generator.image_size:
+            raise FaganError(
+                f"--image_size {size} differs from the generator's output "
+                f"size {generator.image_size}"
+            )
+        size = generator.image_size
+    return generator, size or DEFAULT_FOLDER_IMAGE_SIZE
+
+
+def _meta(
+    opts: EvaluateOptions,
+    names: list[str],
+    from_generator: bool,
+    fake_source: str,
+    n_real: int,
+    n_fake: int,
+    size: int,
+    weights: Any,
+    cache_file: Path | None,
+) -> dict[str, Any]:
+    """What was compared with what, for the results file."""
+    return {
+        "real_dir": str(opts.real_dir),
+        "fake_source": fake_source,
+        "fake_kind": "generator" if from_generator else "folder",
+        "n_real": int(n_real),
+        "n_fake": int(n_fake),
+        "image_size": int(size),
+        "metrics": names,
+        "seed": opts.seed if from_generator else None,
+        "truncation": opts.truncation,
+        "inception_weights": str(weights) if weights is not None else None,
+        "real_features_cache": str(cache_file) if cache_file is not None else None,
+    }
+
+
 def run_evaluation(
     opts: EvaluateOptions, *, log: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
@@ -545,19 +589,7 @@ def run_evaluation(
     device = resolve_device(opts.device)
     weights = check_inception_weights(names, opts.inception_weights)
 
-    generator = None
-    size = opts.image_size
-    if opts.generator_file is not None:
-        from fagan.generate import load_generator
-
-        generator = load_generator(opts.generator_file, opts.generator_config, device=device)
-        if size is not None and size != generator.image_size:
-            raise FaganError(
-                f"--image_size {size} differs from the generator's output "
-                f"size {generator.image_size}"
-            )
-        size = generator.image_size
-    size = size or DEFAULT_FOLDER_IMAGE_SIZE
+    generator, size = _generator_and_size(opts, device)
     if "swd" in names:
         _check_swd_size(size)
 
@@ -621,17 +653,7 @@ def run_evaluation(
         results = evaluate_images(real, fake, names, metric_opts)
         fake_source = str(opts.fake_dir)
 
-    results["meta"] = {
-        "real_dir": str(opts.real_dir),
-        "fake_source": fake_source,
-        "fake_kind": "generator" if generator is not None else "folder",
-        "n_real": int(n_real),
-        "n_fake": int(n_fake),
-        "image_size": int(size),
-        "metrics": names,
-        "seed": opts.seed if generator is not None else None,
-        "truncation": opts.truncation,
-        "inception_weights": str(weights) if weights is not None else None,
-        "real_features_cache": str(cache_file) if cache_file is not None else None,
-    }
+    results["meta"] = _meta(
+        opts, names, generator is not None, fake_source, n_real, n_fake, size, weights, cache_file
+    )
     return results
