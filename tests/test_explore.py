@@ -34,9 +34,9 @@ from fagan.config import load_config, resolve_config_path
 from fagan.explore import Explorer, make_server
 from fagan.explore.params import MAX_UPLOAD_BYTES
 from fagan.generate import load_generator, make_latents, write_images
+from fagan.latents import slerp
 from fagan.layers import attention_layers, capture_attention
 from fagan.networks import Discriminator, Generator
-from fagan.sample import slerp
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
