@@ -810,3 +810,34 @@ def test_evaluate_inception_metrics_offline_with_local_weights(
     assert far["kid"]["mean"] > same["kid"]["mean"]
     assert all(np.isfinite([r["is"]["mean"], r["is"]["std"]]).all() for r in (same, far))
     assert "FID" in capsys.readouterr().out
+
+
+def test_real_dir_demo_is_the_training_demo_faces(tmp_path: Path) -> None:
+    """``--real_dir demo`` compares with the very images ``fagan train`` trains the demo on."""
+    from fagan.data import open_training_data
+
+    demo = load_image_folder("demo", 32)
+    training = open_training_data(None, 32, "cpu")
+    trained_on = torch.from_numpy(np.asarray(training.images)).permute(0, 3, 1, 2)
+    assert demo.dtype == torch.uint8 and demo.shape == (100, 3, 32, 32)
+    assert torch.equal(demo, trained_on)
+    fake = write_lfw_faces(tmp_path / "fake", 32, count=20)
+    out = tmp_path / "r.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real_dir",
+                "demo",
+                "--fake_dir",
+                str(fake),
+                "--image_size",
+                "32",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["n_real"] == 100 and meta["n_fake"] == 20

@@ -70,11 +70,28 @@ from fagan.options import (
     POSITIVE_FLOAT,
     SEED,
     TEXT,
+    Kind,
     check_fields,
     int_range,
     option,
 )
 from fagan.sample import to_uint8
+
+# ``--real_dir demo``: the 100 embedded LFW faces the training demo uses (unless a folder
+# of that name exists, which wins).
+DEMO_REAL_DIR = "demo"
+
+
+def is_demo_faces(real_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``real_dir`` names the embedded demo faces rather than a folder."""
+    return str(real_dir) == DEMO_REAL_DIR and not Path(real_dir).is_dir()
+
+
+REAL_IMAGES = Kind(
+    str,
+    lambda v: isinstance(v, str) and (is_demo_faces(v) or Path(v).is_dir()),
+    "an existing folder, or 'demo' for the embedded demo faces",
+)
 
 __all__ = [
     "DEFAULT_FOLDER_IMAGE_SIZE",
@@ -118,7 +135,12 @@ class EvaluateOptions:
     same for library use.
     """
 
-    real_dir: str = option(MISSING, EXISTING_DIR, "folder of real images")
+    real_dir: str = option(
+        MISSING,
+        REAL_IMAGES,
+        "folder of real images, or 'demo' for the embedded demo faces "
+        "that `fagan train` uses without --images_dir",
+    )
     fake_dir: str | None = option(None, EXISTING_DIR, "folder of generated images", cli=False)
     generator_file: str | None = option(
         None, EXISTING_FILE, "GAN_GEN_*.pth or a training_state.pth (its EMA generator)", cli=False
@@ -243,6 +265,10 @@ def load_image_folder(
     """
     from tqdm.auto import tqdm
 
+    if is_demo_faces(folder):
+        from fagan.data import lfw_faces_uint8
+
+        return torch.from_numpy(lfw_faces_uint8(image_size)).permute(0, 3, 1, 2).contiguous()
     dataset = ImageFolderDataset(folder, image_size)
     images: list[Tensor] = []
     for index in tqdm(
@@ -612,7 +638,8 @@ def run_evaluation(
         return real_cache[0]
 
     cache_file = None
-    if extractor is not None and ("fid" in names or "kid" in names):
+    demo = is_demo_faces(opts.real_dir)  # in memory already: no feature cache
+    if extractor is not None and ("fid" in names or "kid" in names) and not demo:
         key = fingerprint_image_dir(
             opts.real_dir,
             image_size=size,
@@ -627,7 +654,7 @@ def run_evaluation(
             Path(opts.cache_dir if opts.cache_dir is not None else DEFAULT_STATS_DIR).expanduser()
             / f"{key}.npz"
         )
-    real = real_images() if "swd" in names else None
+    real = real_images() if "swd" in names or demo else None
     if real is not None:
         n_real = len(real)
     elif metric_opts.real_features is not None:
