@@ -14,8 +14,6 @@ no global state, safe in threads and without a display.
 from __future__ import annotations
 
 import os
-import struct
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from fagan.checkpoint import (
@@ -34,7 +31,6 @@ from fagan.checkpoint import (
     save_file,
 )
 from fagan.config import load_config, parse_config, resolve_config_path
-from fagan.data import center_crop, resize_shorter_side
 from fagan.errors import FaganError
 from fagan.fileio import check_output_dir, check_output_file
 from fagan.layers.attention import FullAttention, attention_layers, capture_attention
@@ -42,7 +38,6 @@ from fagan.networks import Discriminator
 from fagan.sample import to_uint8
 
 __all__ = [
-    "MAX_IMAGE_PIXELS",
     "MAX_QUERIES",
     "MAX_QUERY_GRID",
     "LayerAttention",
@@ -61,27 +56,10 @@ __all__ = [
 
 Query = tuple[int, int]
 
-#: Most pixels of an ``--image`` (8192 x 8192); decoded as float it takes 12 bytes a pixel.
-MAX_IMAGE_PIXELS = 1 << 26
-
 #: Most queries per side of a default query grid (``--query_grid``).
 MAX_QUERY_GRID = 8
 #: Most query positions in one figure (one panel each).
 MAX_QUERIES = MAX_QUERY_GRID * MAX_QUERY_GRID
-
-#: What PIL and its format plugins raise for a file that is not a readable image.
-_UNREADABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    ValueError,
-    SyntaxError,
-    EOFError,
-    struct.error,
-    IndexError,
-    KeyError,
-    TypeError,
-    Image.DecompressionBombError,
-    Image.DecompressionBombWarning,
-)
 
 
 @dataclass
@@ -415,64 +393,13 @@ def load_discriminator(
 def load_image(path: str | os.PathLike[str], image_size: int) -> Tensor:
     """Reads one image as the training data does: (3, S, S) float in [-1, 1].
 
-    The decoding of :class:`fagan.data.ImageFolderDataset` (a test checks that the two
-    agree): EXIF orientation applied, transparency composited over white, 16- and 32-bit
-    greyscale scaled to [0, 1], RGB; shorter side resized to S (antialiased bilinear,
-    :func:`fagan.data.resize_shorter_side`), centre crop (:func:`fagan.data.center_crop`).
+    The decoding is the training data's own (:func:`fagan.data.decode_image`): EXIF
+    orientation applied, transparency over white, RGB, shorter side resized to S and the
+    centre square kept, rounded to bytes as training sees it.
 
     Raises:
-        FaganError: missing or unreadable file, or one of more than
-            :data:`MAX_IMAGE_PIXELS` pixels.
+        FaganError: missing or unreadable file, or one too large to decode.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FaganError(f"image not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened_file = Image.open(path)
-        with opened_file as opened:
-            if opened.width * opened.height > MAX_IMAGE_PIXELS:
-                raise FaganError(
-                    f"image {path} is {opened.width}x{opened.height}: images of at "
-                    f"most {MAX_IMAGE_PIXELS:,} pixels are read"
-                )
-            if opened.format == "JPEG":  # decode at a reduced scale that still covers S
-                opened.draft(None, (image_size, image_size))
-            opened.load()
-            try:
-                upright = ImageOps.exif_transpose(opened)
-            except _UNREADABLE:  # malformed EXIF: keep the pixels as stored
-                upright = opened
-            pixels = _rgb_unit_floats(upright)
-    except _UNREADABLE as error:
-        raise FaganError(f"cannot read image {path}: {error}") from None
-    image = torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W) in [0, 1]
-    if min(image.shape[-2:]) != image_size:
-        image = resize_shorter_side(image, image_size)
-    if tuple(image.shape[-2:]) != (image_size, image_size):
-        image = center_crop(image, image_size)
-    return image.mul(2.0).sub_(1.0).clamp_(-1.0, 1.0).contiguous()
+    from fagan.data import decode_image
 
-
-def _rgb_unit_floats(image: Image.Image) -> np.ndarray:
-    """A PIL image as float32 (H, W, 3) in [0, 1].
-
-    Transparent pixels are composited over white. 16- and 32-bit greyscale are scaled, not
-    clipped: ``I;16`` by 1/65535, ``I`` by 1/65535 when a value exceeds 255 (else 1/255),
-    ``F`` as it is when its maximum is at most 1 (else 1/255).
-    """
-    mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        grey = np.asarray(image).astype(np.float32)
-        peak = float(grey.max()) if grey.size else 0.0
-        if mode.startswith("I;16") or (mode == "I" and peak > 255):
-            grey /= 65535.0
-        elif mode == "I" or peak > 1.0:
-            grey /= 255.0
-        return np.repeat(np.clip(grey, 0.0, 1.0)[:, :, None], 3, axis=2)
-    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+    return decode_image(path, image_size)

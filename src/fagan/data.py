@@ -72,6 +72,7 @@ __all__ = [
     "DEMO_REPEATS",
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
+    "decode_image",
     "Batch",
     "ImageArray",
     "ImageFolderDataset",
@@ -400,6 +401,21 @@ class LFWFaces(Dataset[torch.Tensor]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(image_size={self.image_size}, images={len(self)})"
+
+
+def decode_image(path: str | os.PathLike[str], image_size: int) -> torch.Tensor:
+    """One image file as the training data decodes it: ``(3, S, S)`` float in [-1, 1].
+
+    Raises:
+        FaganError: the file is missing, unreadable, or not a usable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FaganError(f"image not found: {path}")
+    try:
+        return _to_model_tensor(_decode(path, image_size), image_size)
+    except _DECODE_ERRORS as exc:
+        raise FaganError(f"cannot read image {path}: {_describe_error(exc)}") from None
 
 
 # --------------------------------------------------------------------------------------------
