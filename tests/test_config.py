@@ -48,7 +48,9 @@ ORIGINAL_CONFIGS = REPO / "tests" / "fixtures" / "fagan_configs"
 SHARED_CONFIGS = REPO.parent / "shared" / "reference" / "fagan_configs"
 
 ORIGINAL_FILES = [("fagan_1", "gen"), ("fagan_1", "dis"), ("fagan_2", "gen"), ("fagan_2", "dis")]
-OUR_FILES = [(name, role) for name in ("fagan64", "sagan64", "small32") for role in ("gen", "dis")]
+OUR_FILES = [
+    (name, role) for name in ("dcgan64", "fagan64", "sagan64", "small32") for role in ("gen", "dis")
+]
 
 
 def original(run: str, role: str) -> Path:
@@ -267,7 +269,7 @@ def test_fagan64_state_dict_matches_converted_reference(role: str) -> None:
 
 
 # --------------------------------------------------------------------------- files and built-in names
-BUILTIN_SIZES = {"fagan64": 64, "sagan64": 64, "small32": 32}
+BUILTIN_SIZES = {"dcgan64": 64, "fagan64": 64, "sagan64": 64, "small32": 32}
 
 
 def test_builtin_names_are_the_shipped_folders() -> None:
@@ -333,7 +335,7 @@ def test_neither_file_nor_builtin_name(tmp_path: Path, value: str) -> None:
     shown = value if len(value) < 100 else value[:50]
     assert message.startswith(f"config not found: {shown}"), message
     assert message.endswith(
-        "(give a .conf or .yaml file, or one of the built-in fagan64, sagan64, small32)"
+        "(give a .conf or .yaml file, or one of the built-in dcgan64, fagan64, sagan64, small32)"
     )
     assert len(message) < 300
 
