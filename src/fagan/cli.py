@@ -31,6 +31,7 @@ from fagan.options import (
     POSITIVE_INT,
     SEED,
     TEXT,
+    int_range,
     option,
 )
 from fagan.train_options import TrainOptions
@@ -96,7 +97,9 @@ class GenerateOptions:
         EXISTING_FILE,
         "N x latent_size float tensor saved with torch.save (instead of --num_samples)",
     )
-    num_samples: int | None = option(None, POSITIVE_INT, "number of images (default 64)")
+    num_samples: int | None = option(
+        None, int_range(1, 1_000_000), "number of images (default 64), written batch by batch"
+    )
     seed: int = option(0, SEED, "seed of the latents")
     latent_size: int | None = option(
         None, POSITIVE_INT, "latent size (default: from the config, 128 for the original's)"
@@ -104,7 +107,7 @@ class GenerateOptions:
     truncation: float | None = option(
         None, POSITIVE_FLOAT, "truncate latents to |z| <= T (truncation trick)"
     )
-    batch_size: int = option(64, POSITIVE_INT, "images per forward pass")
+    batch_size: int = option(64, int_range(1, 4096), "images per forward pass")
     grid: bool = option(False, FLAG, "one grid.png instead of one file each")
     prefer_ema: bool = option(
         True,
@@ -127,7 +130,7 @@ class GenerateOptions:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from fagan.distributed import resolve_device
-    from fagan.generate import load_generator, make_latents, read_latents, write_images
+    from fagan.generate import load_generator, read_latents, write_images, write_samples
 
     opts = options.from_namespace(GenerateOptions, args)
     opts.validate()
@@ -141,15 +144,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     if opts.latents is not None:
         latents = read_latents(opts.latents, generator.latent_size)
-    else:
-        latents = make_latents(
-            opts.num_samples or 64, generator.latent_size, opts.seed, opts.truncation
+        count = len(latents)
+        written = write_images(
+            generator, latents, opts.output_dir, batch_size=opts.batch_size, grid=opts.grid
         )
-    written = write_images(
-        generator, latents, opts.output_dir, batch_size=opts.batch_size, grid=opts.grid
-    )
+    else:  # latents drawn and images written batch by batch: memory stays bounded
+        count = opts.num_samples or 64
+        written = write_samples(
+            generator,
+            opts.output_dir,
+            count,
+            seed=opts.seed,
+            truncation=opts.truncation,
+            batch_size=opts.batch_size,
+            grid=opts.grid,
+        )
     print(
-        f"wrote {len(latents)} image(s) to {opts.output_dir}"
+        f"wrote {count} image(s) to {opts.output_dir}"
         + (f" as {written[0].name}" if opts.grid else "")
     )
     return 0
