@@ -550,6 +550,70 @@ def cmd_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- prepare
+def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source",
+        required=True,
+        help="images folder (flat, nested, or one sub-folder per class) or a zip "
+        "(fagan's, StyleGAN2-ADA's, or any zip of images)",
+    )
+    p.add_argument("--output", required=True, help="the dataset .zip to write")
+    p.add_argument(
+        "--resolution",
+        type=POSITIVE_INT.argparse_type(),
+        default=64,
+        help="side of the square images written (default 64)",
+    )
+    p.add_argument(
+        "--crop",
+        choices=("center", "none"),
+        default="center",
+        help="center: resize the shorter side, keep the centre square (as training "
+        "from a folder does); none: resize the whole image (stretching non-square)",
+    )
+    p.add_argument(
+        "--labels",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto: class labels from class sub-folders or the zip's dataset.json; "
+        "none: unlabelled",
+    )
+    p.add_argument(
+        "--max_images", type=POSITIVE_INT.argparse_type(), help="write at most this many images"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument(
+        "--workers",
+        type=POSITIVE_INT.argparse_type(),
+        help="decoding processes (default: the usable CPU cores)",
+    )
+    p.add_argument(
+        "--compress_level",
+        type=int_range(0, 9).argparse_type(),
+        default=0,
+        help="PNG zlib level, 0 (StyleGAN2-ADA's; fastest to read) to 9",
+    )
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from fagan.prepare import prepare_dataset
+
+    prepare_dataset(
+        args.source,
+        args.output,
+        args.resolution,
+        crop=args.crop,
+        labels=args.labels,
+        max_images=args.max_images,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        compress_level=args.compress_level,
+        log=print,
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 COMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -572,6 +636,11 @@ COMMANDS: dict[
         "draw where each attention layer looks, for chosen query positions",
         add_attention_arguments,
         cmd_attention,
+    ),
+    "prepare": (
+        "write a dataset zip (StyleGAN2-ADA's format) from a folder or zip of images",
+        add_prepare_arguments,
+        cmd_prepare,
     ),
     "explore": (
         "a local page: images, and where each attention layer looks under the pointer",
