@@ -168,15 +168,15 @@ HOSTILE = {
     # generate
     "a billion samples": (
         ["generate", *GEN, *OUT, "--num_samples", "1000000000"],
-        "between 1 and 1,000,000",
+        "expected a whole number from 1 to 1000000",
     ),
     "ten million samples": (
         ["generate", *GEN, *OUT, "--num_samples", "10000000"],
-        "between 1 and 1,000,000",
+        "expected a whole number from 1 to 1000000",
     ),
     "a huge batch": (
         ["generate", *GEN, *OUT, "--num_samples", "2", "--batch_size", "100000000000"],
-        "--batch_size must be between 1 and 4096",
+        "expected a whole number from 1 to 4096",
     ),
     "a huge grid": (
         ["generate", *GEN, *OUT, "--num_samples", "5000", "--grid"],
@@ -312,7 +312,7 @@ HOSTILE = {
     ),
     "a 72-megapixel image": (
         ["attention", *DIS, *OUT, "--image", "{root}/72mp.png"],
-        "images of at most 67,108,864 pixels",
+        "cannot read image",
     ),
     "a 90-megapixel image": (
         ["attention", *DIS, *OUT, "--image", "{root}/90mp.png"],

@@ -95,7 +95,6 @@ def _kind_what(name: str) -> str:
         ("ema_decay", "1", 1.0),
         ("precision", "fp8", "fp8"),
         ("num_workers", "-1", -1),
-        ("images_dir", "no/such/folder", "no/such/folder"),
     ],
 )
 def test_a_bad_value_is_named_alike_by_the_flags_and_the_library(

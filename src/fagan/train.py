@@ -815,7 +815,6 @@ def train(
         say(f"note: {notice}")
     cleanup = ExitStack()
     try:
-        _claim_run_folder(opts, info, device, say, cleanup)
         return _train(opts, saved, info, device, say, cleanup)
     except OSError as error:  # a full disk, no permission: a message, not a traceback
         where = f" ({error.filename})" if error.filename else ""
@@ -919,6 +918,8 @@ def _train(
     state = _new_state(opts, setup, info, device, data, prec.scaler, say)
     if saved is not None:
         _resume(state, saved, model_dir / TRAINING_STATE, info, data.sampler.batches_per_epoch, say)
+    # claimed once data, architecture and weights are known good, before the first write
+    _claim_run_folder(opts, info, device, say, cleanup)
     run_log = _prepare_run_folder(opts, setup, info, device, say) if info.is_main else None
     evaluator = None
     if opts.eval_every is not None and info.is_main:
