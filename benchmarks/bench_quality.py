@@ -43,6 +43,7 @@ import datetime as _dt
 import fnmatch
 import hashlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -541,10 +542,17 @@ def saved_step(state: Path) -> int:
     return int(torch.load(state, map_location="cpu", weights_only=True)["step"])
 
 
-def late_std(track: Sequence[Sequence[float]]) -> float | None:
-    """Standard deviation of the tracked SWD over the second half of training."""
+def late_rise(track: Sequence[Sequence[float]]) -> float | None:
+    """How much the tracked SWD went up over the second half of training.
+
+    The sum of the increases between successive evaluations: 0 for a run that only
+    improves, large for one that oscillates or collapses (a steady trend adds nothing).
+    None with fewer than two evaluations in the second half.
+    """
     values = [v for _, v in track[len(track) // 2:]]
-    return statistics.stdev(values) if len(values) >= 2 else None
+    if len(values) < 2:
+        return None
+    return sum(max(0.0, b - a) for a, b in itertools.pairwise(values))
 
 
 def prune_weights(models: Path) -> None:
@@ -573,6 +581,7 @@ def train_cell(cell: Cell, budget: Budget, data: Dataset, run: Path,
     state = run / "models" / "training_state.pth"
     args = train_args(cell, budget, data, run)
     resumed = state.is_file()
+    first_step = saved_step(state)
     if resumed:
         args.append("--resume")
         log(f"{cell.name}: resuming from {state}")
@@ -596,12 +605,13 @@ def train_cell(cell: Cell, budget: Budget, data: Dataset, run: Path,
                              f"{budget.steps}; rerun to resume it")
         track, last = read_stats(run / "models")
         loop = last.get("time")  # seconds from the loop's start to the last record
+        steps = last.get("step", 0) - first_step
         record = {"wall_s": wall, "diverged": False,
-                  "s_per_step": loop / last["step"] if loop and last.get("step") else None,
-                  "swd_track": track, "swd_track_late_std": late_std(track),
+                  "s_per_step": loop / steps if loop and steps > 0 else None,
+                  "swd_track": track,
                   "last_losses": last}
         prune_weights(run / "models")
-    record["resumed"] = resumed  # wall_s then counts the resumed part only
+    record["resumed_from_step"] = first_step  # wall_s counts the steps from there only
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -712,10 +722,10 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                       if metric in m["metrics"].get(real, {})]
             if values:
                 row["metrics"][f"{metric}_{real}"] = spread(values)
-        late = [m["train"]["swd_track_late_std"] for m in ok
-                if m["train"].get("swd_track_late_std") is not None]
-        if late:
-            row["swd_track_late_std"] = spread(late)
+        rises = [rise for m in ok
+                 if (rise := late_rise(m["train"].get("swd_track", []))) is not None]
+        if rises:
+            row["swd_late_rise"] = spread(rises)
         walls = [m["train"]["wall_s"] for m in ok]
         if walls:
             row["train_wall_s"] = spread(walls)
@@ -781,7 +791,7 @@ def tables(results: Sequence[dict[str, Any]], floors: dict[str, dict[str, float]
     keys = metric_keys(results)
     titles = [f"{METRIC_COLUMNS[m]} vs {'held-out' if real == 'heldout' else 'train'}"
               for real, m in keys]
-    summary_header = ["architecture", "loss", "seeds", *titles, "late SWD std", "diverged",
+    summary_header = ["architecture", "loss", "seeds", *titles, "late SWD rise", "diverged",
                       "train min"]
     summary_rows = []
     for row in summarize(results):
@@ -789,12 +799,12 @@ def tables(results: Sequence[dict[str, Any]], floors: dict[str, dict[str, float]
         summary_rows.append([
             row["arch"], row["loss"], ",".join(map(str, row["seeds"])),
             *[_fmt(row["metrics"].get(f"{m}_{real}")) for real, m in keys],
-            _fmt(row.get("swd_track_late_std")), str(row["diverged"]),
+            _fmt(row.get("swd_late_rise")), str(row["diverged"]),
             f"{wall['mean'] / 60:.1f}" if wall else "-"])
     floor_cells = [f"{floors[real][m]:.2f}" if m in floors.get(real, {}) else "-"
                    for real, m in keys]
     summary_rows.append(["real vs real", "(floor)", "-", *floor_cells, "-", "-", "-"])
-    cell_header = ["cell", *titles, "late SWD std", "train s", "s/step", "eval s"]
+    cell_header = ["cell", *titles, "late SWD rise", "train s", "s/step", "eval s"]
     cell_rows = []
     for r in results:
         train = r["train"]
@@ -802,7 +812,7 @@ def tables(results: Sequence[dict[str, Any]], floors: dict[str, dict[str, float]
             cell_rows.append([r["cell"], *["diverged"] * len(keys), "-",
                               f"{train['wall_s']:.0f}", "-", "-"])
             continue
-        late = train.get("swd_track_late_std")
+        late = late_rise(train.get("swd_track", []))
         cell_rows.append([
             r["cell"],
             *[f"{r['metrics'][real][m]:.2f}" if m in r["metrics"].get(real, {}) else "-"
@@ -826,10 +836,11 @@ def method_text(budget: Budget, data: Dataset, eval_samples: int, n_grid: int) -
         f"against the held-out images; the floor row is the same measurement with real "
         f"images in place of generated ones ({data.n_heldout} held-out images vs the "
         f"training images; as many training images vs the held-out ones). SWD x1e3 is the "
-        f"average over the 64/32/16 pyramid levels; KID x1e3. 'late SWD std': the standard "
-        f"deviation of the EMA generator's SWD ({budget.track_samples} images, tracked every "
-        f"{budget.track_every} steps) over the second half of training, a within-run "
-        f"stability figure. Spreads are mean +- sample std over seeds. Grids: "
+        f"average over the 64/32/16 pyramid levels; KID x1e3. 'late SWD rise': the EMA "
+        f"generator's SWD is tracked during training ({budget.track_samples} images, every "
+        f"{budget.track_every} steps); the sum of its increases between successive "
+        f"evaluations over the second half of training (0 for a run that only improves) is "
+        f"a within-run stability figure. Spreads are mean +- sample std over seeds. Grids: "
         f"{n_grid} images from the same latents per cell, in `docs/quality/<cell>.png`."
     )
 
