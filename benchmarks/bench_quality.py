@@ -590,9 +590,15 @@ def train_cell(cell: Cell, budget: Budget, data: Dataset, run: Path,
             shutil.rmtree(run / folder, ignore_errors=True)
     run.mkdir(parents=True, exist_ok=True)
     log_file = run / "cell.log"
+    load_before = common.load_average()
     started = time.monotonic()
     proc = run_fagan(args, log_file)
     wall = time.monotonic() - started
+    import torch  # the same thread settings as the child's (OMP_NUM_THREADS, ...)
+
+    conditions = {"date": common.now(), "torch_threads": torch.get_num_threads(),
+                  "load_average_before": load_before,
+                  "load_average_after": common.load_average()}
     if proc.returncode != 0:
         message = error_line(proc)
         if "diverged" not in message:
@@ -612,6 +618,7 @@ def train_cell(cell: Cell, budget: Budget, data: Dataset, run: Path,
                   "last_losses": last}
         prune_weights(run / "models")
     record["resumed_from_step"] = first_step  # wall_s counts the steps from there only
+    record["conditions"] = conditions
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -813,11 +820,13 @@ def tables(results: Sequence[dict[str, Any]], floors: dict[str, dict[str, float]
                               f"{train['wall_s']:.0f}", "-", "-"])
             continue
         late = late_rise(train.get("swd_track", []))
+        first = train.get("resumed_from_step")
         cell_rows.append([
             r["cell"],
             *[f"{r['metrics'][real][m]:.2f}" if m in r["metrics"].get(real, {}) else "-"
               for real, m in keys],
-            f"{late:.2f}" if late is not None else "-", f"{train['wall_s']:.0f}",
+            f"{late:.2f}" if late is not None else "-",
+            f"{train['wall_s']:.0f}" + (f" (from step {first})" if first else ""),
             f"{train['s_per_step']:.2f}" if train.get("s_per_step") else "-",
             f"{r.get('eval_wall_s', 0):.0f}"])
     return (summary_header, summary_rows), (cell_header, cell_rows)
@@ -1017,7 +1026,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], full: int,
     command = common.command_line()
     (summary_header, summary_rows), (cell_header, cell_rows) = tables(results, floors)
     partial = len(results) < full
-    where = machine.get("gpu") or f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs"
+    where = (machine.get("gpu") or f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs"
+             ) + f", {machine['torch_threads']} torch threads"
     lines = claims(summarize(results))
     log("")
     log(f"machine: {where}, torch {machine['torch']}, device {args.device}")
@@ -1057,7 +1067,9 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], full: int,
         f"- machine: {where}, torch {machine['torch']}, device {args.device}",
         f"- load average (1/5/15 min) before {load_before}, after "
         f"{machine['load_average_after']}", "",
-        status, "",
+        status + " The tables hold every finished cell of the grid in the work folder, "
+        "measured by this run or earlier ones (each cell's date, threads and load are in "
+        "the raw file).", "",
         method_text(budget, data, eval_samples, GRID_SAMPLES),
         *([f"\nNote: {evaluator.notice}."] if evaluator.notice else []), "",
         common.markdown_table(summary_header, summary_rows), "",
