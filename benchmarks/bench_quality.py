@@ -43,6 +43,7 @@ import datetime as _dt
 import fnmatch
 import hashlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -650,10 +651,17 @@ def saved_step(state: Path) -> int:
     return int(torch.load(state, map_location="cpu", weights_only=True)["step"])
 
 
-def late_std(track: Sequence[Sequence[float]]) -> float | None:
-    """Standard deviation of the tracked SWD over the second half of training."""
+def late_rise(track: Sequence[Sequence[float]]) -> float | None:
+    """How much the tracked SWD went up over the second half of training.
+
+    The sum of the increases between successive evaluations: 0 for a run that only
+    improves, large for one that oscillates or collapses (a steady trend adds nothing).
+    None with fewer than two evaluations in the second half.
+    """
     values = [v for _, v in track[len(track) // 2 :]]
-    return statistics.stdev(values) if len(values) >= 2 else None
+    if len(values) < 2:
+        return None
+    return sum(max(0.0, b - a) for a, b in itertools.pairwise(values))
 
 
 def prune_weights(models: Path) -> None:
@@ -683,6 +691,7 @@ def train_cell(
     state = run / "models" / "training_state.pth"
     args = train_args(cell, budget, data, run)
     resumed = state.is_file()
+    first_step = saved_step(state)
     if resumed:
         args.append("--resume")
         log(f"{cell.name}: resuming from {state}")
@@ -691,9 +700,18 @@ def train_cell(
             shutil.rmtree(run / folder, ignore_errors=True)
     run.mkdir(parents=True, exist_ok=True)
     log_file = run / "cell.log"
+    load_before = common.load_average()
     started = time.monotonic()
     proc = run_fagan(args, log_file)
     wall = time.monotonic() - started
+    import torch  # the same thread settings as the child's (OMP_NUM_THREADS, ...)
+
+    conditions = {
+        "date": common.now(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_before": load_before,
+        "load_average_after": common.load_average(),
+    }
     if proc.returncode != 0:
         message = error_line(proc)
         if "diverged" not in message:
@@ -708,16 +726,17 @@ def train_cell(
             )
         track, last = read_stats(run / "models")
         loop = last.get("time")  # seconds from the loop's start to the last record
+        steps = last.get("step", 0) - first_step
         record = {
             "wall_s": wall,
             "diverged": False,
-            "s_per_step": loop / last["step"] if loop and last.get("step") else None,
+            "s_per_step": loop / steps if loop and steps > 0 else None,
             "swd_track": track,
-            "swd_track_late_std": late_std(track),
             "last_losses": last,
         }
         prune_weights(run / "models")
-    record["resumed"] = resumed  # wall_s then counts the resumed part only
+    record["resumed_from_step"] = first_step  # wall_s counts the steps from there only
+    record["conditions"] = conditions
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -878,13 +897,11 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             ]
             if values:
                 row["metrics"][f"{metric}_{real}"] = spread(values)
-        late = [
-            m["train"]["swd_track_late_std"]
-            for m in ok
-            if m["train"].get("swd_track_late_std") is not None
+        rises = [
+            rise for m in ok if (rise := late_rise(m["train"].get("swd_track", []))) is not None
         ]
-        if late:
-            row["swd_track_late_std"] = spread(late)
+        if rises:
+            row["swd_late_rise"] = spread(rises)
         walls = [m["train"]["wall_s"] for m in ok]
         if walls:
             row["train_wall_s"] = spread(walls)
@@ -966,7 +983,7 @@ def tables(
         "loss",
         "seeds",
         *titles,
-        "late SWD std",
+        "late SWD rise",
         "diverged",
         "train min",
     ]
@@ -979,7 +996,7 @@ def tables(
                 row["loss"],
                 ",".join(map(str, row["seeds"])),
                 *[_fmt(row["metrics"].get(f"{m}_{real}")) for real, m in keys],
-                _fmt(row.get("swd_track_late_std")),
+                _fmt(row.get("swd_late_rise")),
                 str(row["diverged"]),
                 f"{wall['mean'] / 60:.1f}" if wall else "-",
             ]
@@ -988,7 +1005,7 @@ def tables(
         f"{floors[real][m]:.2f}" if m in floors.get(real, {}) else "-" for real, m in keys
     ]
     summary_rows.append(["real vs real", "(floor)", "-", *floor_cells, "-", "-", "-"])
-    cell_header = ["cell", *titles, "late SWD std", "train s", "s/step", "eval s"]
+    cell_header = ["cell", *titles, "late SWD rise", "train s", "s/step", "eval s"]
     cell_rows = []
     for r in results:
         train = r["train"]
@@ -997,7 +1014,8 @@ def tables(
                 [r["cell"], *["diverged"] * len(keys), "-", f"{train['wall_s']:.0f}", "-", "-"]
             )
             continue
-        late = train.get("swd_track_late_std")
+        late = late_rise(train.get("swd_track", []))
+        first = train.get("resumed_from_step")
         cell_rows.append(
             [
                 r["cell"],
@@ -1006,7 +1024,7 @@ def tables(
                     for real, m in keys
                 ],
                 f"{late:.2f}" if late is not None else "-",
-                f"{train['wall_s']:.0f}",
+                f"{train['wall_s']:.0f}" + (f" (from step {first})" if first else ""),
                 f"{train['s_per_step']:.2f}" if train.get("s_per_step") else "-",
                 f"{r.get('eval_wall_s', 0):.0f}",
             ]
@@ -1027,10 +1045,11 @@ def method_text(budget: Budget, data: Dataset, eval_samples: int, n_grid: int) -
         f"against the held-out images; the floor row is the same measurement with real "
         f"images in place of generated ones ({data.n_heldout} held-out images vs the "
         f"training images; as many training images vs the held-out ones). SWD x1e3 is the "
-        f"average over the 64/32/16 pyramid levels; KID x1e3. 'late SWD std': the standard "
-        f"deviation of the EMA generator's SWD ({budget.track_samples} images, tracked every "
-        f"{budget.track_every} steps) over the second half of training, a within-run "
-        f"stability figure. Spreads are mean +- sample std over seeds. Grids: "
+        f"average over the 64/32/16 pyramid levels; KID x1e3. 'late SWD rise': the EMA "
+        f"generator's SWD is tracked during training ({budget.track_samples} images, every "
+        f"{budget.track_every} steps); the sum of its increases between successive "
+        f"evaluations over the second half of training (0 for a run that only improves) is "
+        f"a within-run stability figure. Spreads are mean +- sample std over seeds. Grids: "
         f"{n_grid} images from the same latents per cell, in `docs/quality/<cell>.png`."
     )
 
@@ -1284,7 +1303,9 @@ def report(
     command = common.command_line()
     (summary_header, summary_rows), (cell_header, cell_rows) = tables(results, floors)
     partial = len(results) < full
-    where = machine.get("gpu") or f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs"
+    where = (
+        machine.get("gpu") or f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs"
+    ) + f", {machine['torch_threads']} torch threads"
     lines = claims(summarize(results))
     log("")
     log(f"machine: {where}, torch {machine['torch']}, device {args.device}")
@@ -1345,7 +1366,9 @@ def report(
             f"- load average (1/5/15 min) before {load_before}, after "
             f"{machine['load_average_after']}",
             "",
-            status,
+            status + " The tables hold every finished cell of the grid in the work folder, "
+            "measured by this run or earlier ones (each cell's date, threads and load are in "
+            "the raw file).",
             "",
             method_text(budget, data, eval_samples, GRID_SAMPLES),
             *([f"\nNote: {evaluator.notice}."] if evaluator.notice else []),

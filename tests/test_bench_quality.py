@@ -131,8 +131,9 @@ def test_read_stats_keeps_the_latest_record_of_a_step(bq, tmp_path: Path) -> Non
     track, last = bq.read_stats(tmp_path)
     assert track == [[2, 50.0], [4, 42.0], [6, 46.0], [8, 44.0]]
     assert last == {"step": 8, "d_loss": 0.5, "g_loss": 1.5, "time": 9.0}
-    assert bq.late_std(track) == pytest.approx(statistics.stdev([46.0, 44.0]))
-    assert bq.late_std(track[:1]) is None
+    assert bq.late_rise(track) == 0.0  # 46 -> 44 only improves
+    assert bq.late_rise([[1, 9.0], [2, 5.0], [3, 6.0], [4, 4.0], [5, 7.5], [6, 7.0]]) == 3.5
+    assert bq.late_rise(track[:1]) is None
 
 
 def _result(
@@ -142,7 +143,7 @@ def _result(
         "wall_s": 60.0 + seed,
         "diverged": diverged,
         "s_per_step": 0.5,
-        "swd_track_late_std": 1.0 + seed,
+        "swd_track": [[1, 9.0], [2, 8.0], [3, 7.0], [4, 7.0 + seed]],
     }
     metrics = (
         {}
@@ -178,7 +179,7 @@ def test_summary_claims_and_tables(bq) -> None:
         "n": 2,
     }
     assert fagan["metrics"]["swd_train"]["mean"] == 51.0
-    assert fagan["swd_track_late_std"]["mean"] == 1.5
+    assert fagan["swd_late_rise"]["mean"] == 0.5  # rises 0 and 1
     lines = bq.claims(list(rows.values()))
     se = math.sqrt(statistics.stdev([100, 110]) ** 2 / 2 + statistics.stdev([120, 124]) ** 2 / 2)
     assert f"fagan64 - sagan64 = -17.00 +- {se:.2f} (beyond 2 SE)" in lines[1]
@@ -264,7 +265,7 @@ def test_micro_cell_end_to_end_and_resume(
             swd = cell["metrics"][real]
             assert swd["swd"] > 0 and {"swd_64", "swd_32", "swd_16"} <= set(swd)
         assert [step for step, _ in cell["train"]["swd_track"]] == [1, 2]
-        assert cell["train"]["swd_track_late_std"] is None  # one point in the second half
+        assert bq.late_rise(cell["train"]["swd_track"]) is None  # one point in the 2nd half
         assert cell["eval_samples"] == 12
         with Image.open(tmp_path / "grids" / f"{cell['cell']}.png") as grid:
             assert grid.size[0] > 6 * 64
