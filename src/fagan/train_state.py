@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from fagan import __version__
 from fagan.checkpoint import (
+    TRAINING_STATE_FIELDS,
     TRAINING_STATE_FORMAT,
     is_training_state,
     load_file,
@@ -29,22 +30,8 @@ from fagan.checkpoint import (
 from fagan.errors import FaganError
 
 TRAINING_STATE = "training_state.pth"
-#: What --resume reads from a training state.
-REQUIRED_KEYS = (
-    "generator",
-    "discriminator",
-    "g_optimizer",
-    "d_optimizer",
-    "scaler",
-    "epoch",
-    "batch",
-    "step",
-    "rng",
-    "fixed_latents",
-    "sampler",
-    "generator_config",
-    "discriminator_config",
-)
+#: What --resume reads from a training state (checked field by field on load).
+REQUIRED_KEYS = TRAINING_STATE_FIELDS
 
 RngState = dict[str, Tensor]
 
