@@ -207,8 +207,8 @@ def _declared(cls: type) -> Callable[[argparse.ArgumentParser], None]:
     return lambda parser: options.add_arguments(parser, cls)
 
 
-# --------------------------------------------------------------------------- interpolate
-def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
+def _add_generator_source(p: argparse.ArgumentParser) -> None:
+    """The generator's weights and (optional for a training state) architecture flags."""
     p.add_argument(
         "--generator_file",
         type=existing_file,
@@ -219,6 +219,11 @@ def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
         "--generator_config",
         help="architecture file or built-in name (optional for a training state)",
     )
+
+
+# --------------------------------------------------------------------------- interpolate
+def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
+    _add_generator_source(p)
     p.add_argument(
         "--seeds",
         required=True,
@@ -460,16 +465,7 @@ port_number.__name__ = "port"
 
 
 def add_explore_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--generator_file",
-        type=existing_file,
-        required=True,
-        help="GAN_GEN_*.pth (ours or attn-gan-pytorch's) or a training_state.pth",
-    )
-    p.add_argument(
-        "--generator_config",
-        help="architecture file or built-in name (optional for a training state)",
-    )
+    _add_generator_source(p)
     p.add_argument(
         "--discriminator_file",
         type=existing_file,
