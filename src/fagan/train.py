@@ -54,7 +54,7 @@ from fagan.fileio import atomic_write
 from fagan.losses import GANLoss, get_loss, gradient_penalty
 from fagan.networks import Discriminator, Generator
 from fagan.plots import plot_losses
-from fagan.runfolder import claim_run_folder
+from fagan.runfolder import RunLock, claim_run_folder
 from fagan.runlog import RunLog
 from fagan.sample import evenly_spaced, grid_uint8, to_uint8, write_grid
 from fagan.train_options import (
@@ -803,6 +803,9 @@ def train(
     opts.validate()
     saved, notices = None, []
     if opts.resume:
+        if Path(opts.model_dir).is_dir():  # a run in progress is named, its state not read
+            with RunLock(opts.model_dir):
+                pass
         saved = read_training_state(Path(opts.model_dir) / TRAINING_STATE)
         given = given_by_default(opts) if given is None else given
         opts, notices = resumed_options(opts, saved.get("options"), given)
