@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as common
+import _train_loop
 
 ROOT = common.BENCH_DIR.parent
 EMOJI_PACKAGE = "emoji-datasource-google@16.0.0"
@@ -123,7 +124,8 @@ def worker(args: argparse.Namespace) -> None:
         open_training_data,
     )
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     variant = args.worker
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
@@ -348,8 +350,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch threads of the training process (batch conversion)",
+        default=0,
+        help="torch threads of the training process (batch conversion; 0: torch's default, "
+        "as fagan train runs)",
+    )
+    parser.add_argument(
+        "--train_steps",
+        type=int,
+        default=0,
+        help="also time `fagan train` (default flags) for this many steps from the folder and "
+        "the zip, against bench_train's pure fp32 step (0: skip; >= 130 crosses the emoji "
+        "set's first epoch, so its checkpoint is counted)",
+    )
+    parser.add_argument(
+        "--train_iters", type=int, default=10, help="timed pure steps, before and after"
     )
     parser.add_argument(
         "--no_write", action="store_true", help="print only: no results JSON, no RESULTS.md update"
@@ -365,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if args.train_steps and args.train_steps <= _train_loop.WARMUP_STEPS + 1:
+        parser.error(f"--train_steps must be 0 or more than {_train_loop.WARMUP_STEPS + 1}")
 
     started = common.now()
     load_before = common.load_average()
@@ -459,7 +475,32 @@ def main(argv: list[str] | None = None) -> int:
                     f"[bench_data] {variant} failed:\n  " + "\n  ".join(result["stderr_tail"]),
                     file=sys.stderr,
                 )
+        end_to_end = None
+        if args.train_steps:
+            import torch
+            from bench_train import real_images
+
+            images_file = tmp / "images.pt"
+            torch.save(real_images(str(folder))[:512].clone(), images_file)
+            end_to_end = _train_loop.measure(
+                folder,
+                zip_path,
+                images_file,
+                tmp,
+                steps=args.train_steps,
+                iters=args.train_iters,
+                device=args.device,
+                batch_size=args.batch_size,
+                env=env,
+            )
     load_after = common.load_average()
+    threads = next((r["threads"] for r in runs if "threads" in r), args.threads)
+    memory = next((r for r in runs if r.get("variant") == "memory" and "error" not in r), None)
+    train_lines = (
+        []
+        if end_to_end is None
+        else _train_loop.lines(end_to_end, memory["cpu_us_per_image"] if memory else None)
+    )
 
     header, rows, once_header, once_rows = report(runs, once)
     machine = common.machine_info(args.device)
@@ -470,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     print(common.text_table(header, rows))
     print(common.text_table(once_header, once_rows))
     print("\n".join(summary_lines(runs)))
+    print("\n".join(train_lines))
     print(f"load average before {load_before}, after {load_after}")
     if args.no_write:
         return 0
@@ -487,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": runs,
         "one_time": once,
+        "end_to_end": end_to_end,
     }
     path = common.result_path("data")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -504,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- images: {source}",
             f"- delivered: float32 batches of {args.batch_size} x 3 x {IMAGE_SIZE} x {IMAGE_SIZE} "
             f"in [-1, 1] on {args.device}; {args.epochs} epochs per path ({args.memory_epochs} "
-            f"in memory), each path in its own process, {args.threads} torch thread(s) in the "
+            f"in memory), each path in its own process, {threads} torch thread(s) in the "
             "training process; steady = after the first batch; CPU = process + loader workers; "
             "images/s per busy core = 1e6 / CPU us per image (what the path would deliver per "
             "core with the machine to itself)",
@@ -514,6 +557,22 @@ def main(argv: list[str] | None = None) -> int:
             common.markdown_table(once_header, once_rows),
             "",
             *summary_lines(runs),
+            *(
+                [
+                    f"`fagan train --images_dir <folder or zip> --max_steps {args.train_steps}` "
+                    "with default flags (fagan64, fp32, relativistic hinge, EMA, batch "
+                    f"{args.batch_size}; loss log, sample grids every 20 steps and the epoch's "
+                    "checkpoint included) against bench_train.py's pure fp32 D+G step on "
+                    "batches already in memory. s/step of a run: from its stats.jsonl, between "
+                    f"step {_train_loop.WARMUP_STEPS} and the last; start-up = the rest of the "
+                    "process's wall time (imports, opening the data, building the networks, the "
+                    "final save).",
+                    "",
+                    *train_lines,
+                ]
+                if train_lines
+                else []
+            ),
             f"Raw: `{path.relative_to(ROOT)}`",
         ]
     )

@@ -4,7 +4,7 @@ An ablation of the original FAGAN project's two claims: that full attention
 (``fagan64``) beats self-attention (``sagan64``), and that the relativistic average
 hinge loss trains more stably than the hinge loss. Every cell is one architecture
 (``fagan64``, ``sagan64`` or the attention-free ``dcgan64``, all with the same depth and
-channel widths) x one loss x one training seed, trained with the same steps, batch
+channel widths) x one loss x one training seed (0 and 1 by default), trained with the same steps, batch
 size, precision, learning rates and EMA on the same real 64x64 images.
 
 Data: the Noto emoji of the npm package ``emoji-datasource-google@16.0.0``
@@ -30,7 +30,7 @@ of each cell (EMA generator, the same 36 latents for all cells) is copied to
 
 Usage::
 
-    python benchmarks/bench_quality.py                                   # all 18 cells, CPU
+    python benchmarks/bench_quality.py                                   # all 12 cells, CPU
     python benchmarks/bench_quality.py --cells fagan64-relativistic-hinge-s0
     python benchmarks/bench_quality.py --cells 'fagan64-*,sagan64-*' --seeds 0,1
     python benchmarks/bench_quality.py --device cuda --steps 20000 --batch_size 64
@@ -66,7 +66,7 @@ from fagan.metrics.inception import packaged_torchscript_weights
 ROOT = common.BENCH_DIR.parent
 ARCHS = ("fagan64", "sagan64", "dcgan64")
 LOSSES = ("hinge", "relativistic-hinge")
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1)
 IMAGE_SIZE = 64
 EMOJI_PACKAGE = "emoji-datasource-google@16.0.0"
 EMOJI_MEMBER_PREFIX = "package/img/google/64/"
@@ -1066,7 +1066,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "e.g. fagan64-hinge-s0 or 'fagan64-*,*-s0'",
     )
     train = parser.add_argument_group("training budget (the same for every cell)")
-    train.add_argument("--steps", type=int, default=800)
+    train.add_argument("--steps", type=int, default=500)
     train.add_argument("--batch_size", type=int, default=32)
     train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16")
     train.add_argument("--ema_decay", type=float, default=0.999)

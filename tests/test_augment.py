@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fagan.augment import POLICIES, diff_augment, parse_policy, random_hflip
+from fagan.augment import POLICIES, diff_augment, parse_policy, random_hflip, random_hflip_
 from fagan.errors import FaganError
 
 
@@ -150,3 +150,14 @@ def test_random_hflip() -> None:
     kept = [torch.equal(y[i], x[i]) for i in range(64)]
     assert all(f != k for f, k in zip(flipped, kept, strict=True))
     assert 16 < sum(flipped) < 48
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_random_hflip_in_place_equals_the_copying_flip(memory_format: torch.memory_format) -> None:
+    x = torch.randn(16, 3, 8, 8).contiguous(memory_format=memory_format)
+    expected = random_hflip(x, _gen(5))
+    y = x.clone()
+    out = random_hflip_(y, _gen(5))
+    assert out is y and torch.equal(y, expected)
+    assert not torch.equal(expected, x)  # some rows flipped
+    assert any(torch.equal(expected[i], x[i]) for i in range(16))  # and some not

@@ -24,7 +24,7 @@ import torch
 
 from fagan.errors import FaganError
 
-__all__ = ["POLICIES", "diff_augment", "parse_policy", "random_hflip"]
+__all__ = ["POLICIES", "diff_augment", "parse_policy", "random_hflip", "random_hflip_"]
 
 #: The policy names :func:`diff_augment` accepts.
 POLICIES: tuple[str, ...] = ("color", "translation", "cutout")
@@ -182,3 +182,24 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> t
         raise ValueError(f"random_hflip expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
     flip = _rand((x.shape[0],), x, generator) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_hflip_(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`random_hflip` in place, for a batch that owns its memory (no autograd).
+
+    The same coin flips from the same ``generator`` give the same images as
+    :func:`random_hflip`; on the CPU only the flipped images are rewritten (about half
+    the batch) instead of building a mirrored copy of all of it and selecting.
+
+    Returns:
+        ``x``, flipped where its coin came up.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"random_hflip_ expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+    flip = _rand((x.shape[0],), x, generator) < 0.5
+    if x.device.type != "cpu":  # no host synchronisation for the row list
+        return x.copy_(torch.where(flip[:, None, None, None], x.flip(3), x))
+    rows = flip.nonzero().squeeze(1)
+    if rows.numel():
+        x.index_copy_(0, rows, x.index_select(0, rows).flip(3))
+    return x

@@ -1047,9 +1047,9 @@ class TrainingData:
         u8 = u8.to(self.device, non_blocking=True)
         x = uint8_to_float(u8, self.memory_format)
         if self.hflip:
-            from fagan.augment import random_hflip
+            from fagan.augment import random_hflip_
 
-            x = random_hflip(x, generator)
+            x = random_hflip_(x, generator)  # x is this batch's own copy
         if labels is not None:
             labels = labels.to(self.device, non_blocking=True)
         return Batch(x, labels)
