@@ -98,7 +98,19 @@ class GenerateOptions:
         "N x latent_size float tensor saved with torch.save (instead of --num_samples)",
     )
     num_samples: int | None = option(
-        None, int_range(1, 1_000_000), "number of images (default 64), written batch by batch"
+        None,
+        int_range(1, 1_000_000),
+        "number of images (default 64), written batch by batch; with --class, images per "
+        "class (default 64, 8 with --grid)",
+    )
+    classes: list[str] | None = option(
+        None,
+        TEXT,
+        "a class-conditional generator's class, by name or index (repeat it or separate "
+        "with commas for several): one sub-folder of --output_dir per class, or one "
+        "--grid row per class, from the same latents",
+        flag="class",
+        repeat=True,
     )
     seed: int = option(0, SEED, "seed of the latents")
     latent_size: int | None = option(
@@ -129,8 +141,15 @@ class GenerateOptions:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from fagan.classes import abbreviate, describe_classes, generator_classes, resolve_classes
     from fagan.distributed import resolve_device
-    from fagan.generate import load_generator, read_latents, write_images, write_samples
+    from fagan.generate import (
+        load_generator,
+        read_latents,
+        write_class_images,
+        write_images,
+        write_samples,
+    )
 
     opts = options.from_namespace(GenerateOptions, args)
     opts.validate()
@@ -142,8 +161,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
         device=device,
         prefer_ema=opts.prefer_ema,
     )
-    if opts.latents is not None:
-        latents = read_latents(opts.latents, generator.latent_size)
+    num_classes, names = generator_classes(generator)
+    classes = resolve_classes(
+        opts.classes, num_classes, names, required=True, source=opts.generator_file
+    )
+    latents = None if opts.latents is None else read_latents(opts.latents, generator.latent_size)
+    if classes is not None:
+        per_class = opts.num_samples or (8 if opts.grid else 64)
+        count = len(latents) if latents is not None else per_class
+        written = write_class_images(
+            generator,
+            opts.output_dir,
+            classes,
+            latents=latents,
+            num_samples=count,
+            seed=opts.seed,
+            truncation=opts.truncation,
+            batch_size=opts.batch_size,
+            grid=opts.grid,
+        )
+        folders = list(dict.fromkeys(path.parent.name for path in written))
+        where = (
+            f" as {written[0].name} (one row per class)"
+            if opts.grid
+            else f" (one sub-folder per class: {abbreviate(folders)})"
+        )
+        print(
+            f"wrote {count} image(s) for each of {len(classes)} class(es) "
+            f"({describe_classes(num_classes, names, classes)}) to {opts.output_dir}{where}"
+        )
+        return 0
+    if latents is not None:
         count = len(latents)
         written = write_images(
             generator, latents, opts.output_dir, batch_size=opts.batch_size, grid=opts.grid
@@ -236,6 +284,13 @@ def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
         "--loop", action="store_true", help="return to the first seed at the end (a seamless loop)"
     )
     p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        help="the class of every frame, by name or index (required by a class-conditional "
+        "generator)",
+    )
+    p.add_argument(
         "--truncation",
         type=positive_float,
         help="truncate the key latents to |z| <= T (truncation trick)",
@@ -264,6 +319,7 @@ def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
+    from fagan.classes import describe_classes, generator_classes, resolve_classes
     from fagan.distributed import resolve_device
     from fagan.generate import load_generator
     from fagan.interpolate import interpolate, parse_seeds, write_interpolation
@@ -279,6 +335,15 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         prefer_ema=args.prefer_ema,
     )
+    num_classes, names = generator_classes(generator)
+    classes = resolve_classes(
+        args.classes, num_classes, names, required=True, source=args.generator_file
+    )
+    if classes is not None and len(classes) > 1:
+        raise FaganError(
+            f"an interpolation is of one class, got {len(classes)}: "
+            f"{describe_classes(num_classes, names, classes)} (run it once per class)"
+        )
     walk = interpolate(
         generator,
         seeds,
@@ -286,6 +351,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         loop=args.loop,
         truncation=args.truncation,
         batch_size=args.batch_size,
+        label=None if classes is None else classes[0],
     )
     files = write_interpolation(
         walk,
@@ -296,8 +362,11 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         strip_frames=args.strip_frames,
     )
     written = [str(p) for p in (files.gif, files.mp4, files.strip) if p is not None]
+    of_class = (
+        "" if classes is None else f" of class {describe_classes(num_classes, names, classes)}"
+    )
     print(
-        f"wrote {files.num_frames} frames through seeds {','.join(map(str, seeds))}: "
+        f"wrote {files.num_frames} frames{of_class} through seeds {','.join(map(str, seeds))}: "
         + ", ".join(written)
     )
     return 0
@@ -497,6 +566,14 @@ def add_explore_arguments(p: argparse.ArgumentParser) -> None:
         "--seeds", help="comma-separated seeds precomputed for --export (default 0,1,2,3)"
     )
     p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        help="a class-conditional generator's class, by name or index: the class the page "
+        "starts with; with --export, the classes embedded (repeat it or separate with "
+        "commas; default every class)",
+    )
+    p.add_argument(
         "--no_ema",
         dest="prefer_ema",
         action="store_false",
@@ -507,6 +584,7 @@ def add_explore_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_explore(args: argparse.Namespace) -> int:
     from fagan.attention_maps import load_discriminator
+    from fagan.classes import describe_classes, generator_classes, resolve_classes
     from fagan.distributed import resolve_device
     from fagan.explore import Explorer, export_page, make_server
     from fagan.explore.params import TRUNCATION_RANGE, parse_seed_list
@@ -526,17 +604,34 @@ def cmd_explore(args: argparse.Namespace) -> int:
     generator = load_generator(
         args.generator_file, args.generator_config, device=device, prefer_ema=args.prefer_ema
     )
+    num_classes, names = generator_classes(generator)
+    classes = resolve_classes(args.classes, num_classes, names, source=args.generator_file)
+    if classes is not None and len(classes) > 1 and args.export is None:
+        raise FaganError(
+            "the page starts with one class (it offers them all): give one --class, or "
+            "several with --export"
+        )
     discriminator = None
     if args.discriminator_file is not None:
         discriminator = load_discriminator(
             args.discriminator_file, args.discriminator_config, device=device
         )
-    explorer = Explorer(generator, discriminator, truncation=args.truncation)
+    explorer = Explorer(
+        generator,
+        discriminator,
+        truncation=args.truncation,
+        label=None if classes is None else classes[0],
+    )
     if args.export is not None:
-        path = export_page(explorer, seeds, args.export)
+        path = export_page(explorer, seeds, args.export, classes=classes)
+        embedded = (
+            f", classes {describe_classes(num_classes, names, classes or range(num_classes))}"
+            if num_classes
+            else ""
+        )
         print(
             f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, seeds "
-            f"{','.join(map(str, seeds))}): open it in any browser, no server needed"
+            f"{','.join(map(str, seeds))}{embedded}): open it in any browser, no server needed"
         )
         return 0
     server = make_server(explorer, args.host, args.port)

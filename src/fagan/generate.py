@@ -10,7 +10,7 @@ images holds one block of latents and one batch of images at a time
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ __all__ = [
     "load_generator",
     "make_latents",
     "read_latents",
+    "write_class_images",
     "write_images",
     "write_samples",
 ]
@@ -120,15 +121,18 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def _check_grid(count: int, image_size: int | None) -> None:
-    """Refuses a ``--grid`` of more than :data:`MAX_GRID_IMAGES` images or pixels."""
+def _check_grid(count: int, image_size: int | None, columns: int | None = None) -> None:
+    """Refuses a ``--grid`` of more than :data:`MAX_GRID_IMAGES` images or pixels.
+
+    ``columns`` defaults to the square-ish layout of :func:`fagan.sample.grid_uint8`.
+    """
     if count > MAX_GRID_IMAGES:
         raise FaganError(
             f"--grid holds at most {MAX_GRID_IMAGES} images, asked for {count} "
             "(leave out --grid for one file per image)"
         )
     if image_size:
-        columns = max(1, int(count**0.5))
+        columns = min(columns or max(1, int(count**0.5)), count)
         rows = -(-count // columns)
         pixels = ((image_size + 2) * columns + 2) * ((image_size + 2) * rows + 2)
         if pixels > MAX_GRID_PIXELS:
@@ -269,7 +273,11 @@ def _out_of_memory(error: BaseException) -> bool:
 
 @torch.no_grad()
 def generate_batches(
-    generator: Generator, latents: Tensor | Iterable[Tensor], batch_size: int = 64
+    generator: Generator,
+    latents: Tensor | Iterable[Tensor],
+    batch_size: int = 64,
+    *,
+    label: int | None = None,
 ) -> Iterator[Tensor]:
     """Yields generated images (B, 3, S, S) in [-1, 1] on the CPU, batch by batch.
 
@@ -278,9 +286,11 @@ def generate_batches(
         latents: a (N, latent_size) tensor, or blocks of latents such as
             :func:`latent_blocks` gives (regrouped into batches of ``batch_size``).
         batch_size: latents per forward pass.
+        label: the class of every image, for a class-conditional generator.
 
     Raises:
-        FaganError: when a batch does not fit in memory (asking for a smaller batch).
+        FaganError: when a batch does not fit in memory (asking for a smaller batch), a
+            class for an unconditional generator or none for a conditional one.
     """
     device = next(generator.parameters()).device
     batches = (
@@ -288,7 +298,12 @@ def generate_batches(
     )
     for batch in batches:
         try:
-            images = generator(batch.to(device)).float().cpu()
+            if label is None:
+                images = generator(batch.to(device))
+            else:
+                labels = torch.full((batch.shape[0],), label, dtype=torch.long, device=device)
+                images = generator(batch.to(device), labels)
+            images = images.float().cpu()
         except (RuntimeError, MemoryError) as error:
             if not _out_of_memory(error):
                 raise
@@ -365,3 +380,94 @@ def write_samples(
     check_batch_size(batch_size)
     blocks = latent_blocks(num_samples, generator.latent_size, seed, truncation)
     return _write(generator, blocks, num_samples, Path(output_dir), batch_size, grid)
+
+
+def write_class_images(
+    generator: Generator,
+    output_dir: str | Path,
+    classes: Sequence[int],
+    *,
+    latents: Tensor | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    truncation: float | None = None,
+    batch_size: int = 64,
+    grid: bool = False,
+) -> list[Path]:
+    """The same latents through a class-conditional generator once per class.
+
+    Every class gets the same latents (a ``--latents`` file's, or ``num_samples`` drawn
+    from ``seed`` as :func:`write_samples` draws them), so images differ by class only.
+    Without ``grid`` each class's images go to their own sub-folder of ``output_dir``
+    (:func:`fagan.classes.class_folder_names`: the class name, or ``class_<i>``), as
+    ``000000.png``...; with ``grid``, one ``grid.png`` with one row per class, in the
+    order of ``classes``, and one column per latent.
+
+    Bounds (batch size, images per class and in all, grid size) and every output path
+    are checked before any image is generated.
+
+    Args:
+        generator: a class-conditional generator.
+        output_dir: where the sub-folders or the grid go.
+        classes: class indices, each in ``[0, num_classes)``.
+        latents: (N, latent_size) latents; or None to draw ``num_samples`` from ``seed``.
+        num_samples: images per class when ``latents`` is None.
+        seed: seed of drawn latents.
+        truncation: truncate drawn latents to ``|z| <= truncation``.
+        batch_size: images per forward pass.
+        grid: one grid picture instead of one file per image.
+
+    Returns:
+        The files written.
+
+    Raises:
+        FaganError: a bound exceeded, an unconditional generator or a class out of range,
+            a bad seed or truncation, an output that cannot be written, a batch that does
+            not fit in memory.
+    """
+    from fagan.classes import class_folder_names, generator_classes
+
+    num_classes, names = generator_classes(generator)
+    if not num_classes:
+        raise FaganError("images by class need a class-conditional generator")
+    if not classes:
+        raise FaganError("no class to generate images of")
+    for index in classes:
+        if not 0 <= index < num_classes:
+            raise FaganError(f"class {index} is out of range (0 to {num_classes - 1})")
+    check_batch_size(batch_size)
+    if latents is not None:
+        count = int(latents.shape[0])
+
+        def class_latents() -> Iterable[Tensor]:
+            return [latents]
+    else:
+        count = check_num_samples(num_samples if num_samples is not None else 64)
+        latent_blocks(count, generator.latent_size, seed, truncation)  # checks, draws one block
+
+        def class_latents() -> Iterable[Tensor]:
+            return latent_blocks(count, generator.latent_size, seed, truncation)
+
+    check_num_samples(count, "the number of images per class")
+    check_num_samples(count * len(classes), "the number of images")
+    output_dir = Path(output_dir)
+
+    def images_of(index: int) -> Iterator[Tensor]:
+        return generate_batches(generator, class_latents(), batch_size, label=index)
+
+    if grid:
+        total = count * len(classes)
+        _check_grid(total, getattr(generator, "image_size", None), columns=count)
+        target = check_output_file(output_dir / "grid.png")
+        batches = (images for index in classes for images in images_of(index))
+        return [write_grid(grid_uint8_batches(batches, total, nrow=count), target)]
+    folders = [output_dir / name for name in class_folder_names(classes, names)]
+    for folder in folders:
+        check_output_dir(folder)
+    written: list[Path] = []
+    for index, folder in zip(classes, folders, strict=True):
+        done = 0
+        for images in images_of(index):
+            written += save_individual(images, folder, start_index=done)
+            done += images.shape[0]
+    return written

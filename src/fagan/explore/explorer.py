@@ -37,6 +37,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from fagan.attention_maps import LayerAttention, capture_layers, load_image
+from fagan.classes import generator_classes
 from fagan.errors import FaganError
 from fagan.explore.params import (
     MAX_UPLOAD_BYTES,
@@ -92,9 +93,12 @@ class Explorer:
         inline_max_positions: layers with more positions than this are left out of
             :meth:`generate` and answered per query.
         truncation: the truncation the page starts with (None: off).
+        label: the class the page starts with, for a class-conditional generator
+            (default its first class).
 
     Raises:
-        FaganError: a discriminator for another image size than the generator's.
+        FaganError: a discriminator for another image size than the generator's, a
+            class out of range or given to an unconditional generator.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class Explorer:
         *,
         inline_max_positions: int = DEFAULT_INLINE_MAX_POSITIONS,
         truncation: float | None = None,
+        label: int | None = None,
     ) -> None:
         if discriminator is not None and discriminator.image_size != generator.image_size:
             raise FaganError(
@@ -116,12 +121,19 @@ class Explorer:
         self.inline_max_positions = inline_max_positions
         self.truncation = truncation
         self.image_size = generator.image_size
-        self.num_classes = int(getattr(generator, "num_classes", 0) or 0)
+        self.num_classes, self.class_names = generator_classes(generator)
+        if label is not None and not 0 <= label < self.num_classes:
+            raise FaganError(
+                f"class {label} is out of range (0 to {self.num_classes - 1})"
+                if self.num_classes
+                else "the generator is unconditional: it takes no class"
+            )
+        self.label = label if label is not None or not self.num_classes else 0
         self._lock = threading.Lock()
         self._uploads: OrderedDict[str, Tensor] = OrderedDict()
         self._device = next(generator.parameters()).device
         # the layers' names, kinds and grids, from one forward pass
-        first = ImageRequest(0, label=0 if self.num_classes else None)
+        first = ImageRequest(0, label=self.label)
         _, g_layers, _, d_layers = self._forward(first)
         self._layer_meta = {"generator": self._describe(g_layers)}
         if self.discriminator is not None:
@@ -150,6 +162,8 @@ class Explorer:
             "image_size": self.image_size,
             "latent_size": self.generator.latent_size,
             "num_classes": self.num_classes,
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "class": self.label,
             "truncation": self.truncation,
             "layers": self._layer_meta,
             "has_discriminator": self.discriminator is not None,
@@ -173,7 +187,7 @@ class Explorer:
     def _generate_image(self, z: Tensor, label: int | None) -> tuple[Tensor, dict]:
         if label is None:
             layers, images = capture_layers(self.generator, z.to(self._device))
-        else:  # pragma: no cover - no conditional generator exists yet
+        else:
             labels = torch.tensor([label], device=self._device)
             layers, images = capture_layers(_Labelled(self.generator, labels), z.to(self._device))
             layers = {name.removeprefix("generator."): layer for name, layer in layers.items()}
@@ -228,8 +242,8 @@ class Explorer:
         z = self.latent(request).to(self._device)
         if request.label is None:
             return self.generator(z)
-        labels = torch.tensor([request.label], device=self._device)  # pragma: no cover
-        return self.generator(z, labels)  # pragma: no cover
+        labels = torch.tensor([request.label], device=self._device)
+        return self.generator(z, labels)
 
     def generate(self, request: ImageRequest, dtype: str = "float16") -> dict[str, object]:
         """The image of ``request`` with every attention layer's maps and the critic's view.
@@ -393,7 +407,7 @@ class Explorer:
         }
 
 
-class _Labelled(nn.Module):  # pragma: no cover - no conditional generator exists yet
+class _Labelled(nn.Module):
     """A conditional generator with its labels bound, called with latents only."""
 
     def __init__(self, generator: nn.Module, labels: Tensor) -> None:
