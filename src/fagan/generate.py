@@ -12,13 +12,28 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from fagan.checkpoint import is_training_state, load_file, load_state_into, network_state_dict
-from fagan.config import load_config, parse_config, resolve_config_path
-from fagan.errors import FaganError
+from fagan.checkpoint import (
+    check_conditioning_metadata,
+    is_network_file,
+    is_training_state,
+    load_file,
+    load_state_into,
+    network_metadata,
+    network_state_dict,
+)
+from fagan.config import (
+    NetworkSpec,
+    load_config,
+    parse_config,
+    parse_config_text,
+    resolve_config_path,
+)
+from fagan.errors import FaganError, brief_repr
 from fagan.fileio import check_output_dir, check_output_file
 from fagan.latents import seeded_generator, truncated_normal
 from fagan.networks import Generator
@@ -36,6 +51,7 @@ __all__ = [
     "load_generator",
     "make_latents",
     "read_latents",
+    "stored_network",
     "write_class_images",
     "write_images",
     "write_samples",
@@ -55,6 +71,62 @@ LATENT_BLOCK_ELEMENTS = 1 << 22
 _LATENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def stored_network(
+    obj: Any, source: str | Path, role: str, config: str | Path | None = None
+) -> tuple[NetworkSpec, int | None, int | None, dict[str, Any], tuple[str, ...] | None]:
+    """What a loaded weights file says about the network it holds.
+
+    Args:
+        obj: the loaded file: a plain state dict, a network file of a class-conditional
+            run (:func:`fagan.checkpoint.network_file`) or a training state.
+        source: the file, for messages.
+        role: ``"generator"`` or ``"discriminator"``.
+        config: an architecture file or built-in name that replaces the file's own; needed
+            for a plain state dict.
+
+    Returns:
+        The architecture, the latent size and image size the file states (or None), the
+        conditioning keyword arguments of :class:`~fagan.networks.Generator` /
+        :class:`~fagan.networks.Discriminator` (empty for an unconditional network), and
+        the class names (None for an unconditional network).
+
+    Raises:
+        FaganError: a plain state dict without ``config``, or file metadata that is wrong.
+    """
+    conditioning, class_names = network_metadata(obj)
+    check_conditioning_metadata(
+        conditioning, None if class_names is None else list(class_names), str(source)
+    )
+    if is_network_file(obj) and obj.get("role") != role:
+        raise FaganError(
+            f"{source}: this file holds {brief_repr(obj.get('role'), 40)} weights, not {role} "
+            "weights"
+        )
+    short = "gen" if role == "generator" else "dis"
+    latent_size = image_size = None
+    if is_training_state(obj) or is_network_file(obj):
+        latent_size, image_size = obj.get("latent_size"), obj.get("image_size")
+        for name, value in (("latent_size", latent_size), ("image_size", image_size)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise FaganError(f"{source}: '{name}' is not a positive integer: {value!r}")
+    if config is not None:
+        spec = load_config(resolve_config_path(str(config), short))
+    elif is_training_state(obj):
+        spec = parse_config(obj[f"{role}_config"], f"{source} ({role} config)")
+    elif is_network_file(obj):
+        spec = parse_config_text(obj.get("config"), f"{source} ({role} config)")
+    else:
+        raise FaganError(
+            f"{source} is a plain state dict: give --{role}_config for its architecture"
+        )
+    if conditioning is not None and role == "discriminator":
+        if conditioning["conditioning"] == "projection":  # its embedding is the feature size
+            conditioning = {**conditioning, "embedding_dim": None}
+    return spec, latent_size, image_size, conditioning or {}, class_names
+
+
 def load_generator(
     generator_file: str | Path,
     generator_config: str | Path | None = None,
@@ -65,13 +137,19 @@ def load_generator(
 ) -> Generator:
     """Builds a generator and loads its weights, in eval mode.
 
+    A class-conditional generator is built with the conditioning its file states, and
+    ``generator.class_names`` is set to the class names (a tuple of strings, label ``k``
+    named by entry ``k``), or None for an unconditional generator.
+
     Args:
         generator_file: a plain state dict (ours or attn-gan-pytorch's, such as the
-            original project's ``GAN_GEN_<epoch>.pth``) or a training state written by
-            ``fagan train`` (whose EMA generator is used when ``prefer_ema``).
+            original project's ``GAN_GEN_<epoch>.pth``), a class-conditional run's
+            ``GAN_GEN_<epoch>.pth`` (a network file that carries its architecture) or a
+            training state written by ``fagan train`` (whose EMA generator is used when
+            ``prefer_ema``).
         generator_config: the architecture file or built-in name; optional for a
-            training state, which carries its own.
-        latent_size: defaults to the config's first layer's input channels.
+            training state or a network file, which carry their own.
+        latent_size: defaults to the file's, else the config's first layer's input channels.
         device: where to put the network.
         prefer_ema: take the EMA generator from a training state when it has one.
 
@@ -79,18 +157,15 @@ def load_generator(
         FaganError: unreadable or unsafe file, missing config, weights that do not fit.
     """
     obj = load_file(generator_file)
-    if generator_config is not None:
-        spec = load_config(resolve_config_path(str(generator_config), "gen"))
-    elif is_training_state(obj):
-        spec = parse_config(obj["generator_config"], f"{generator_file} (generator config)")
-        latent_size = latent_size or obj.get("latent_size")
-    else:
-        raise FaganError(
-            f"{generator_file} is a plain state dict: give --generator_config for its architecture"
-        )
-    generator = Generator(spec, latent_size or spec.in_channels)
+    spec, stored_latent, _, conditioning, class_names = stored_network(
+        obj, generator_file, "generator", generator_config
+    )
     state = network_state_dict(obj, "generator", prefer_ema=prefer_ema, source=str(generator_file))
+    if generator_config is None:
+        latent_size = latent_size or stored_latent
+    generator = Generator(spec, latent_size or spec.in_channels, **conditioning)
     load_state_into(generator, state, f"generator weights {generator_file}")
+    generator.class_names = class_names
     return generator.to(device).eval()
 
 

@@ -116,6 +116,13 @@ class Explorer:
                 f"{discriminator.image_size} images but the generator makes "
                 f"{generator.image_size}x{generator.image_size}"
             )
+        if discriminator is not None and (discriminator.num_classes or 0) != (
+            generator.num_classes or 0
+        ):
+            raise FaganError(
+                f"the discriminator has {discriminator.num_classes or 0} classes and the "
+                f"generator {generator.num_classes or 0}: they are not of one run"
+            )
         self.generator = generator.eval()
         self.discriminator = discriminator.eval() if discriminator is not None else None
         self.inline_max_positions = inline_max_positions
@@ -190,17 +197,32 @@ class Explorer:
         else:
             labels = torch.tensor([label], device=self._device)
             layers, images = capture_layers(_Labelled(self.generator, labels), z.to(self._device))
-            layers = {name.removeprefix("generator."): layer for name, layer in layers.items()}
-            for name, layer in layers.items():
-                layer.name = name
+            layers = _unprefixed(layers, "generator.")
         return images, layers
 
-    @torch.no_grad()
-    def _discriminate(self, images: Tensor) -> tuple[float | None, dict[str, LayerAttention]]:
-        """The critic on a batch of one image (the generator's output as it is); the score
-        is None when not finite (JSON has no NaN)."""
+    def _critic(self, label: int | None) -> nn.Module:
+        """The discriminator, its class bound when it is class-conditional.
+
+        A conditional critic's attention maps do not depend on the class (projection
+        adds it after the last convolution's input, concat at the last layer), so a
+        query on an upload uses class 0; its score does.
+        """
         assert self.discriminator is not None
-        layers, logits = capture_layers(self.discriminator, images.to(self._device))
+        if not self.num_classes:
+            return self.discriminator
+        labels = torch.tensor([label or 0], device=self._device)
+        return _Labelled(self.discriminator, labels, "discriminator")
+
+    @torch.no_grad()
+    def _discriminate(
+        self, images: Tensor, label: int | None = None
+    ) -> tuple[float | None, dict[str, LayerAttention]]:
+        """The critic on a batch of one image (the generator's output as it is), for
+        ``label`` when it is class-conditional; the score is None when not finite (JSON
+        has no NaN)."""
+        layers, logits = capture_layers(self._critic(label), images.to(self._device))
+        if self.num_classes:
+            layers = _unprefixed(layers, "discriminator.")
         score = float(logits[0])
         return (score if math.isfinite(score) else None), layers
 
@@ -210,7 +232,7 @@ class Explorer:
             images, g_layers = self._generate_image(self.latent(request), request.label)
             d_score = d_layers = None
             if self.discriminator is not None:
-                d_score, d_layers = self._discriminate(images)
+                d_score, d_layers = self._discriminate(images, request.label)
         return images[0].float().cpu(), g_layers, d_score, d_layers
 
     def _layers_json(self, layers: dict[str, LayerAttention], dtype: str) -> list[dict]:
@@ -274,12 +296,13 @@ class Explorer:
         return self.discriminator
 
     def discriminate_upload(
-        self, data: bytes, content_type: str, dtype: str = "float16"
+        self, data: bytes, content_type: str, dtype: str = "float16", label: int | None = None
     ) -> dict[str, object]:
         """The discriminator's score and maps for an uploaded PNG or JPEG.
 
         The image is read as ``fagan attention --image`` reads it (RGB, EXIF orientation,
-        shorter side resized to the model's size, centre crop).
+        shorter side resized to the model's size, centre crop). A class-conditional
+        critic scores it as an image of class ``label``.
 
         Returns:
             ``{"upload" (its SHA-256, for :meth:`query`), "image" (the S x S image the
@@ -291,11 +314,21 @@ class Explorer:
                 undecodable or too many pixels (400).
         """
         self._need_discriminator()
+        if self.num_classes and label is None:
+            raise RequestError(
+                f"the critic is class-conditional: give class (0 to {self.num_classes - 1})"
+            )
+        if label is not None and not 0 <= label < self.num_classes:
+            raise RequestError(
+                "the critic is unconditional: it takes no class"
+                if not self.num_classes
+                else f"class must be from 0 to {self.num_classes - 1}"
+            )
         check_upload(data, content_type)
         key = hashlib.sha256(data).hexdigest()
         image = self._decode_upload(data)
         with torch.no_grad(), self._lock:
-            score, layers = self._discriminate(image[None])
+            score, layers = self._discriminate(image[None], label)
             self._uploads[key] = image
             self._uploads.move_to_end(key)
             while len(self._uploads) > _UPLOADS_KEPT:
@@ -307,6 +340,7 @@ class Explorer:
             "dtype": dtype,
             "generator": None,
             "discriminator": {"score": score, "layers": self._layers_json(layers, dtype)},
+            **({"class": label} if label is not None else {}),
         }
 
     def _decode_upload(self, data: bytes) -> Tensor:
@@ -382,7 +416,7 @@ class Explorer:
                         raise RequestError("an upload goes with net=discriminator")
                     if upload not in self._uploads:
                         raise RequestError("that upload is no longer kept: upload it again", 404)
-                    self.discriminator(self._uploads[upload][None].to(self._device))
+                    self._critic(None)(self._uploads[upload][None].to(self._device))
                 elif request is None:
                     raise RequestError(
                         "give the image: seed (and truncation, seed2, mix) or upload"
@@ -390,7 +424,7 @@ class Explorer:
                 else:
                     image = self._call_generator(request)
                     if net == "discriminator":
-                        self.discriminator(image)
+                        self._critic(request.label)(image)
                 q = layer.query_conv(caught["x"]).float()  # (1, Cq, H_l, W_l)
                 k = layer.key_conv(caught["x"]).float()
         finally:
@@ -408,12 +442,25 @@ class Explorer:
 
 
 class _Labelled(nn.Module):
-    """A conditional generator with its labels bound, called with latents only."""
+    """A conditional network with its labels bound, called with its first input only.
 
-    def __init__(self, generator: nn.Module, labels: Tensor) -> None:
+    The network is registered under ``name`` (``generator``/``discriminator``): its
+    layers' names carry that prefix (see :func:`_unprefixed`).
+    """
+
+    def __init__(self, network: nn.Module, labels: Tensor, name: str = "generator") -> None:
         super().__init__()
-        self.generator = generator
+        self.name = name
+        self.add_module(name, network)
         self.labels = labels
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.generator(z, self.labels)
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(self, self.name)(x, self.labels)
+
+
+def _unprefixed(layers: dict[str, LayerAttention], prefix: str) -> dict[str, LayerAttention]:
+    """Captured layers renamed without the ``prefix`` that :class:`_Labelled` adds."""
+    renamed = {name.removeprefix(prefix): layer for name, layer in layers.items()}
+    for name, layer in renamed.items():
+        layer.name = name
+    return renamed

@@ -153,7 +153,8 @@
     const seq = ++state.seq;
     say(`reading ${file.name}\u2026`);
     try {
-      const result = await api("api/discriminate", {
+      const query = state.info.num_classes > 0 ? `?class=${$("class").value}` : "";
+      const result = await api(`api/discriminate${query}`, {
         method: "POST", body: file, headers: { "Content-Type": file.type },
       });
       result.name = file.name;
