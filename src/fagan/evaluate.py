@@ -77,6 +77,7 @@ from fagan.options import (
     option,
 )
 from fagan.sample import to_uint8
+from fagan.sources import ImageSource
 
 # ``--real_dir demo``: the 100 embedded LFW faces the training demo uses (unless a folder
 # of that name exists, which wins).
@@ -307,7 +308,11 @@ def load_image_folder(
 
 
 def load_labelled_images(
-    real_dir: str | os.PathLike[str], image_size: int, *, progress: bool = False
+    real_dir: str | os.PathLike[str],
+    image_size: int,
+    *,
+    progress: bool = False,
+    source: ImageSource | None = None,
 ) -> tuple[Tensor, np.ndarray | None, tuple[str, ...] | None]:
     """Real images with their classes, read as training reads them.
 
@@ -316,6 +321,7 @@ def load_labelled_images(
             ``dataset.json`` gives labels), or ``demo`` (unlabelled).
         image_size: the side S.
         progress: show a progress bar on stderr.
+        source: ``real_dir`` already listed (:func:`fagan.sources.open_source`).
 
     Returns:
         ``(images, labels, class_names)``: uint8 (N, 3, S, S), (N,) int64 labels or None,
@@ -329,7 +335,8 @@ def load_labelled_images(
 
     if is_demo_faces(real_dir):
         return load_image_folder(real_dir, image_size), None, None
-    source = open_source(real_dir, "auto", flag="--real_dir")
+    if source is None:
+        source = open_source(real_dir, "auto", flag="--real_dir")
     array = load_images(source, image_size, progress=progress)
     images = torch.from_numpy(np.ascontiguousarray(array.images)).permute(0, 3, 1, 2)
     return images.contiguous(), array.labels, array.class_names
@@ -822,21 +829,24 @@ def _run_conditional(
     """``fagan evaluate`` of a class-conditional generator: labelled real images, the
     whole set and each class (:func:`fagan.evaluate_classes.evaluate_conditional`)."""
     from fagan.evaluate_classes import CLASS_METRICS, evaluate_conditional, match_classes
+    from fagan.sources import open_source
 
     num_classes, class_names = generator_classes(generator)
-    say(f"reading labelled real images from {opts.real_dir} at {size}x{size}")
-    real, labels, data_names = load_labelled_images(
-        opts.real_dir, size, progress=metric_opts.progress
-    )
-    if labels is None:
+    where = f"--real_dir {opts.real_dir}"
+    source = None if is_demo_faces(opts.real_dir) else open_source(opts.real_dir, flag="--real_dir")
+    if source is None or source.labels is None:
         raise FaganError(
             f"{opts.generator_file} is class-conditional ({num_classes} classes): --real_dir "
             "must be labelled (a folder with one sub-folder per class, or a dataset zip "
             f"whose dataset.json has labels), and {opts.real_dir} is not"
         )
-    labels = match_classes(
-        num_classes, class_names, labels, data_names, f"--real_dir {opts.real_dir}"
+    match_classes(num_classes, class_names, source.labels, source.class_names, where)  # checks
+    say(f"reading labelled real images from {opts.real_dir} at {size}x{size}")
+    real, labels, data_names = load_labelled_images(
+        opts.real_dir, size, progress=metric_opts.progress, source=source
     )
+    assert labels is not None
+    labels = match_classes(num_classes, class_names, labels, data_names, where)
     n_real = len(real)
     n_fake = opts.num_samples or min(n_real, MAX_DEFAULT_SAMPLES)
     _warn_few_images(names, n_real, n_fake)
