@@ -81,13 +81,16 @@ class LayerAttention:
 
 # --------------------------------------------------------------------------- capture
 @torch.no_grad()
-def capture_layers(model: nn.Module, inputs: Tensor) -> tuple[dict[str, LayerAttention], Tensor]:
+def capture_layers(
+    model: nn.Module, inputs: Tensor, labels: Tensor | None = None
+) -> tuple[dict[str, LayerAttention], Tensor]:
     """Runs ``model`` once on ``inputs`` and keeps every attention layer's map.
 
     Args:
         model: a network with FullAttention/SelfAttention layers (used as it is: put it
             in eval mode first for inference behaviour).
         inputs: its input batch.
+        labels: the batch's class labels, for a class-conditional network.
 
     Returns:
         The layers by name (forward order) and the model's output.
@@ -109,7 +112,7 @@ def capture_layers(model: nn.Module, inputs: Tensor) -> tuple[dict[str, LayerAtt
     handles = [layer.register_forward_hook(keep_grid(name)) for name, layer in layers.items()]
     try:
         with capture_attention(model) as maps:
-            output = model(inputs)
+            output = model(inputs) if labels is None else model(inputs, labels)
             captured = dict(maps)
     finally:
         for handle in handles:

@@ -442,6 +442,13 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=seed, default=0, help="seed of the generated image")
     p.add_argument("--truncation", type=positive_float, help="truncate the latent to |z| <= T")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        help="a class-conditional generator's class for the image, by name or index "
+        "(required for it; a conditional discriminator's maps do not depend on the class)",
+    )
     p.add_argument("--image", help="the real image for the discriminator")
     p.add_argument(
         "--query",
@@ -471,6 +478,8 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
+    import torch
+
     from fagan.attention_maps import (
         capture_layers,
         default_queries,
@@ -479,34 +488,53 @@ def cmd_attention(args: argparse.Namespace) -> int:
         query_cell,
         write_attention_figures,
     )
+    from fagan.classes import describe_classes, generator_classes, resolve_classes
     from fagan.distributed import resolve_device
     from fagan.generate import load_generator, make_latents
 
     device = resolve_device(args.device)
+    labels = None
     if args.generator_file is not None:
         if args.image is not None or args.discriminator_config is not None:
             raise FaganError("--image and --discriminator_config go with --discriminator_file")
         model = load_generator(
             args.generator_file, args.generator_config, device=device, prefer_ema=args.prefer_ema
         )
+        num_classes, names = generator_classes(model)
+        classes = resolve_classes(
+            args.classes, num_classes, names, required=True, source=args.generator_file
+        )
+        if classes is not None and len(classes) > 1:
+            raise FaganError(f"--class: one class for the one image, got {len(classes)}")
         size = model.image_size
         inputs = make_latents(1, model.latent_size, args.seed, args.truncation).to(device)
-        source = f"generated image (seed {args.seed})"
+        source = f"generated image (seed {args.seed}"
+        if classes is not None:
+            labels = torch.tensor(classes, device=device)
+            source += f", class {describe_classes(num_classes, names, classes)}"
+        source += ")"
     else:
         if args.image is None:
             raise FaganError("--discriminator_file needs --image, the real image to look at")
         if args.generator_config is not None or args.truncation is not None:
             raise FaganError("--generator_config and --truncation go with --generator_file")
+        if args.classes is not None:
+            raise FaganError(
+                "--class goes with --generator_file (a discriminator's maps do not depend "
+                "on the class)"
+            )
         model = load_discriminator(
             args.discriminator_file, args.discriminator_config, device=device
         )
+        if model.num_classes:  # any class: the maps are the same for all
+            labels = torch.zeros(1, dtype=torch.long, device=device)
         size = model.image_size
         inputs = load_image(args.image, size).unsqueeze(0).to(device)
         source = f"image {args.image}"
     queries = args.query or default_queries(size, size, args.query_grid)
     for query in queries:
         query_cell(query, (size, size), (1, 1))  # outside the image: fail before any work
-    layers, output = capture_layers(model, inputs)
+    layers, output = capture_layers(model, inputs, labels)
     image = output[0] if args.generator_file is not None else inputs[0]
     written = write_attention_figures(
         layers, image.cpu(), args.output_dir, queries, save_maps=args.save_maps

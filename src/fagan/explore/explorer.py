@@ -191,27 +191,20 @@ class Explorer:
             z = slerp(z, z2, request.mix).to(z.dtype)
         return z
 
-    def _generate_image(self, z: Tensor, label: int | None) -> tuple[Tensor, dict]:
-        if label is None:
-            layers, images = capture_layers(self.generator, z.to(self._device))
-        else:
-            labels = torch.tensor([label], device=self._device)
-            layers, images = capture_layers(_Labelled(self.generator, labels), z.to(self._device))
-            layers = _unprefixed(layers, "generator.")
-        return images, layers
-
-    def _critic(self, label: int | None) -> nn.Module:
-        """The discriminator, its class bound when it is class-conditional.
+    def _labels(self, label: int | None) -> Tensor | None:
+        """A batch of one class label for the networks, None when they are unconditional.
 
         A conditional critic's attention maps do not depend on the class (projection
         adds it after the last convolution's input, concat at the last layer), so a
-        query on an upload uses class 0; its score does.
+        query on an upload runs it with class 0; its score does depend on it.
         """
-        assert self.discriminator is not None
         if not self.num_classes:
-            return self.discriminator
-        labels = torch.tensor([label or 0], device=self._device)
-        return _Labelled(self.discriminator, labels, "discriminator")
+            return None
+        return torch.tensor([label or 0], device=self._device)
+
+    def _generate_image(self, z: Tensor, label: int | None) -> tuple[Tensor, dict]:
+        layers, images = capture_layers(self.generator, z.to(self._device), self._labels(label))
+        return images, layers
 
     @torch.no_grad()
     def _discriminate(
@@ -220,9 +213,10 @@ class Explorer:
         """The critic on a batch of one image (the generator's output as it is), for
         ``label`` when it is class-conditional; the score is None when not finite (JSON
         has no NaN)."""
-        layers, logits = capture_layers(self._critic(label), images.to(self._device))
-        if self.num_classes:
-            layers = _unprefixed(layers, "discriminator.")
+        assert self.discriminator is not None
+        layers, logits = capture_layers(
+            self.discriminator, images.to(self._device), self._labels(label)
+        )
         score = float(logits[0])
         return (score if math.isfinite(score) else None), layers
 
@@ -262,10 +256,13 @@ class Explorer:
 
     def _call_generator(self, request: ImageRequest) -> Tensor:
         z = self.latent(request).to(self._device)
-        if request.label is None:
-            return self.generator(z)
-        labels = torch.tensor([request.label], device=self._device)
-        return self.generator(z, labels)
+        labels = self._labels(request.label)
+        return self.generator(z) if labels is None else self.generator(z, labels)
+
+    def _call_critic(self, images: Tensor, label: int | None) -> Tensor:
+        assert self.discriminator is not None
+        labels = self._labels(label)
+        return self.discriminator(images) if labels is None else self.discriminator(images, labels)
 
     def generate(self, request: ImageRequest, dtype: str = "float16") -> dict[str, object]:
         """The image of ``request`` with every attention layer's maps and the critic's view.
@@ -416,7 +413,7 @@ class Explorer:
                         raise RequestError("an upload goes with net=discriminator")
                     if upload not in self._uploads:
                         raise RequestError("that upload is no longer kept: upload it again", 404)
-                    self._critic(None)(self._uploads[upload][None].to(self._device))
+                    self._call_critic(self._uploads[upload][None].to(self._device), None)
                 elif request is None:
                     raise RequestError(
                         "give the image: seed (and truncation, seed2, mix) or upload"
@@ -424,7 +421,7 @@ class Explorer:
                 else:
                     image = self._call_generator(request)
                     if net == "discriminator":
-                        self._critic(request.label)(image)
+                        self._call_critic(image, request.label)
                 q = layer.query_conv(caught["x"]).float()  # (1, Cq, H_l, W_l)
                 k = layer.key_conv(caught["x"]).float()
         finally:
@@ -439,28 +436,3 @@ class Explorer:
             "cell": list(cell),
             "row": encode_array(row, dtype),
         }
-
-
-class _Labelled(nn.Module):
-    """A conditional network with its labels bound, called with its first input only.
-
-    The network is registered under ``name`` (``generator``/``discriminator``): its
-    layers' names carry that prefix (see :func:`_unprefixed`).
-    """
-
-    def __init__(self, network: nn.Module, labels: Tensor, name: str = "generator") -> None:
-        super().__init__()
-        self.name = name
-        self.add_module(name, network)
-        self.labels = labels
-
-    def forward(self, x: Tensor) -> Tensor:
-        return getattr(self, self.name)(x, self.labels)
-
-
-def _unprefixed(layers: dict[str, LayerAttention], prefix: str) -> dict[str, LayerAttention]:
-    """Captured layers renamed without the ``prefix`` that :class:`_Labelled` adds."""
-    renamed = {name.removeprefix(prefix): layer for name, layer in layers.items()}
-    for name, layer in renamed.items():
-        layer.name = name
-    return renamed
