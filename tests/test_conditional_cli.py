@@ -536,3 +536,23 @@ def test_explore_refuses_bad_classes_in_one_line(models, tmp_path, capsys) -> No
     assert "give one --class, or several with --export" in one_line_error(capsys, "explore")
     assert main([*base, "--class", "emu", "--export", str(tmp_path / "p.html")]) == 2
     assert "'emu' is no class name" in one_line_error(capsys, "explore")
+
+
+# --------------------------------------------------------------------------- attention
+def test_attention_shows_the_class_image(models, tmp_path, capsys) -> None:
+    flags = ["attention", "--generator_file", str(models["generator"]), "--device", "cpu"]
+    assert main([*flags, "--class", "dog", "--output_dir", str(tmp_path / "dog")]) == 0
+    assert "generated image (seed 0, class 1 dog)" in capsys.readouterr().out
+    assert main([*flags, "--class", "cat", "--output_dir", str(tmp_path / "cat")]) == 0
+    capsys.readouterr()
+    dog, cat = (
+        tmp_path / "dog" / "attention_model.0.png",
+        tmp_path / "cat" / "attention_model.0.png",
+    )
+    assert dog.read_bytes() != cat.read_bytes()
+    assert main([*flags, "--output_dir", str(tmp_path / "none")]) == 2
+    assert "give --class" in one_line_error(capsys, "attention")
+    critic = ["attention", "--discriminator_file", str(models["discriminator"]), "--device", "cpu"]
+    image = str(tmp_path / "dog" / "attention_model.0.png")
+    assert main([*critic, "--image", image, "--output_dir", str(tmp_path / "critic")]) == 0
+    assert (tmp_path / "critic" / "attention_model.1.png").is_file()

@@ -458,12 +458,12 @@
     for (const el of document.querySelectorAll(".live-only")) el.hidden = true;
     for (const el of document.querySelectorAll(".static-only")) el.hidden = false;
     const select = $("seed-select");
-    const seen = new Set();
+    const seeds = [];
     for (const result of data.results) {
-      if (seen.has(result.request.seed)) continue;
-      seen.add(result.request.seed);
+      if (seeds.includes(result.request.seed)) continue;
       const option = document.createElement("option");
-      option.value = result.request.seed;
+      option.value = String(seeds.length);
+      seeds.push(result.request.seed);
       option.textContent = result.request.seed +
         (result.request.truncation ? ` (truncation ${result.request.truncation})` : "");
       select.append(option);
@@ -476,7 +476,8 @@
         if (!embedded.has(option.value)) option.remove();
       }
     }
-    const picked = () => data.results.find((result) => result.request.seed === select.value &&
+    const picked = () => data.results.find((result) =>
+      result.request.seed === seeds[Number(select.value)] &&
       (!conditional || String(result.request.class) === $("class").value));
     const showPicked = () => {
       state.seq++;
