@@ -287,6 +287,7 @@ def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
         "--class",
         dest="classes",
         action="append",
+        metavar="CLASS",
         help="the class of every frame, by name or index (required by a class-conditional "
         "generator)",
     )
@@ -446,6 +447,7 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
         "--class",
         dest="classes",
         action="append",
+        metavar="CLASS",
         help="a class-conditional generator's class for the image, by name or index "
         "(required for it; a conditional discriminator's maps do not depend on the class)",
     )
@@ -597,6 +599,7 @@ def add_explore_arguments(p: argparse.ArgumentParser) -> None:
         "--class",
         dest="classes",
         action="append",
+        metavar="CLASS",
         help="a class-conditional generator's class, by name or index: the class the page "
         "starts with; with --export, the classes embedded (repeat it or separate with "
         "commas; default every class)",

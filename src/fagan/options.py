@@ -235,6 +235,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             required=required,
             action=_Record,
             const=_REPEAT if meta.get("repeat") else None,
+            metavar=meta["flag"].upper() if meta.get("flag") else None,
             default=None if required else f.default,
             help=_help(f, text),
         )
