@@ -334,7 +334,7 @@ def test_interpolate_walks_within_one_class(models, generator, tmp_path, capsys)
     ("flags", "message"),
     [
         ([], "is class-conditional (3 classes"),
-        (["--class", "cat,dog"], "an interpolation is of one class, got 2: 0 cat, 1 dog"),
+        (["--class", "cat,dog"], "takes one class here, got 2: 0 cat, 1 dog (an interpolation"),
         (["--class", "9"], "there is no class 9"),
     ],
 )

@@ -28,6 +28,7 @@ __all__ = [
     "describe_classes",
     "generator_classes",
     "resolve_classes",
+    "resolve_one_class",
     "split_class_values",
 ]
 
@@ -164,6 +165,38 @@ def resolve_classes(
         if index not in indices:
             indices.append(index)
     return indices
+
+
+def resolve_one_class(
+    values: str | Sequence[str] | None,
+    num_classes: int,
+    names: Sequence[str] | None = None,
+    *,
+    required: bool = False,
+    source: str = "the generator",
+    flag: str = "--class",
+    why: str = "",
+) -> int | None:
+    """:func:`resolve_classes` for a command that takes one class.
+
+    Args:
+        why: why one class only, added to the message for several (``"an
+            interpolation is of one class: run it once per class"``).
+
+    Raises:
+        FaganError: as :func:`resolve_classes`, or for more than one class.
+    """
+    indices = resolve_classes(
+        values, num_classes, names, required=required, source=source, flag=flag
+    )
+    if indices is None:
+        return None
+    if len(indices) > 1:
+        raise FaganError(
+            f"{flag} takes one class here, got {len(indices)}: "
+            f"{describe_classes(num_classes, names, indices)}" + (f" ({why})" if why else "")
+        )
+    return indices[0]
 
 
 def class_folder_names(indices: Sequence[int], names: Sequence[str] | None) -> list[str]:

@@ -320,7 +320,7 @@ def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from fagan.classes import describe_classes, generator_classes, resolve_classes
+    from fagan.classes import describe_classes, generator_classes, resolve_one_class
     from fagan.distributed import resolve_device
     from fagan.generate import load_generator
     from fagan.interpolate import interpolate, parse_seeds, write_interpolation
@@ -337,14 +337,14 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         prefer_ema=args.prefer_ema,
     )
     num_classes, names = generator_classes(generator)
-    classes = resolve_classes(
-        args.classes, num_classes, names, required=True, source=args.generator_file
+    label = resolve_one_class(
+        args.classes,
+        num_classes,
+        names,
+        required=True,
+        source=args.generator_file,
+        why="an interpolation is of one class: run it once per class",
     )
-    if classes is not None and len(classes) > 1:
-        raise FaganError(
-            f"an interpolation is of one class, got {len(classes)}: "
-            f"{describe_classes(num_classes, names, classes)} (run it once per class)"
-        )
     walk = interpolate(
         generator,
         seeds,
@@ -352,7 +352,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         loop=args.loop,
         truncation=args.truncation,
         batch_size=args.batch_size,
-        label=None if classes is None else classes[0],
+        label=label,
     )
     files = write_interpolation(
         walk,
@@ -363,9 +363,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         strip_frames=args.strip_frames,
     )
     written = [str(p) for p in (files.gif, files.mp4, files.strip) if p is not None]
-    of_class = (
-        "" if classes is None else f" of class {describe_classes(num_classes, names, classes)}"
-    )
+    of_class = "" if label is None else f" of class {describe_classes(num_classes, names, [label])}"
     print(
         f"wrote {files.num_frames} frames{of_class} through seeds {','.join(map(str, seeds))}: "
         + ", ".join(written)
@@ -490,7 +488,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
         query_cell,
         write_attention_figures,
     )
-    from fagan.classes import describe_classes, generator_classes, resolve_classes
+    from fagan.classes import describe_classes, generator_classes, resolve_one_class
     from fagan.distributed import resolve_device
     from fagan.generate import load_generator, make_latents
 
@@ -503,17 +501,20 @@ def cmd_attention(args: argparse.Namespace) -> int:
             args.generator_file, args.generator_config, device=device, prefer_ema=args.prefer_ema
         )
         num_classes, names = generator_classes(model)
-        classes = resolve_classes(
-            args.classes, num_classes, names, required=True, source=args.generator_file
+        label = resolve_one_class(
+            args.classes,
+            num_classes,
+            names,
+            required=True,
+            source=args.generator_file,
+            why="the maps of one image",
         )
-        if classes is not None and len(classes) > 1:
-            raise FaganError(f"--class: one class for the one image, got {len(classes)}")
         size = model.image_size
         inputs = make_latents(1, model.latent_size, args.seed, args.truncation).to(device)
         source = f"generated image (seed {args.seed}"
-        if classes is not None:
-            labels = torch.tensor(classes, device=device)
-            source += f", class {describe_classes(num_classes, names, classes)}"
+        if label is not None:
+            labels = torch.tensor([label], device=device)
+            source += f", class {describe_classes(num_classes, names, [label])}"
         source += ")"
     else:
         if args.image is None:
