@@ -91,17 +91,24 @@ def options(tmp: Path, images: Path | None, **overrides) -> TrainOptions:
 
 
 # --------------------------------------------------------------------------- checkpoint contract
-@pytest.mark.parametrize("scheme", ["projection", "concat"])
+@pytest.mark.parametrize(
+    ("scheme", "embedding_dim"), [("projection", None), ("concat", None), ("projection", 16)]
+)
 def test_conditional_run_writes_its_conditioning_and_classes(
-    tmp_path: Path, digits: Path, scheme: str
+    tmp_path: Path, digits: Path, scheme: str, embedding_dim: int | None
 ) -> None:
     said: list[str] = []
-    result = train(options(tmp_path, digits, conditioning=scheme, max_steps=2), log=said.append)
+    run = options(tmp_path, digits, conditioning=scheme, embedding_dim=embedding_dim, max_steps=2)
+    result = train(run, log=said.append)
     assert result.stopped is StopReason.MAX_STEPS
     models = tmp_path / "models"
     # the start of the run names the classes and their counts, and the conditioning
     assert any("3 classes: 0 16, 1 16, 7 16" in line for line in said)
-    assert f"class-conditional training, {scheme} conditioning, on 3 classes: 0, 1, 7" in said
+    embedded = f", class embedding of {embedding_dim}" if embedding_dim else ""
+    assert (
+        f"class-conditional training, {scheme} conditioning{embedded}, on 3 classes: 0, 1, 7 "
+        "(sample grids: one row per class)" in said
+    )
     resolved = json.loads((models / "options.json").read_text())
     assert resolved["conditioning"] == scheme and resolved["class_names"] == ["0", "1", "7"]
     # the grid: one row per class (3 rows of 4 columns of 32x32 with 2-pixel borders)
@@ -110,7 +117,7 @@ def test_conditional_run_writes_its_conditioning_and_classes(
         cells = np.asarray(grid)
     rows = [cells[2 + 34 * r : 34 * (r + 1), 2:34] for r in range(3)]  # first column
     assert not np.array_equal(rows[0], rows[1])  # one latent, two classes: other images
-    expected = {"num_classes": 3, "conditioning": scheme, "embedding_dim": None}
+    expected = {"num_classes": 3, "conditioning": scheme, "embedding_dim": embedding_dim}
 
     state = load_training_state(models / "training_state.pth")
     assert state["conditioning"] == expected
