@@ -459,3 +459,22 @@ def test_conditioning_really_conditions(tmp_path: Path) -> None:
     assert accuracy > 0.6  # chance: 1/3
     for c in range(3):
         assert distances[c, c] < min(distances[c, r] for r in range(3) if r != c)
+
+
+def test_concat_config_that_takes_the_condition_channels(tmp_path: Path, digits: Path) -> None:
+    """A generator config written for concat conditioning (its first layer takes the latent
+    size plus the classes, as attn-gan-pytorch's conditional configs): --latent_size says
+    how many of those channels are the latent."""
+    text = Path(load_config("small32").source).read_text()
+    assert "channels: [128, 128]" in text
+    conf = tmp_path / "gen_concat.yaml"
+    conf.write_text(text.replace("channels: [128, 128]", "channels: [131, 128]", 1))
+    run = options(
+        tmp_path, digits, conditioning="concat", generator_config=str(conf), latent_size=128
+    )
+    result = train(replace_options(run, tmp_path, max_steps=1))
+    assert result.generator.model[0].query_conv.in_channels == 131  # not widened again
+    state = load_training_state(tmp_path / "models" / "training_state.pth")
+    assert state["latent_size"] == 128 and state["fixed_latents"].shape[1] == 128
+    generator = load_generator(tmp_path / "models" / "GAN_GEN_1.pth")
+    assert generator.latent_size == 128 and generator.class_names == ("0", "1", "7")
