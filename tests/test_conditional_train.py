@@ -68,6 +68,14 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_digits(tmp_path_factory.mktemp("digits"))
 
 
+@pytest.fixture(scope="module")
+def one_step(tmp_path_factory: pytest.TempPathFactory, digits: Path) -> Path:
+    """The folder of a projection-conditional run of one step on :func:`digits`."""
+    folder = tmp_path_factory.mktemp("one_step")
+    train(options(folder, digits, max_steps=1))
+    return folder
+
+
 def options(tmp: Path, images: Path | None, **overrides) -> TrainOptions:
     """A few CPU steps of small32 on ``images`` (48 images, batch 8: 6 batches an epoch)."""
     values = dict(
@@ -205,10 +213,9 @@ def test_old_training_states_without_the_keys_load_as_unconditional(
     ],
 )
 def test_validation_names_the_wrong_conditioning_field(
-    tmp_path: Path, digits: Path, change: dict, message: str
+    one_step: Path, change: dict, message: str
 ) -> None:
-    train(options(tmp_path, digits, max_steps=1))
-    state = load_file(tmp_path / "models" / "training_state.pth")
+    state = load_file(one_step / "models" / "training_state.pth")
     validate_training_state(state, "run.pth")
     state.update(change)
     with pytest.raises(FaganError, match=message):
@@ -259,11 +266,10 @@ def test_conditional_resume_is_bitwise_exact(tmp_path: Path, digits: Path) -> No
 
 
 @pytest.mark.parametrize("other", ["concat", "none"])
-def test_resume_refuses_another_conditioning(tmp_path: Path, digits: Path, other: str) -> None:
-    train(options(tmp_path, digits, max_steps=1))
+def test_resume_refuses_another_conditioning(one_step: Path, other: str) -> None:
     again = TrainOptions(
-        model_dir=str(tmp_path / "models"),
-        sample_dir=str(tmp_path / "samples"),
+        model_dir=str(one_step / "models"),
+        sample_dir=str(one_step / "samples"),
         resume=True,
         conditioning=other,
     )
