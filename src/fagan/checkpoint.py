@@ -8,6 +8,9 @@
   a resume uses any of it; latents from a file by :func:`check_latents`.
 * Every file is written atomically (temporary file in the same folder, fsync,
   ``os.replace``): a crash or a full disk mid-write leaves the previous file intact.
+* A class-conditional run's per-epoch weights are network files (:func:`network_file`):
+  the state dict with the architecture, latent size, conditioning and class names that
+  rebuild the network; an unconditional run's are plain state dicts, as the original's.
 * State dicts saved by attn-gan-pytorch (``...residual_conv.module.weight_bar``,
   ``weight_u``, ``weight_v``) are recognised and converted wherever generator or
   discriminator weights are accepted.

@@ -8,7 +8,9 @@ the one :class:`~fagan.train_state.TrainState` that every step changes (resumed 
 ``training_state.pth`` with ``--resume``), the run folder. After it come the end-of-run
 outputs (loss plot, progress GIF). Everything a run writes lives under ``--model_dir``
 and ``--sample_dir``. Precision is chosen once (an autocast context and a gradient scaler
-that are no-ops in fp32), so the steps have no precision branches.
+that are no-ops in fp32), so the steps have no precision branches. A class-conditional run
+(``--conditioning``, :mod:`fagan.train_conditioning`) gives both steps the real batch's
+labels: the fakes are made for them and both batches are scored with them.
 """
 
 from __future__ import annotations
