@@ -257,3 +257,63 @@ def test_exported_page_works_from_disk_without_a_server(
     assert fetched_elsewhere(browser, "file://") == []
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
+
+
+def test_class_picker_of_a_conditional_generator(browser, tmp_path: Path) -> None:
+    """The page lists the classes by name, starts with the explorer's class, and asks for
+    (live) or shows (exported) the image of the class picked."""
+    from test_conditional_cli import CLASSES, conditional_networks
+
+    generator, discriminator = conditional_networks()
+    generator.class_names = tuple(CLASSES)
+    explorer = Explorer(generator, discriminator, label=1)
+
+    def expected(seed: int, label: int) -> np.ndarray:
+        with torch.no_grad():
+            image = generator(make_latents(1, 128, seed), torch.tensor([label]))
+        return (
+            ((image[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        )
+
+    def pick(label: int, status: str) -> None:
+        browser.execute_script(
+            f"const s = document.getElementById('class'); s.value = '{label}';"
+            "s.dispatchEvent(new Event('change'));"
+        )
+        wait_for(browser, f"return document.getElementById('status').textContent === '{status}'")
+
+    options = "return [...document.getElementById('class').options].map(o => o.textContent)"
+    httpd = make_server(explorer, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        browser.get(httpd.url)
+        wait_for(browser, "return document.body.dataset.ready")
+        assert browser.execute_script(options) == ["0 \u00b7 cat", "1 \u00b7 dog", "2 \u00b7 bird"]
+        assert browser.find_element(By.ID, "class-row").is_displayed()
+        wait_for(
+            browser,
+            "return document.getElementById('status').textContent === 'seed 0, class 1 \u00b7 dog'",
+        )
+        assert np.array_equal(image_pixels(browser), expected(0, 1))
+        pick(2, "seed 0, class 2 \u00b7 bird")
+        assert np.array_equal(image_pixels(browser), expected(0, 2))
+        fetched = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        assert any("/api/generate?" in url and "class=2" in url for url in fetched)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    page = export_page(explorer, [3], tmp_path / "classes.html", classes=[2, 0])
+    browser.get(page.as_uri())
+    wait_for(browser, "return document.body.dataset.ready")
+    assert browser.execute_script(options) == ["0 \u00b7 cat", "2 \u00b7 bird"]
+    wait_for(
+        browser,
+        "return document.getElementById('status').textContent === 'seed 3, class 0 \u00b7 cat'",
+    )
+    assert np.array_equal(image_pixels(browser), expected(3, 0))
+    pick(2, "seed 3, class 2 \u00b7 bird")
+    assert np.array_equal(image_pixels(browser), expected(3, 2))
+    assert fetched_elsewhere(browser, "file://") == []

@@ -37,6 +37,8 @@ STATE_KEYS = {
     "latent_size",
     "image_size",
     "options",
+    "conditioning",
+    "class_names",
 }
 
 

@@ -24,13 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fagan.checkpoint import (
-    is_training_state,
     load_file,
     load_state_into,
     network_state_dict,
     save_file,
 )
-from fagan.config import load_config, parse_config, resolve_config_path
 from fagan.errors import FaganError
 from fagan.fileio import check_output_dir, check_output_file
 from fagan.layers.attention import FullAttention, attention_layers, capture_attention
@@ -83,13 +81,16 @@ class LayerAttention:
 
 # --------------------------------------------------------------------------- capture
 @torch.no_grad()
-def capture_layers(model: nn.Module, inputs: Tensor) -> tuple[dict[str, LayerAttention], Tensor]:
+def capture_layers(
+    model: nn.Module, inputs: Tensor, labels: Tensor | None = None
+) -> tuple[dict[str, LayerAttention], Tensor]:
     """Runs ``model`` once on ``inputs`` and keeps every attention layer's map.
 
     Args:
         model: a network with FullAttention/SelfAttention layers (used as it is: put it
             in eval mode first for inference behaviour).
         inputs: its input batch.
+        labels: the batch's class labels, for a class-conditional network.
 
     Returns:
         The layers by name (forward order) and the model's output.
@@ -111,7 +112,7 @@ def capture_layers(model: nn.Module, inputs: Tensor) -> tuple[dict[str, LayerAtt
     handles = [layer.register_forward_hook(keep_grid(name)) for name, layer in layers.items()]
     try:
         with capture_attention(model) as maps:
-            output = model(inputs)
+            output = model(inputs) if labels is None else model(inputs, labels)
             captured = dict(maps)
     finally:
         for handle in handles:
@@ -361,32 +362,31 @@ def load_discriminator(
 ) -> Discriminator:
     """Builds a discriminator and loads its weights, in eval mode.
 
+    A class-conditional discriminator is built with the conditioning its file states;
+    ``discriminator.class_names`` is set to its class names, or None when unconditional.
+
     Args:
         discriminator_file: a plain state dict (``GAN_DIS_<epoch>.pth``, ours or
-            attn-gan-pytorch's) or a training state.
+            attn-gan-pytorch's), a class-conditional run's ``GAN_DIS_<epoch>.pth`` (a
+            network file) or a training state.
         discriminator_config: the architecture (optional for a training state).
         device: where to put it.
 
     Raises:
         FaganError: unreadable file, missing config, weights that do not fit.
     """
+    from fagan.generate import stored_network
+
     obj = load_file(discriminator_file)
-    image_size = None
+    spec, _, image_size, conditioning, class_names = stored_network(
+        obj, discriminator_file, "discriminator", discriminator_config
+    )
     if discriminator_config is not None:
-        spec = load_config(resolve_config_path(str(discriminator_config), "dis"))
-    elif is_training_state(obj):
-        spec = parse_config(
-            obj["discriminator_config"], f"{discriminator_file} (discriminator config)"
-        )
-        image_size = obj.get("image_size")
-    else:
-        raise FaganError(
-            f"{discriminator_file} is a plain state dict: give "
-            "--discriminator_config for its architecture"
-        )
-    discriminator = Discriminator(spec, image_size)
+        image_size = None
+    discriminator = Discriminator(spec, image_size, **conditioning)
     state = network_state_dict(obj, "discriminator", source=str(discriminator_file))
     load_state_into(discriminator, state, f"discriminator weights {discriminator_file}")
+    discriminator.class_names = class_names
     return discriminator.to(device).eval()
 
 

@@ -8,6 +8,9 @@
   a resume uses any of it; latents from a file by :func:`check_latents`.
 * Every file is written atomically (temporary file in the same folder, fsync,
   ``os.replace``): a crash or a full disk mid-write leaves the previous file intact.
+* A class-conditional run's per-epoch weights are network files (:func:`network_file`):
+  the state dict with the architecture, latent size, conditioning and class names that
+  rebuild the network; an unconditional run's are plain state dicts, as the original's.
 * State dicts saved by attn-gan-pytorch (``...residual_conv.module.weight_bar``,
   ``weight_u``, ``weight_v``) are recognised and converted wherever generator or
   discriminator weights are accepted.
@@ -31,6 +34,11 @@ from fagan.errors import FaganError, brief_repr, brief_text, describe_tensor
 from fagan.fileio import atomic_write
 
 TRAINING_STATE_FORMAT = "fagan-training-state"
+#: The ``"format"`` of the per-epoch weights files of a class-conditional run
+#: (:func:`network_file`); an unconditional run writes plain state dicts, as the original.
+NETWORK_FILE_FORMAT = "fagan-network"
+#: The roles a network file holds.
+NETWORK_ROLES = ("generator", "discriminator")
 #: The newest training-state layout this version reads.
 TRAINING_STATE_VERSION = 1
 _LEGACY_SUFFIXES = (".module.weight_bar", ".module.weight_u", ".module.weight_v")
@@ -240,6 +248,130 @@ def is_training_state(obj: Any) -> bool:
     return isinstance(obj, Mapping) and obj.get("format") == TRAINING_STATE_FORMAT
 
 
+def is_network_file(obj: Any) -> bool:
+    """Whether ``obj`` is a network file of a class-conditional run (:func:`network_file`)."""
+    return isinstance(obj, Mapping) and obj.get("format") == NETWORK_FILE_FORMAT
+
+
+def network_file(
+    role: str,
+    weights: Mapping[str, Tensor],
+    config: str,
+    latent_size: int,
+    conditioning: Mapping[str, Any],
+    class_names: list[str] | tuple[str, ...],
+    image_size: int | None = None,
+) -> dict[str, Any]:
+    """The contents of a class-conditional run's ``GAN_GEN_<e>.pth`` / ``GAN_DIS_<e>.pth``.
+
+    A conditional network cannot be rebuilt from its weights and architecture alone: the
+    file also carries its conditioning (``Generator.conditioning_options``) and the class
+    names, so ``fagan generate`` and the other readers need nothing else.
+
+    Args:
+        role: ``"generator"`` or ``"discriminator"``.
+        weights: the network's state dict.
+        config: the network's architecture as YAML text (as ``gen.yaml`` / ``dis.yaml``).
+        latent_size: the run's latent size.
+        conditioning: ``{"num_classes", "conditioning", "embedding_dim"}``.
+        class_names: one name per class.
+        image_size: the run's image size, stored when given.
+
+    Raises:
+        ValueError: for a role other than the two, or conditioning or class names that
+            :func:`check_conditioning_metadata` refuses (a programming error).
+    """
+    if role not in NETWORK_ROLES:
+        raise ValueError(f"role must be one of {NETWORK_ROLES}, got {role!r}")
+    try:
+        check_conditioning_metadata(dict(conditioning), list(class_names), "network file")
+    except FaganError as error:
+        raise ValueError(str(error)) from None
+    contents: dict[str, Any] = {
+        "format": NETWORK_FILE_FORMAT,
+        "role": role,
+        "weights": dict(weights),
+        "config": config,
+        "latent_size": latent_size,
+        "conditioning": dict(conditioning),
+        "class_names": list(class_names),
+    }
+    if image_size is not None:
+        contents["image_size"] = image_size
+    return contents
+
+
+def check_conditioning_metadata(conditioning: Any, class_names: Any, source: str) -> None:
+    """Checks a file's ``conditioning`` and ``class_names`` entries.
+
+    ``conditioning`` is None (an unconditional network) or a mapping of exactly
+    ``num_classes`` (an integer >= 1), ``conditioning`` (``"projection"`` or
+    ``"concat"``) and ``embedding_dim`` (None or an integer >= 1); ``class_names`` is
+    None, or for a conditional network a list of ``num_classes`` strings.
+
+    Raises:
+        FaganError: one line naming ``source`` and the entry that is wrong.
+    """
+    from fagan.layers.conditional import CONDITIONING_SCHEMES
+
+    if conditioning is None:
+        if class_names is not None:
+            raise FaganError(
+                f"{source}: 'class_names' is set but 'conditioning' is None "
+                "(an unconditional network has no classes)"
+            )
+        return
+    keys = ("num_classes", "conditioning", "embedding_dim")
+    if not isinstance(conditioning, Mapping) or sorted(map(str, conditioning)) != sorted(keys):
+        raise FaganError(
+            f"{source}: 'conditioning': expected None or a mapping of {', '.join(keys)}, "
+            f"found {_found(conditioning)}"
+        )
+    num_classes = conditioning["num_classes"]
+    if not _is_count(num_classes, 1):
+        raise FaganError(
+            f"{source}: 'conditioning'['num_classes']: expected a positive integer, "
+            f"found {_found(num_classes)}"
+        )
+    if conditioning["conditioning"] not in CONDITIONING_SCHEMES:
+        raise FaganError(
+            f"{source}: 'conditioning'['conditioning']: expected one of "
+            f"{', '.join(CONDITIONING_SCHEMES)}, found {_found(conditioning['conditioning'])}"
+        )
+    embedding_dim = conditioning["embedding_dim"]
+    if embedding_dim is not None and not _is_count(embedding_dim, 1):
+        raise FaganError(
+            f"{source}: 'conditioning'['embedding_dim']: expected None or a positive "
+            f"integer, found {_found(embedding_dim)}"
+        )
+    if (
+        not isinstance(class_names, list)
+        or len(class_names) != num_classes
+        or not all(isinstance(name, str) for name in class_names)
+    ):
+        raise FaganError(
+            f"{source}: 'class_names': expected a list of {num_classes} class names "
+            f"(one per class), found {_found(class_names)}"
+        )
+
+
+def network_metadata(obj: Any) -> tuple[dict[str, Any] | None, tuple[str, ...] | None]:
+    """The conditioning options and class names a loaded file states: a training state's
+    or a network file's (None, None for a plain state dict or an unconditional run's state).
+
+    The values are as stored; :func:`validate_training_state` and
+    :func:`check_conditioning_metadata` check them.
+    """
+    if not (is_training_state(obj) or is_network_file(obj)):
+        return None, None
+    conditioning = obj.get("conditioning")
+    names = obj.get("class_names")
+    return (
+        None if conditioning is None else dict(conditioning),
+        None if names is None else tuple(names),
+    )
+
+
 # --------------------------------------------------------------------------- validation
 #: The fields ``fagan train --resume`` reads from a training state.
 TRAINING_STATE_FIELDS = (
@@ -329,7 +461,9 @@ def validate_training_state(state: Any, path: str | Path) -> None:
     states; ``fixed_latents`` a dense 2-D float tensor as wide as the generator's input;
     the two configs valid architectures (:func:`fagan.config.parse_config`, with its size
     guard); ``sampler`` and ``options`` mappings; ``latent_size``/``image_size`` positive
-    integers where present.
+    integers where present. A class-conditional run's ``conditioning`` and
+    ``class_names`` (:func:`check_conditioning_metadata`; a state without them is an
+    unconditional run's) and its ``fixed_labels``, one int64 class label per fixed latent.
 
     Raises:
         FaganError: one line naming the file and the first field that is wrong.
@@ -380,16 +514,45 @@ def validate_training_state(state: Any, path: str | Path) -> None:
         if not isinstance(state[field], dict):
             raise fail(f"'{field}'", f"expected a config mapping, found {_found(state[field])}")
         specs[field] = parse_config(state[field], f"{path} (training state field '{field}')")
-    latent_size = specs["generator_config"].in_channels
-    if state.get("latent_size", latent_size) != latent_size:
+    conditioning = state.get("conditioning")
+    check_conditioning_metadata(
+        conditioning, state.get("class_names"), f"{path}: training state field"
+    )
+    in_channels = specs["generator_config"].in_channels
+    latent_size = state.get("latent_size", in_channels)
+    allowed = [in_channels]
+    if conditioning is not None and conditioning["conditioning"] == "concat":
+        # a config written for concat conditioning takes the condition channels too
+        allowed.append(in_channels - (conditioning["embedding_dim"] or conditioning["num_classes"]))
+    if latent_size not in allowed:
         raise fail(
             "'latent_size'",
             f"{state['latent_size']} differs from the generator "
-            f"config's input channels, {latent_size}",
+            f"config's input channels, {in_channels}",
         )
+    if conditioning is not None:
+        fixed_labels = state.get("fixed_labels")
+        if not _is_plain_tensor(fixed_labels) or fixed_labels.dtype != torch.int64:
+            raise fail("'fixed_labels'", f"expected an int64 tensor, found {_found(fixed_labels)}")
+        if fixed_labels.numel() and not (
+            0 <= int(fixed_labels.min()) and int(fixed_labels.max()) < conditioning["num_classes"]
+        ):
+            raise fail(
+                "'fixed_labels'",
+                f"labels outside [0, {conditioning['num_classes']}) for "
+                f"{conditioning['num_classes']} classes",
+            )
     check_latents(
         state["fixed_latents"], f"{path}: training state field 'fixed_latents'", latent_size
     )
+    if conditioning is not None and tuple(state["fixed_labels"].shape) != (
+        len(state["fixed_latents"]),
+    ):
+        raise fail(
+            "'fixed_labels'",
+            f"expected one label per fixed latent ({len(state['fixed_latents'])}), found "
+            f"shape {list(state['fixed_labels'].shape)}",
+        )
 
 
 def _check_state_dict(value: Any, field: str, fail: Any) -> None:
@@ -606,10 +769,22 @@ def network_state_dict(
     """Finds the state dict for ``role`` (``generator`` or ``discriminator``) in a loaded file.
 
     Accepts a plain state dict (ours, attn-gan-pytorch's, or one saved from a
-    ``DataParallel``/DDP/compiled wrapper) or a full training state, from which the
-    EMA generator is taken when ``prefer_ema`` and present.
+    ``DataParallel``/DDP/compiled wrapper), a network file of a class-conditional run
+    (:func:`network_file`, its role must be ``role``), or a full training state, from
+    which the EMA generator is taken when ``prefer_ema`` and present.
     """
-    if is_training_state(obj):
+    if is_network_file(obj):
+        if obj.get("role") != role:
+            raise FaganError(
+                f"{source}: this file holds {brief_repr(obj.get('role'), 40)} weights, "
+                f"not {role} weights"
+            )
+        state = obj.get("weights")
+        if not isinstance(state, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+        ):
+            raise FaganError(f"{source}: its 'weights' are not a state dict of tensors")
+    elif is_training_state(obj):
         key = role
         if role == "generator" and prefer_ema and obj.get("ema_generator") is not None:
             key = "ema_generator"

@@ -98,7 +98,19 @@ class GenerateOptions:
         "N x latent_size float tensor saved with torch.save (instead of --num_samples)",
     )
     num_samples: int | None = option(
-        None, int_range(1, 1_000_000), "number of images (default 64), written batch by batch"
+        None,
+        int_range(1, 1_000_000),
+        "number of images (default 64), written batch by batch; with --class, images per "
+        "class (default 64, 8 with --grid)",
+    )
+    classes: list[str] | None = option(
+        None,
+        TEXT,
+        "a class-conditional generator's class, by name or index (repeat it or separate "
+        "with commas for several): one sub-folder of --output_dir per class, or one "
+        "--grid row per class, from the same latents",
+        flag="class",
+        repeat=True,
     )
     seed: int = option(0, SEED, "seed of the latents")
     latent_size: int | None = option(
@@ -129,8 +141,15 @@ class GenerateOptions:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from fagan.classes import abbreviate, describe_classes, generator_classes, resolve_classes
     from fagan.distributed import resolve_device
-    from fagan.generate import load_generator, read_latents, write_images, write_samples
+    from fagan.generate import (
+        load_generator,
+        read_latents,
+        write_class_images,
+        write_images,
+        write_samples,
+    )
 
     opts = options.from_namespace(GenerateOptions, args)
     opts.validate()
@@ -142,8 +161,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
         device=device,
         prefer_ema=opts.prefer_ema,
     )
-    if opts.latents is not None:
-        latents = read_latents(opts.latents, generator.latent_size)
+    num_classes, names = generator_classes(generator)
+    classes = resolve_classes(
+        opts.classes, num_classes, names, required=True, source=opts.generator_file
+    )
+    latents = None if opts.latents is None else read_latents(opts.latents, generator.latent_size)
+    if classes is not None:
+        per_class = opts.num_samples or (8 if opts.grid else 64)
+        count = len(latents) if latents is not None else per_class
+        written = write_class_images(
+            generator,
+            opts.output_dir,
+            classes,
+            latents=latents,
+            num_samples=count,
+            seed=opts.seed,
+            truncation=opts.truncation,
+            batch_size=opts.batch_size,
+            grid=opts.grid,
+        )
+        folders = list(dict.fromkeys(path.parent.name for path in written))
+        where = (
+            f" as {written[0].name} (one row per class)"
+            if opts.grid
+            else f" (one sub-folder per class: {abbreviate(folders)})"
+        )
+        print(
+            f"wrote {count} image(s) for each of {len(classes)} class(es) "
+            f"({describe_classes(num_classes, names, classes)}) to {opts.output_dir}{where}"
+        )
+        return 0
+    if latents is not None:
         count = len(latents)
         written = write_images(
             generator, latents, opts.output_dir, batch_size=opts.batch_size, grid=opts.grid
@@ -236,6 +284,14 @@ def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
         "--loop", action="store_true", help="return to the first seed at the end (a seamless loop)"
     )
     p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="CLASS",
+        help="the class of every frame, by name or index (required by a class-conditional "
+        "generator)",
+    )
+    p.add_argument(
         "--truncation",
         type=positive_float,
         help="truncate the key latents to |z| <= T (truncation trick)",
@@ -264,6 +320,7 @@ def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
+    from fagan.classes import describe_classes, generator_classes, resolve_one_class
     from fagan.distributed import resolve_device
     from fagan.generate import load_generator
     from fagan.interpolate import interpolate, parse_seeds, write_interpolation
@@ -279,6 +336,15 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         prefer_ema=args.prefer_ema,
     )
+    num_classes, names = generator_classes(generator)
+    label = resolve_one_class(
+        args.classes,
+        num_classes,
+        names,
+        required=True,
+        source=args.generator_file,
+        why="an interpolation is of one class: run it once per class",
+    )
     walk = interpolate(
         generator,
         seeds,
@@ -286,6 +352,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         loop=args.loop,
         truncation=args.truncation,
         batch_size=args.batch_size,
+        label=label,
     )
     files = write_interpolation(
         walk,
@@ -296,8 +363,9 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         strip_frames=args.strip_frames,
     )
     written = [str(p) for p in (files.gif, files.mp4, files.strip) if p is not None]
+    of_class = "" if label is None else f" of class {describe_classes(num_classes, names, [label])}"
     print(
-        f"wrote {files.num_frames} frames through seeds {','.join(map(str, seeds))}: "
+        f"wrote {files.num_frames} frames{of_class} through seeds {','.join(map(str, seeds))}: "
         + ", ".join(written)
     )
     return 0
@@ -373,6 +441,14 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=seed, default=0, help="seed of the generated image")
     p.add_argument("--truncation", type=positive_float, help="truncate the latent to |z| <= T")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="CLASS",
+        help="a class-conditional generator's class for the image, by name or index "
+        "(required for it; a conditional discriminator's maps do not depend on the class)",
+    )
     p.add_argument("--image", help="the real image for the discriminator")
     p.add_argument(
         "--query",
@@ -402,6 +478,8 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
+    import torch
+
     from fagan.attention_maps import (
         capture_layers,
         default_queries,
@@ -410,34 +488,56 @@ def cmd_attention(args: argparse.Namespace) -> int:
         query_cell,
         write_attention_figures,
     )
+    from fagan.classes import describe_classes, generator_classes, resolve_one_class
     from fagan.distributed import resolve_device
     from fagan.generate import load_generator, make_latents
 
     device = resolve_device(args.device)
+    labels = None
     if args.generator_file is not None:
         if args.image is not None or args.discriminator_config is not None:
             raise FaganError("--image and --discriminator_config go with --discriminator_file")
         model = load_generator(
             args.generator_file, args.generator_config, device=device, prefer_ema=args.prefer_ema
         )
+        num_classes, names = generator_classes(model)
+        label = resolve_one_class(
+            args.classes,
+            num_classes,
+            names,
+            required=True,
+            source=args.generator_file,
+            why="the maps of one image",
+        )
         size = model.image_size
         inputs = make_latents(1, model.latent_size, args.seed, args.truncation).to(device)
-        source = f"generated image (seed {args.seed})"
+        source = f"generated image (seed {args.seed}"
+        if label is not None:
+            labels = torch.tensor([label], device=device)
+            source += f", class {describe_classes(num_classes, names, [label])}"
+        source += ")"
     else:
         if args.image is None:
             raise FaganError("--discriminator_file needs --image, the real image to look at")
         if args.generator_config is not None or args.truncation is not None:
             raise FaganError("--generator_config and --truncation go with --generator_file")
+        if args.classes is not None:
+            raise FaganError(
+                "--class goes with --generator_file (a discriminator's maps do not depend "
+                "on the class)"
+            )
         model = load_discriminator(
             args.discriminator_file, args.discriminator_config, device=device
         )
+        if model.num_classes:  # any class: the maps are the same for all
+            labels = torch.zeros(1, dtype=torch.long, device=device)
         size = model.image_size
         inputs = load_image(args.image, size).unsqueeze(0).to(device)
         source = f"image {args.image}"
     queries = args.query or default_queries(size, size, args.query_grid)
     for query in queries:
         query_cell(query, (size, size), (1, 1))  # outside the image: fail before any work
-    layers, output = capture_layers(model, inputs)
+    layers, output = capture_layers(model, inputs, labels)
     image = output[0] if args.generator_file is not None else inputs[0]
     written = write_attention_figures(
         layers, image.cpu(), args.output_dir, queries, save_maps=args.save_maps
@@ -497,6 +597,15 @@ def add_explore_arguments(p: argparse.ArgumentParser) -> None:
         "--seeds", help="comma-separated seeds precomputed for --export (default 0,1,2,3)"
     )
     p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="CLASS",
+        help="a class-conditional generator's class, by name or index: the class the page "
+        "starts with; with --export, the classes embedded (repeat it or separate with "
+        "commas; default every class)",
+    )
+    p.add_argument(
         "--no_ema",
         dest="prefer_ema",
         action="store_false",
@@ -507,6 +616,7 @@ def add_explore_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_explore(args: argparse.Namespace) -> int:
     from fagan.attention_maps import load_discriminator
+    from fagan.classes import describe_classes, generator_classes, resolve_classes
     from fagan.distributed import resolve_device
     from fagan.explore import Explorer, export_page, make_server
     from fagan.explore.params import TRUNCATION_RANGE, parse_seed_list
@@ -526,17 +636,34 @@ def cmd_explore(args: argparse.Namespace) -> int:
     generator = load_generator(
         args.generator_file, args.generator_config, device=device, prefer_ema=args.prefer_ema
     )
+    num_classes, names = generator_classes(generator)
+    classes = resolve_classes(args.classes, num_classes, names, source=args.generator_file)
+    if classes is not None and len(classes) > 1 and args.export is None:
+        raise FaganError(
+            "the page starts with one class (it offers them all): give one --class, or "
+            "several with --export"
+        )
     discriminator = None
     if args.discriminator_file is not None:
         discriminator = load_discriminator(
             args.discriminator_file, args.discriminator_config, device=device
         )
-    explorer = Explorer(generator, discriminator, truncation=args.truncation)
+    explorer = Explorer(
+        generator,
+        discriminator,
+        truncation=args.truncation,
+        label=None if classes is None else classes[0],
+    )
     if args.export is not None:
-        path = export_page(explorer, seeds, args.export)
+        path = export_page(explorer, seeds, args.export, classes=classes)
+        embedded = (
+            f", classes {describe_classes(num_classes, names, classes or range(num_classes))}"
+            if num_classes
+            else ""
+        )
         print(
             f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, seeds "
-            f"{','.join(map(str, seeds))}): open it in any browser, no server needed"
+            f"{','.join(map(str, seeds))}{embedded}): open it in any browser, no server needed"
         )
         return 0
     server = make_server(explorer, args.host, args.port)

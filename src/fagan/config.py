@@ -116,10 +116,14 @@ class NetworkSpec:
     Attributes:
         layers: the layer specs in order.
         source: where it was read from (for messages).
+        conditioning: the class conditioning the file asks ``fagan train`` for
+            (``"projection"`` or ``"concat"``; its optional top-level ``conditioning:``
+            key), or None.
     """
 
     layers: tuple[LayerSpec, ...]
     source: str = "<config>"
+    conditioning: str | None = None
 
     @property
     def in_channels(self) -> int:
@@ -188,6 +192,9 @@ _TUPLE = re.compile(rf"^\(?{_INT},{_INT}\)?$")
 # Longer strings are not a tuple or an activation, and are not parsed to find out.
 _MAX_TUPLE_TEXT = 64
 _MAX_ACTIVATION_TEXT = 64
+#: Values of a config's optional top-level 'conditioning:' key (what ``fagan train`` uses when
+#: ``--conditioning`` is not given).
+CONDITIONING_KEYS = ("projection", "concat", "none")
 
 
 class _Field:
@@ -552,10 +559,17 @@ def parse_config(data: Any, source: str = "<config>") -> NetworkSpec:
     check_config_size(data, source)
     if not isinstance(data, dict) or "architecture" not in data:
         raise FaganError(f"{source}: expected a mapping with an 'architecture' list of layers")
-    unknown = [key for key in data if key != "architecture"]
+    unknown = [key for key in data if key not in ("architecture", "conditioning")]
     if unknown:
         raise FaganError(
-            f"{source}: unknown top-level key {brief_repr(unknown[0], 40)}; only 'architecture'"
+            f"{source}: unknown top-level key {brief_repr(unknown[0], 40)}; only "
+            "'architecture' and 'conditioning'"
+        )
+    conditioning = data.get("conditioning")
+    if conditioning is not None and conditioning not in CONDITIONING_KEYS:
+        raise FaganError(
+            f"{source}: 'conditioning' must be one of {', '.join(CONDITIONING_KEYS)}, "
+            f"got {brief_repr(conditioning, 40)}"
         )
     architecture = data["architecture"]
     if not isinstance(architecture, list) or not architecture:
@@ -564,7 +578,9 @@ def parse_config(data: Any, source: str = "<config>") -> NetworkSpec:
         _parse_layer(f"{source}: architecture[{index}]", raw)
         for index, raw in enumerate(architecture)
     )
-    spec = NetworkSpec(layers=layers, source=source)
+    spec = NetworkSpec(
+        layers=layers, source=source, conditioning=None if conditioning == "none" else conditioning
+    )
     # channel agreement between consecutive layers (spatial checks need an input size)
     channels = spec.in_channels
     for index, layer in enumerate(layers):
@@ -618,17 +634,34 @@ def load_config(source: str | Path, role: str = "gen") -> NetworkSpec:
         raise FaganError(
             f"{path}: not a text config file (byte {error.start} is not UTF-8)"
         ) from None
+    return parse_config_text(text, str(path))
+
+
+def parse_config_text(text: str, source: str = "<config>") -> NetworkSpec:
+    """Parses an architecture from YAML text (what a ``.conf``/``.yaml`` file holds).
+
+    Raises:
+        FaganError: text over :data:`MAX_CONFIG_BYTES`, invalid YAML, or any invalid
+            layer (as :func:`load_config`).
+    """
+    if not isinstance(text, str):
+        raise FaganError(f"{source}: expected the architecture as YAML text, found {type(text)}")
+    if len(text) > MAX_CONFIG_BYTES:
+        raise FaganError(
+            f"{source}: refusing a config over {MAX_CONFIG_BYTES // (1 << 20)} MiB "
+            "(an architecture has a few kilobytes)"
+        )
     try:
-        _check_yaml_events(text, str(path))
+        _check_yaml_events(text, source)
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or "invalid YAML"
-        raise FaganError(f"{path}: invalid YAML{line}: {brief_text(problem)}") from None
+        raise FaganError(f"{source}: invalid YAML{line}: {brief_text(problem)}") from None
     except ValueError as error:  # a scalar YAML accepts but Python refuses (a huge integer)
-        raise FaganError(f"{path}: invalid value: {brief_text(str(error))}") from None
-    return parse_config(data, source=str(path))
+        raise FaganError(f"{source}: invalid value: {brief_text(str(error))}") from None
+    return parse_config(data, source=source)
 
 
 def resolve_config_path(value: str | Path, role: str) -> Path:
@@ -717,6 +750,8 @@ def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
             out.append({"name": "batch_norm", "num_channels": layer.num_channels})
         else:
             out.append({"name": "ignore_attn_maps"})
+    if spec.conditioning is not None:
+        return {"conditioning": spec.conditioning, "architecture": out}
     return {"architecture": out}
 
 
@@ -740,6 +775,7 @@ __all__ = [
     "check_config_size",
     "load_config",
     "parse_config",
+    "parse_config_text",
     "resolve_config_path",
     "spec_to_dict",
 ]

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fagan.classes import generator_classes, resolve_classes
 from fagan.data import ImageFolderDataset
 from fagan.errors import FaganError
 from fagan.fileio import atomic_write
@@ -76,6 +77,7 @@ from fagan.options import (
     option,
 )
 from fagan.sample import to_uint8
+from fagan.sources import ImageSource
 
 # ``--real_dir demo``: the 100 embedded LFW faces the training demo uses (unless a folder
 # of that name exists, which wins).
@@ -87,10 +89,15 @@ def is_demo_faces(real_dir: str | os.PathLike[str]) -> bool:
     return str(real_dir) == DEMO_REAL_DIR and not Path(real_dir).is_dir()
 
 
+def is_dataset_zip(real_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``real_dir`` is a file ending in ``.zip`` (a dataset zip, as training reads)."""
+    return Path(real_dir).is_file() and Path(real_dir).suffix.lower() == ".zip"
+
+
 REAL_IMAGES = Kind(
     str,
-    lambda v: isinstance(v, str) and (is_demo_faces(v) or Path(v).is_dir()),
-    "an existing folder, or 'demo' for the embedded demo faces",
+    lambda v: isinstance(v, str) and (is_demo_faces(v) or Path(v).is_dir() or is_dataset_zip(v)),
+    "an existing folder, a dataset .zip, or 'demo' for the embedded demo faces",
 )
 
 __all__ = [
@@ -138,8 +145,9 @@ class EvaluateOptions:
     real_dir: str = option(
         MISSING,
         REAL_IMAGES,
-        "folder of real images, or 'demo' for the embedded demo faces "
-        "that `fagan train` uses without --images_dir",
+        "folder or dataset zip of real images, or 'demo' for the embedded demo faces "
+        "that `fagan train` uses without --images_dir; labelled (class sub-folders or the "
+        "zip's dataset.json) for a class-conditional generator",
     )
     fake_dir: str | None = option(None, EXISTING_DIR, "folder of generated images", cli=False)
     generator_file: str | None = option(
@@ -157,6 +165,14 @@ class EvaluateOptions:
         None,
         int_range(1, MAX_SAMPLES),
         f"images to generate (default: as many as real images, at most {MAX_DEFAULT_SAMPLES})",
+    )
+    classes: list[str] | None = option(
+        None,
+        TEXT,
+        "a class-conditional generator's classes measured on their own, by name or index "
+        "(repeat it or separate with commas; default every class)",
+        flag="class",
+        repeat=True,
     )
     seed: int = option(0, SEED, "seed of the generated latents")
     truncation: float | None = option(
@@ -210,10 +226,10 @@ class EvaluateOptions:
         if self.generator_config is not None and self.generator_file is None:
             raise FaganError("--generator_config goes with --generator_file")
         if self.fake_dir is not None and (
-            self.num_samples is not None or self.truncation is not None
+            self.num_samples is not None or self.truncation is not None or self.classes
         ):
             raise FaganError(
-                "--num_samples and --truncation apply to a generator, not to --fake_dir"
+                "--num_samples, --truncation and --class apply to a generator, not to --fake_dir"
             )
         if "swd" in names and self.image_size is not None:
             _check_swd_size(self.image_size)
@@ -289,6 +305,41 @@ def load_image_folder(
     if not images:
         raise FaganError(f"no readable images in {folder}")
     return torch.stack(images)
+
+
+def load_labelled_images(
+    real_dir: str | os.PathLike[str],
+    image_size: int,
+    *,
+    progress: bool = False,
+    source: ImageSource | None = None,
+) -> tuple[Tensor, np.ndarray | None, tuple[str, ...] | None]:
+    """Real images with their classes, read as training reads them.
+
+    Args:
+        real_dir: a folder (one sub-folder per class gives labels), a dataset zip (its
+            ``dataset.json`` gives labels), or ``demo`` (unlabelled).
+        image_size: the side S.
+        progress: show a progress bar on stderr.
+        source: ``real_dir`` already listed (:func:`fagan.sources.open_source`).
+
+    Returns:
+        ``(images, labels, class_names)``: uint8 (N, 3, S, S), (N,) int64 labels or None,
+        the classes' names by label or None.
+
+    Raises:
+        FaganError: a missing or unusable source, a malformed ``dataset.json``.
+    """
+    from fagan.data import load_images
+    from fagan.sources import open_source
+
+    if is_demo_faces(real_dir):
+        return load_image_folder(real_dir, image_size), None, None
+    if source is None:
+        source = open_source(real_dir, "auto", flag="--real_dir")
+    array = load_images(source, image_size, progress=progress)
+    images = torch.from_numpy(np.ascontiguousarray(array.images)).permute(0, 3, 1, 2)
+    return images.contiguous(), array.labels, array.class_names
 
 
 def generate_u8_batches(
@@ -401,6 +452,8 @@ def evaluate_generator(
     *,
     truncation: float | None = None,
     opts: MetricOptions | None = None,
+    real_labels: np.ndarray | None = None,
+    classes: Sequence[int] | None = None,
     **changes: Any,
 ) -> dict[str, Any]:
     """Generates images and measures them against real ones (for ``--eval_every``).
@@ -433,6 +486,11 @@ def evaluate_generator(
             images: measure it once, not at every evaluation), a ready ``extractor`` (to
             load Inception once for many evaluations), ``real_features`` (to compute them
             once), ...
+        real_labels: a class-conditional generator's real labels (N,), in its class
+            numbering: the whole set and each class are measured
+            (:func:`fagan.evaluate_classes.evaluate_conditional`, whose ``classes`` and
+            ``class_mean`` entries are added).
+        classes: with ``real_labels``, the classes measured on their own (default all).
         **changes: fields of ``opts`` to change (``swd_floor=True, extractor=ext``).
 
     Returns:
@@ -440,7 +498,8 @@ def evaluate_generator(
         (plus ``swd_floor`` when asked), JSON-ready.
 
     Raises:
-        FaganError: unknown metrics, missing Inception weights, sizes that differ.
+        FaganError: unknown metrics, missing Inception weights, sizes that differ, a
+            class-conditional generator without real labels.
         TypeError: a keyword that is no MetricOptions field.
     """
     names = parse_metric_list(metrics)
@@ -455,6 +514,26 @@ def evaluate_generator(
                 f"the real images are {shape[-2]}x{shape[-1]} but the generator "
                 f"makes {image_size}x{image_size} images"
             )
+    if getattr(generator, "num_classes", None) or real_labels is not None:
+        from fagan.evaluate_classes import evaluate_conditional
+
+        if real_labels is None or real_images_u8 is None:
+            raise FaganError(
+                "a class-conditional generator is measured against labelled real images: "
+                "give the real images and their labels"
+            )
+        real = torch.as_tensor(real_images_u8)
+        return evaluate_conditional(
+            generator,
+            real,
+            real_labels,
+            names,
+            num_samples,
+            seed,
+            classes=classes,
+            truncation=truncation,
+            opts=opts,
+        )
     if num_samples is None:
         num_samples = len(real_images_u8) if real_images_u8 is not None else 1000
     if needs_inception(names):  # fail on missing weights before generating anything
@@ -477,10 +556,15 @@ def flatten_results(results: dict[str, Any]) -> dict[str, float]:
 
     ``swd`` -> ``swd_avg``, ``swd_<level>``; ``swd_floor`` -> ``swd_floor_avg``,
     ``swd_floor_<level>``; ``fid`` -> ``fid``; ``kid``/``is`` -> ``kid_mean``,
-    ``kid_std``, ``is_mean``, ``is_std``. ``meta`` and counts are left out.
+    ``kid_std``, ``is_mean``, ``is_std``; a class-conditional generator's ``class_mean``
+    -> ``class_mean_swd_avg``, ``class_mean_fid``, ``class_mean_kid_mean``, ... ``meta``,
+    counts and the per-class list are left out.
     """
     flat: dict[str, float] = {}
     for name, value in results.items():
+        if name == "class_mean" and isinstance(value, dict):
+            flat.update({f"{name}_{k}": v for k, v in flatten_results(value).items()})
+            continue
         if name == "meta" or not isinstance(value, dict):
             continue
         if "levels" in value:
@@ -519,6 +603,7 @@ def format_table(results: dict[str, Any]) -> str:
     if "is" in results:
         score = results["is"]
         rows.append(("Inception Score", f"{score['mean']:.3f} +- {score['std']:.3f}", ""))
+    rows += _class_rows(results)
     header = ("metric", "value", "real-vs-real floor" if floor else "")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     lines = [
@@ -527,6 +612,39 @@ def format_table(results: dict[str, Any]) -> str:
     ]
     lines.insert(1, "-" * len(max(lines, key=len)))
     return "\n".join(lines)
+
+
+#: Most classes listed one by one in the printed table (all are in the results file).
+TABLE_CLASSES = 20
+
+
+def _class_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """A class-conditional generator's per-class rows: the class mean, then each class."""
+    per_class = results.get("classes")
+    if not per_class:
+        return []
+    mean = results.get("class_mean", {})
+    rows = [(f"per class: mean over {len(per_class)} class(es)", "", "")]
+    if "swd" in mean:
+        rows.append(("  SWD x1e3 (avg)", f"{mean['swd']['avg']:.3f}", ""))
+    if "fid" in mean:
+        rows.append(("  intra-class FID", f"{mean['fid']['value']:.3f}", ""))
+    if "kid" in mean:
+        rows.append(("  intra-class KID", f"{mean['kid']['mean']:.5f}", ""))
+    for entry in per_class[:TABLE_CLASSES]:
+        name = f" {entry['name']}" if entry.get("name") is not None else ""
+        cells = []
+        if "swd" in entry:
+            cells.append(f"SWD {entry['swd']['avg']:.3f}")
+        if "fid" in entry:
+            cells.append(f"FID {entry['fid']['value']:.3f}")
+        if "kid" in entry:
+            cells.append(f"KID {entry['kid']['mean']:.5f}")
+        counts = f"{entry['n_real']} real, {entry['n_fake']} generated"
+        rows.append((f"  class {entry['index']}{name[:40]} ({counts})", "  ".join(cells), ""))
+    if len(per_class) > TABLE_CLASSES:
+        rows.append((f"  ... {len(per_class) - TABLE_CLASSES} more classes in --output", "", ""))
+    return rows
 
 
 def write_results(results: dict[str, Any], output: str | os.PathLike[str]) -> Path:
@@ -629,16 +747,28 @@ def run_evaluation(
         )
         metric_opts = dataclasses.replace(metric_opts, extractor=extractor)
 
+    num_classes, class_names = generator_classes(generator) if generator is not None else (0, None)
+    chosen = resolve_classes(
+        opts.classes, num_classes, class_names, source=str(opts.generator_file)
+    )
+    if num_classes:
+        return _run_conditional(opts, names, generator, size, chosen, metric_opts, weights, say)
+
     real_cache: list[Tensor] = []
+    from_zip = is_dataset_zip(opts.real_dir)
 
     def real_images() -> Tensor:
         if not real_cache:
             say(f"reading real images from {opts.real_dir} at {size}x{size}")
-            real_cache.append(load_image_folder(opts.real_dir, size, progress=progress))
+            if from_zip:
+                real_cache.append(load_labelled_images(opts.real_dir, size, progress=progress)[0])
+            else:
+                real_cache.append(load_image_folder(opts.real_dir, size, progress=progress))
         return real_cache[0]
 
     cache_file = None
-    demo = is_demo_faces(opts.real_dir)  # in memory already: no feature cache
+    # in memory already (the demo faces) or one file (a zip): no feature cache
+    demo = is_demo_faces(opts.real_dir) or from_zip
     if extractor is not None and ("fid" in names or "kid" in names) and not demo:
         key = fingerprint_image_dir(
             opts.real_dir,
@@ -683,4 +813,68 @@ def run_evaluation(
     results["meta"] = _meta(
         opts, names, generator is not None, fake_source, n_real, n_fake, size, weights, cache_file
     )
+    return results
+
+
+def _run_conditional(
+    opts: EvaluateOptions,
+    names: list[str],
+    generator: Any,
+    size: int,
+    classes: list[int] | None,
+    metric_opts: MetricOptions,
+    weights: Path | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """``fagan evaluate`` of a class-conditional generator: labelled real images, the
+    whole set and each class (:func:`fagan.evaluate_classes.evaluate_conditional`)."""
+    from fagan.evaluate_classes import CLASS_METRICS, evaluate_conditional, match_classes
+    from fagan.sources import open_source
+
+    num_classes, class_names = generator_classes(generator)
+    where = f"--real_dir {opts.real_dir}"
+    source = None if is_demo_faces(opts.real_dir) else open_source(opts.real_dir, flag="--real_dir")
+    if source is None or source.labels is None:
+        raise FaganError(
+            f"{opts.generator_file} is class-conditional ({num_classes} classes): --real_dir "
+            "must be labelled (a folder with one sub-folder per class, or a dataset zip "
+            f"whose dataset.json has labels), and {opts.real_dir} is not"
+        )
+    match_classes(num_classes, class_names, source.labels, source.class_names, where)  # checks
+    say(f"reading labelled real images from {opts.real_dir} at {size}x{size}")
+    real, labels, data_names = load_labelled_images(
+        opts.real_dir, size, progress=metric_opts.progress, source=source
+    )
+    assert labels is not None
+    labels = match_classes(num_classes, class_names, labels, data_names, where)
+    n_real = len(real)
+    n_fake = opts.num_samples or min(n_real, MAX_DEFAULT_SAMPLES)
+    _warn_few_images(names, n_real, n_fake)
+    say(
+        f"generating {n_fake} images at {size}x{size} (seed {opts.seed}), classes in the "
+        "real images' proportions"
+    )
+    by_class = [n for n in names if n in CLASS_METRICS]
+    say(f"measuring {', '.join(names)}" + (f"; {', '.join(by_class)} by class" if by_class else ""))
+    results = evaluate_conditional(
+        generator,
+        real,
+        labels,
+        names,
+        n_fake,
+        opts.seed,
+        classes=classes,
+        truncation=opts.truncation,
+        opts=metric_opts,
+    )
+    meta = _meta(opts, names, True, str(opts.generator_file), n_real, n_fake, size, weights, None)
+    measured = classes if classes is not None else list(range(num_classes))
+    meta["conditional"] = {
+        "num_classes": num_classes,
+        "class_names": None if class_names is None else list(class_names),
+        "classes_measured": measured,
+        "fake_labels": "stratified: each class gets the number of generated images "
+        "in proportion to its real images (largest remainders)",
+    }
+    results["meta"] = meta
     return results

@@ -10,15 +10,30 @@ images holds one block of latents and one batch of images at a time
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from fagan.checkpoint import is_training_state, load_file, load_state_into, network_state_dict
-from fagan.config import load_config, parse_config, resolve_config_path
-from fagan.errors import FaganError
+from fagan.checkpoint import (
+    check_conditioning_metadata,
+    is_network_file,
+    is_training_state,
+    load_file,
+    load_state_into,
+    network_metadata,
+    network_state_dict,
+)
+from fagan.config import (
+    NetworkSpec,
+    load_config,
+    parse_config,
+    parse_config_text,
+    resolve_config_path,
+)
+from fagan.errors import FaganError, brief_repr
 from fagan.fileio import check_output_dir, check_output_file
 from fagan.latents import seeded_generator, truncated_normal
 from fagan.networks import Generator
@@ -36,6 +51,8 @@ __all__ = [
     "load_generator",
     "make_latents",
     "read_latents",
+    "stored_network",
+    "write_class_images",
     "write_images",
     "write_samples",
 ]
@@ -54,6 +71,62 @@ LATENT_BLOCK_ELEMENTS = 1 << 22
 _LATENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def stored_network(
+    obj: Any, source: str | Path, role: str, config: str | Path | None = None
+) -> tuple[NetworkSpec, int | None, int | None, dict[str, Any], tuple[str, ...] | None]:
+    """What a loaded weights file says about the network it holds.
+
+    Args:
+        obj: the loaded file: a plain state dict, a network file of a class-conditional
+            run (:func:`fagan.checkpoint.network_file`) or a training state.
+        source: the file, for messages.
+        role: ``"generator"`` or ``"discriminator"``.
+        config: an architecture file or built-in name that replaces the file's own; needed
+            for a plain state dict.
+
+    Returns:
+        The architecture, the latent size and image size the file states (or None), the
+        conditioning keyword arguments of :class:`~fagan.networks.Generator` /
+        :class:`~fagan.networks.Discriminator` (empty for an unconditional network), and
+        the class names (None for an unconditional network).
+
+    Raises:
+        FaganError: a plain state dict without ``config``, or file metadata that is wrong.
+    """
+    conditioning, class_names = network_metadata(obj)
+    check_conditioning_metadata(
+        conditioning, None if class_names is None else list(class_names), str(source)
+    )
+    if is_network_file(obj) and obj.get("role") != role:
+        raise FaganError(
+            f"{source}: this file holds {brief_repr(obj.get('role'), 40)} weights, not {role} "
+            "weights"
+        )
+    short = "gen" if role == "generator" else "dis"
+    latent_size = image_size = None
+    if is_training_state(obj) or is_network_file(obj):
+        latent_size, image_size = obj.get("latent_size"), obj.get("image_size")
+        for name, value in (("latent_size", latent_size), ("image_size", image_size)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise FaganError(f"{source}: '{name}' is not a positive integer: {value!r}")
+    if config is not None:
+        spec = load_config(resolve_config_path(str(config), short))
+    elif is_training_state(obj):
+        spec = parse_config(obj[f"{role}_config"], f"{source} ({role} config)")
+    elif is_network_file(obj):
+        spec = parse_config_text(obj.get("config"), f"{source} ({role} config)")
+    else:
+        raise FaganError(
+            f"{source} is a plain state dict: give --{role}_config for its architecture"
+        )
+    if conditioning is not None and role == "discriminator":
+        if conditioning["conditioning"] == "projection":  # its embedding is the feature size
+            conditioning = {**conditioning, "embedding_dim": None}
+    return spec, latent_size, image_size, conditioning or {}, class_names
+
+
 def load_generator(
     generator_file: str | Path,
     generator_config: str | Path | None = None,
@@ -64,13 +137,19 @@ def load_generator(
 ) -> Generator:
     """Builds a generator and loads its weights, in eval mode.
 
+    A class-conditional generator is built with the conditioning its file states, and
+    ``generator.class_names`` is set to the class names (a tuple of strings, label ``k``
+    named by entry ``k``), or None for an unconditional generator.
+
     Args:
         generator_file: a plain state dict (ours or attn-gan-pytorch's, such as the
-            original project's ``GAN_GEN_<epoch>.pth``) or a training state written by
-            ``fagan train`` (whose EMA generator is used when ``prefer_ema``).
+            original project's ``GAN_GEN_<epoch>.pth``), a class-conditional run's
+            ``GAN_GEN_<epoch>.pth`` (a network file that carries its architecture) or a
+            training state written by ``fagan train`` (whose EMA generator is used when
+            ``prefer_ema``).
         generator_config: the architecture file or built-in name; optional for a
-            training state, which carries its own.
-        latent_size: defaults to the config's first layer's input channels.
+            training state or a network file, which carry their own.
+        latent_size: defaults to the file's, else the config's first layer's input channels.
         device: where to put the network.
         prefer_ema: take the EMA generator from a training state when it has one.
 
@@ -78,18 +157,15 @@ def load_generator(
         FaganError: unreadable or unsafe file, missing config, weights that do not fit.
     """
     obj = load_file(generator_file)
-    if generator_config is not None:
-        spec = load_config(resolve_config_path(str(generator_config), "gen"))
-    elif is_training_state(obj):
-        spec = parse_config(obj["generator_config"], f"{generator_file} (generator config)")
-        latent_size = latent_size or obj.get("latent_size")
-    else:
-        raise FaganError(
-            f"{generator_file} is a plain state dict: give --generator_config for its architecture"
-        )
-    generator = Generator(spec, latent_size or spec.in_channels)
+    spec, stored_latent, _, conditioning, class_names = stored_network(
+        obj, generator_file, "generator", generator_config
+    )
     state = network_state_dict(obj, "generator", prefer_ema=prefer_ema, source=str(generator_file))
+    if generator_config is None:
+        latent_size = latent_size or stored_latent
+    generator = Generator(spec, latent_size or spec.in_channels, **conditioning)
     load_state_into(generator, state, f"generator weights {generator_file}")
+    generator.class_names = class_names
     return generator.to(device).eval()
 
 
@@ -120,15 +196,18 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def _check_grid(count: int, image_size: int | None) -> None:
-    """Refuses a ``--grid`` of more than :data:`MAX_GRID_IMAGES` images or pixels."""
+def _check_grid(count: int, image_size: int | None, columns: int | None = None) -> None:
+    """Refuses a ``--grid`` of more than :data:`MAX_GRID_IMAGES` images or pixels.
+
+    ``columns`` defaults to the square-ish layout of :func:`fagan.sample.grid_uint8`.
+    """
     if count > MAX_GRID_IMAGES:
         raise FaganError(
             f"--grid holds at most {MAX_GRID_IMAGES} images, asked for {count} "
             "(leave out --grid for one file per image)"
         )
     if image_size:
-        columns = max(1, int(count**0.5))
+        columns = min(columns or max(1, int(count**0.5)), count)
         rows = -(-count // columns)
         pixels = ((image_size + 2) * columns + 2) * ((image_size + 2) * rows + 2)
         if pixels > MAX_GRID_PIXELS:
@@ -269,7 +348,11 @@ def _out_of_memory(error: BaseException) -> bool:
 
 @torch.no_grad()
 def generate_batches(
-    generator: Generator, latents: Tensor | Iterable[Tensor], batch_size: int = 64
+    generator: Generator,
+    latents: Tensor | Iterable[Tensor],
+    batch_size: int = 64,
+    *,
+    label: int | None = None,
 ) -> Iterator[Tensor]:
     """Yields generated images (B, 3, S, S) in [-1, 1] on the CPU, batch by batch.
 
@@ -278,9 +361,11 @@ def generate_batches(
         latents: a (N, latent_size) tensor, or blocks of latents such as
             :func:`latent_blocks` gives (regrouped into batches of ``batch_size``).
         batch_size: latents per forward pass.
+        label: the class of every image, for a class-conditional generator.
 
     Raises:
-        FaganError: when a batch does not fit in memory (asking for a smaller batch).
+        FaganError: when a batch does not fit in memory (asking for a smaller batch), a
+            class for an unconditional generator or none for a conditional one.
     """
     device = next(generator.parameters()).device
     batches = (
@@ -288,7 +373,12 @@ def generate_batches(
     )
     for batch in batches:
         try:
-            images = generator(batch.to(device)).float().cpu()
+            if label is None:
+                images = generator(batch.to(device))
+            else:
+                labels = torch.full((batch.shape[0],), label, dtype=torch.long, device=device)
+                images = generator(batch.to(device), labels)
+            images = images.float().cpu()
         except (RuntimeError, MemoryError) as error:
             if not _out_of_memory(error):
                 raise
@@ -365,3 +455,94 @@ def write_samples(
     check_batch_size(batch_size)
     blocks = latent_blocks(num_samples, generator.latent_size, seed, truncation)
     return _write(generator, blocks, num_samples, Path(output_dir), batch_size, grid)
+
+
+def write_class_images(
+    generator: Generator,
+    output_dir: str | Path,
+    classes: Sequence[int],
+    *,
+    latents: Tensor | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    truncation: float | None = None,
+    batch_size: int = 64,
+    grid: bool = False,
+) -> list[Path]:
+    """The same latents through a class-conditional generator once per class.
+
+    Every class gets the same latents (a ``--latents`` file's, or ``num_samples`` drawn
+    from ``seed`` as :func:`write_samples` draws them), so images differ by class only.
+    Without ``grid`` each class's images go to their own sub-folder of ``output_dir``
+    (:func:`fagan.classes.class_folder_names`: the class name, or ``class_<i>``), as
+    ``000000.png``...; with ``grid``, one ``grid.png`` with one row per class, in the
+    order of ``classes``, and one column per latent.
+
+    Bounds (batch size, images per class and in all, grid size) and every output path
+    are checked before any image is generated.
+
+    Args:
+        generator: a class-conditional generator.
+        output_dir: where the sub-folders or the grid go.
+        classes: class indices, each in ``[0, num_classes)``.
+        latents: (N, latent_size) latents; or None to draw ``num_samples`` from ``seed``.
+        num_samples: images per class when ``latents`` is None.
+        seed: seed of drawn latents.
+        truncation: truncate drawn latents to ``|z| <= truncation``.
+        batch_size: images per forward pass.
+        grid: one grid picture instead of one file per image.
+
+    Returns:
+        The files written.
+
+    Raises:
+        FaganError: a bound exceeded, an unconditional generator or a class out of range,
+            a bad seed or truncation, an output that cannot be written, a batch that does
+            not fit in memory.
+    """
+    from fagan.classes import class_folder_names, generator_classes
+
+    num_classes, names = generator_classes(generator)
+    if not num_classes:
+        raise FaganError("images by class need a class-conditional generator")
+    if not classes:
+        raise FaganError("no class to generate images of")
+    for index in classes:
+        if not 0 <= index < num_classes:
+            raise FaganError(f"class {index} is out of range (0 to {num_classes - 1})")
+    check_batch_size(batch_size)
+    if latents is not None:
+        count = int(latents.shape[0])
+
+        def class_latents() -> Iterable[Tensor]:
+            return [latents]
+    else:
+        count = check_num_samples(num_samples if num_samples is not None else 64)
+        latent_blocks(count, generator.latent_size, seed, truncation)  # checks, draws one block
+
+        def class_latents() -> Iterable[Tensor]:
+            return latent_blocks(count, generator.latent_size, seed, truncation)
+
+    check_num_samples(count, "the number of images per class")
+    check_num_samples(count * len(classes), "the number of images")
+    output_dir = Path(output_dir)
+
+    def images_of(index: int) -> Iterator[Tensor]:
+        return generate_batches(generator, class_latents(), batch_size, label=index)
+
+    if grid:
+        total = count * len(classes)
+        _check_grid(total, getattr(generator, "image_size", None), columns=count)
+        target = check_output_file(output_dir / "grid.png")
+        batches = (images for index in classes for images in images_of(index))
+        return [write_grid(grid_uint8_batches(batches, total, nrow=count), target)]
+    folders = [output_dir / name for name in class_folder_names(classes, names)]
+    for folder in folders:
+        check_output_dir(folder)
+    written: list[Path] = []
+    for index, folder in zip(classes, folders, strict=True):
+        done = 0
+        for images in images_of(index):
+            written += save_individual(images, folder, start_index=done)
+            done += images.shape[0]
+    return written

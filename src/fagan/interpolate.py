@@ -69,6 +69,7 @@ class Interpolation:
         key_indices: the frame index of each seed's key frame, in seed order.
         seeds: the seeds, in order.
         batch_size: frames per forward pass.
+        label: the class of every frame, for a class-conditional generator (else None).
     """
 
     def __init__(
@@ -78,12 +79,14 @@ class Interpolation:
         key_indices: list[int],
         seeds: list[int],
         batch_size: int,
+        label: int | None = None,
     ) -> None:
         self.generator = generator
         self.latents = latents
         self.key_indices = key_indices
         self.seeds = seeds
         self.batch_size = batch_size
+        self.label = label
         self._kept: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -92,7 +95,7 @@ class Interpolation:
     def _batch_images(self, batch: int) -> Tensor:
         start = batch * self.batch_size
         chunk = self.latents[start : start + self.batch_size]
-        return next(generate_batches(self.generator, chunk, self.batch_size))
+        return next(generate_batches(self.generator, chunk, self.batch_size, label=self.label))
 
     def _batch_u8(self, batch: int) -> np.ndarray:
         """Batch ``batch`` as uint8 (B, H, W, 3)."""
@@ -128,7 +131,8 @@ class Interpolation:
     @property
     def images(self) -> Tensor:
         """All frames (M, 3, S, S), float in [-1, 1], on the CPU (generated here, all held)."""
-        return torch.cat(list(generate_batches(self.generator, self.latents, self.batch_size)))
+        batches = generate_batches(self.generator, self.latents, self.batch_size, label=self.label)
+        return torch.cat(list(batches))
 
     def frames_u8(self) -> list[np.ndarray]:
         """All frames as ``HxWx3`` uint8 numpy arrays (the bytes written to the GIF/MP4)."""
@@ -194,6 +198,7 @@ def interpolate(
     loop: bool = False,
     truncation: float | None = None,
     batch_size: int = 64,
+    label: int | None = None,
 ) -> Interpolation:
     """A spherical walk through the seeds' latents, its frames generated when read.
 
@@ -208,16 +213,30 @@ def interpolate(
             frames); otherwise the last seed closes the walk (``(K-1) * steps + 1``).
         truncation: truncate the key latents to ``|z| <= truncation``.
         batch_size: frames per forward pass.
+        label: the class of every frame: required by a class-conditional generator,
+            refused by an unconditional one.
 
     Returns:
         The walk: its latents and key frame indices, and its frames on demand.
 
     Raises:
         FaganError: fewer than two seeds, bad steps, too many frames, bad truncation or
-            batch size, a seed PyTorch does not accept.
+            batch size, a seed PyTorch does not accept, a class missing, out of range
+            or given to an unconditional generator.
     """
     seeds = [int(s) for s in seeds]
     check_batch_size(batch_size)
+    num_classes = int(getattr(generator, "num_classes", None) or 0)
+    if label is None and num_classes:
+        raise FaganError(
+            f"the generator is class-conditional ({num_classes} classes): give a class"
+        )
+    if label is not None and not 0 <= label < num_classes:
+        raise FaganError(
+            f"class {label} is out of range (0 to {num_classes - 1})"
+            if num_classes
+            else "the generator is unconditional: it takes no class"
+        )
     if len(seeds) < 2:
         raise FaganError(f"an interpolation needs at least two seeds, got {len(seeds)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -238,7 +257,8 @@ def interpolate(
     keys = latents_for_seeds(seeds, generator.latent_size, truncation)
     path = interpolation_path(keys, steps, loop=loop)
     generator.eval()
-    return Interpolation(generator, path, [k * steps for k in range(len(seeds))], seeds, batch_size)
+    keys_at = [k * steps for k in range(len(seeds))]
+    return Interpolation(generator, path, keys_at, seeds, batch_size, label)
 
 
 class _Collect:

@@ -132,6 +132,8 @@ def option(
     group: str | None = None,
     negative_flag: str | None = None,
     cli: bool = True,
+    flag: str | None = None,
+    repeat: bool = False,
 ) -> Any:
     """Declares one option as a dataclass field.
 
@@ -144,6 +146,9 @@ def option(
             (``--no_tensorboard``); for a ``bool | None`` option, the second flag of the
             pair (``--channels_last`` / ``--no_channels_last``).
         cli: False for options that exist only in the library API.
+        flag: the flag's name when it is not the field's (``class`` for ``classes``).
+        repeat: the flag may be given several times; the value is the list of the
+            values given (each checked against ``kind``), None when never given.
     """
     metadata = {
         "kind": kind,
@@ -151,6 +156,8 @@ def option(
         "group": group,
         "negative_flag": negative_flag,
         "cli": cli,
+        "flag": flag,
+        "repeat": repeat,
     }
     return dataclasses.field(default=default, metadata=metadata)
 
@@ -172,11 +179,16 @@ class _Record(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        if self.nargs == 0:
+            values = self.const
+        elif self.const == _REPEAT:  # a repeatable flag: every value given, in order
+            values = [*(getattr(namespace, self.dest, None) or []), values]
+        setattr(namespace, self.dest, values)
         setattr(namespace, _GIVEN, given_options(namespace) | {self.dest})
 
 
 _GIVEN = "_given_options"
+_REPEAT = "repeat"  # the ``const`` that marks a repeatable flag
 
 
 def given_options(namespace: argparse.Namespace) -> frozenset[str]:
@@ -217,10 +229,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         required = f.default is MISSING
         target.add_argument(
-            f"--{f.name}",
+            f"--{meta.get('flag') or f.name}",
+            dest=f.name,
             type=kind.argparse_type(),
             required=required,
             action=_Record,
+            const=_REPEAT if meta.get("repeat") else None,
+            metavar=meta["flag"].upper() if meta.get("flag") else None,
             default=None if required else f.default,
             help=_help(f, text),
         )
@@ -250,4 +265,11 @@ def check_fields(obj: Any) -> None:
         value = getattr(obj, f.name)
         if value is None and f.default is None:
             continue
-        f.metadata["kind"].check(f.name, value)
+        name = f.metadata.get("flag") or f.name
+        if f.metadata.get("repeat"):
+            if not isinstance(value, (list, tuple)):
+                raise FaganError(f"--{name} must be a list of values, got {quote(value)}")
+            for item in value:
+                f.metadata["kind"].check(name, item)
+            continue
+        f.metadata["kind"].check(name, value)

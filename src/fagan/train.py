@@ -8,7 +8,9 @@ the one :class:`~fagan.train_state.TrainState` that every step changes (resumed 
 ``training_state.pth`` with ``--resume``), the run folder. After it come the end-of-run
 outputs (loss plot, progress GIF). Everything a run writes lives under ``--model_dir``
 and ``--sample_dir``. Precision is chosen once (an autocast context and a gradient scaler
-that are no-ops in fp32), so the steps have no precision branches.
+that are no-ops in fp32), so the steps have no precision branches. A class-conditional run
+(``--conditioning``, :mod:`fagan.train_conditioning`) gives both steps the real batch's
+labels: the fakes are made for them and both batches are scored with them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from tqdm import tqdm
 from fagan import __version__
 from fagan.animation import make_progress_gif
 from fagan.augment import diff_augment
-from fagan.checkpoint import load_network, save_file
+from fagan.checkpoint import load_network, network_file, save_file
 from fagan.config import (
     NetworkSpec,
     load_config,
@@ -57,6 +59,14 @@ from fagan.plots import plot_losses
 from fagan.runfolder import RunLock, claim_run_folder
 from fagan.runlog import RunLog
 from fagan.sample import evenly_spaced, grid_uint8, to_uint8, write_grid
+from fagan.train_conditioning import (
+    EvenClasses,
+    RunClasses,
+    class_grid_inputs,
+    grid_columns,
+    resolve_scheme,
+    run_classes,
+)
 from fagan.train_options import (
     MIN_GRID_STEPS,
     PRECISIONS,
@@ -152,6 +162,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def _call(net: nn.Module, x: Tensor, labels: Tensor | None) -> Tensor:
+    """``net(x)``, or ``net(x, labels)`` for a class-conditional step."""
+    return net(x) if labels is None else net(x, labels)
+
+
 def d_step(
     G: nn.Module,
     D: nn.Module,
@@ -162,20 +177,25 @@ def d_step(
     prec: Precision,
     augment: Callable[[Tensor], Tensor],
     rng: torch.Generator,
+    labels: Tensor | None = None,
 ) -> float:
     """One discriminator update: each discriminator pass runs once per batch.
 
     The fake batch is made without building a graph (the generator is not updated
-    here), as the original's ``.detach()`` did, but cheaper.
+    here), as the original's ``.detach()`` did, but cheaper. A class-conditional step
+    (``labels``, the real batch's (B,)) makes the fakes for the real batch's labels and
+    scores both batches with them.
     """
     with torch.no_grad(), prec.autocast():
-        fake = _unwrap(G)(z)
+        fake = _call(_unwrap(G), z, labels)
     with prec.autocast():
-        r = D(augment(real)).float()
-        f = D(augment(fake)).float()
+        r = _call(D, augment(real), labels).float()
+        f = _call(D, augment(fake), labels).float()
     d_loss = loss.d(r, f)
     if loss.gp_weight:
-        d_loss = d_loss + loss.gp_weight * gradient_penalty(_unwrap(D), real, fake.float(), rng)
+        d_loss = d_loss + loss.gp_weight * gradient_penalty(
+            _unwrap(D), real, fake.float(), rng, labels
+        )
     opt.zero_grad(set_to_none=True)
     prec.scaler.scale(d_loss).backward()
     prec.scaler.step(opt)
@@ -195,12 +215,14 @@ def g_step(
     opt: torch.optim.Optimizer,
     prec: Precision,
     augment: Callable[[Tensor], Tensor],
+    labels: Tensor | None = None,
 ) -> float:
     """One generator update.
 
     The discriminator's parameters leave autograd for the step (no weight gradients
     are computed for it), and the real-image term of relativistic losses is computed
-    without a graph.
+    without a graph. A class-conditional step (``labels``, the real batch's) generates
+    for the real batch's labels.
     """
     d_net = _unwrap(D)  # not the DDP wrapper: D's weights are not synchronised here
     d_net.requires_grad_(False)
@@ -210,8 +232,8 @@ def g_step(
             # the fake pass's graphs are built (a lower peak than the other order)
             if loss.g_uses_real:
                 with torch.no_grad():
-                    r = d_net(augment(real)).float()
-            f = d_net(augment(G(z))).float()
+                    r = _call(d_net, augment(real), labels).float()
+            f = _call(d_net, augment(_call(G, z, labels)), labels).float()
             if not loss.g_uses_real:
                 r = f.new_zeros(())
         g_loss = loss.g(r, f)
@@ -282,6 +304,9 @@ class TrainSetup:
         embedded: whether the run trains on the embedded demo faces (no ``--images_dir``).
         augment_policy: the DiffAugment policy, "" for none.
         num_workers: data loading processes.
+        scheme: the class conditioning asked for (``"projection"``, ``"concat"``), or None.
+        classes: a class-conditional run's classes, known once the data is open
+            (:func:`with_classes`); None before, and for an unconditional run.
     """
 
     g_spec: NetworkSpec
@@ -292,6 +317,13 @@ class TrainSetup:
     embedded: bool
     augment_policy: str
     num_workers: int
+    scheme: str | None = None
+    classes: RunClasses | None = None
+
+    def network_kwargs(self, role: str) -> dict[str, Any]:
+        """The conditioning keyword arguments of the ``role`` network (none when
+        unconditional)."""
+        return {} if self.classes is None else self.classes.network_kwargs(role)
 
 
 def resolve_setup(opts: TrainOptions, saved: dict[str, Any] | None = None) -> TrainSetup:
@@ -316,7 +348,13 @@ def resolve_setup(opts: TrainOptions, saved: dict[str, Any] | None = None) -> Tr
         g_spec = load_config(resolve_config_path(opts.generator_config or default, "gen"))
         d_spec = load_config(resolve_config_path(opts.discriminator_config or default, "dis"))
     latent_size = opts.latent_size or g_spec.in_channels
-    generator_size = Generator(g_spec, latent_size).image_size
+    scheme = resolve_scheme(opts.conditioning, g_spec, d_spec, saved)
+    if scheme == "concat" and g_spec.in_channels != latent_size:
+        # a config written for concat conditioning (the original's): the generator, built
+        # once the classes are known, checks that its first layer takes latent + K channels
+        generator_size = g_spec.output_shape(g_spec.in_channels, 1, 1)[1]
+    else:
+        generator_size = Generator(g_spec, latent_size).image_size
     if opts.image_size is not None and opts.image_size != generator_size:
         raise FaganError(
             f"--image_size {opts.image_size} differs from the generator's output size "
@@ -336,7 +374,27 @@ def resolve_setup(opts: TrainOptions, saved: dict[str, Any] | None = None) -> Tr
         embedded=embedded,
         augment_policy=policy,
         num_workers=default_num_workers(in_memory=embedded) if workers is None else workers,
+        scheme=scheme,
     )
+
+
+def with_classes(
+    setup: TrainSetup, opts: TrainOptions, images: TrainingData, saved: dict[str, Any] | None
+) -> TrainSetup:
+    """``setup`` with a class-conditional run's classes, from the data's labels.
+
+    Raises:
+        FaganError: see :func:`fagan.train_conditioning.run_classes`.
+    """
+    classes = run_classes(
+        setup.scheme,
+        images.labels,
+        images.class_names,
+        images.source,
+        embedding_dim=opts.embedding_dim,
+        saved=saved,
+    )
+    return replace(setup, classes=classes)
 
 
 @dataclass
@@ -386,8 +444,9 @@ def _new_state(
     say: Callable[[str], None],
 ) -> TrainState:
     """The state of a new run: fresh networks (or --generator_file's), step 0."""
-    G = Generator(setup.g_spec, setup.latent_size)
-    D = Discriminator(setup.d_spec, setup.image_size)
+    G = Generator(setup.g_spec, setup.latent_size, **setup.network_kwargs("generator"))
+    D = Discriminator(setup.d_spec, setup.image_size, **setup.network_kwargs("discriminator"))
+    G.validate_labels = D.validate_labels = False  # the data's labels, checked once
     if opts.generator_file and not opts.resume:
         load_network(G, opts.generator_file, "generator", prefer_ema=False)
     if opts.discriminator_file and not opts.resume:
@@ -408,6 +467,9 @@ def _new_state(
     fixed_latents = torch.randn(
         opts.num_samples, setup.latent_size, generator=torch.Generator().manual_seed(opts.seed)
     )
+    fixed_labels = None
+    if setup.classes is not None:  # one row per class, the same latents in each column
+        fixed_latents, fixed_labels = class_grid_inputs(fixed_latents, setup.classes.num_classes)
     key = sampler_key(
         seed=opts.seed,
         batch_size=opts.batch_size,
@@ -420,7 +482,9 @@ def _new_state(
         "discriminator_config": spec_to_dict(setup.d_spec),
         "latent_size": setup.latent_size,
         "image_size": setup.image_size,
-        "options": asdict(opts),
+        "options": {**asdict(opts), "conditioning": setup.scheme or "none"},
+        "conditioning": None if setup.classes is None else setup.classes.options,
+        "class_names": None if setup.classes is None else list(setup.classes.class_names),
     }
     return TrainState(
         G,
@@ -434,6 +498,7 @@ def _new_state(
         fixed_latents.to(device),
         key,
         run,
+        fixed_labels=None if fixed_labels is None else fixed_labels.to(device),
         epoch=opts.start,
     )
 
@@ -485,6 +550,10 @@ class _Inputs:
     device: torch.device
     memory_format: torch.memory_format
 
+    def labels(self, batch_labels: Tensor | None) -> Tensor | None:
+        """A batch's labels as the steps take them: None for an unconditional run."""
+        return None if self.setup.classes is None else batch_labels
+
     def latents(self, n: int) -> Tensor:
         return torch.randn(
             n, self.setup.latent_size, device=self.device, generator=self.state.latent_rng
@@ -519,6 +588,9 @@ def _prepare_run_folder(
         "latent_size": setup.latent_size,
         "image_size": setup.image_size,
         "augment": setup.augment_policy or "none",
+        "conditioning": setup.scheme or "none",
+        "embedding_dim": None if setup.classes is None else setup.classes.embedding_dim,
+        "class_names": None if setup.classes is None else list(setup.classes.class_names),
         "num_workers": setup.num_workers,
         "channels_last": uses_channels_last(opts.precision, opts.channels_last),
         "world_size": info.world_size,
@@ -613,16 +685,22 @@ class _Feedback:
             self.evaluate(state)
 
     def sample_grid(self, state: TrainState, tag: str) -> Path:
-        """``gen_<tag>.png`` (and TensorBoard's image): the fixed latents' images."""
+        """``gen_<tag>.png`` (and TensorBoard's image): the fixed latents' images (a
+        conditional run's: one row per class, the same latent in each column)."""
         net = state.sampling_generator
         was_training = net.training
         net.eval()
+        size, labels = self.opts.batch_size, state.fixed_labels
         with torch.no_grad(), self.prec.autocast():  # in batches: --num_samples may be large
-            images = torch.cat(
-                [net(z).float() for z in state.fixed_latents.split(self.opts.batch_size)]
-            )
+            if labels is None:
+                parts = [net(z) for z in state.fixed_latents.split(size)]
+            else:
+                pairs = zip(state.fixed_latents.split(size), labels.split(size), strict=True)
+                parts = [net(z, y) for z, y in pairs]
+            images = torch.cat([part.float() for part in parts])
         net.train(was_training)
-        grid = grid_uint8(images)  # one layout for the PNG and TensorBoard
+        # one layout for the PNG and TensorBoard; a conditional run's: one row per class
+        grid = grid_uint8(images, None if labels is None else grid_columns(labels))
         path = write_grid(grid, Path(self.opts.sample_dir) / f"gen_{tag}.png")
         if self.run_log is not None:
             self.run_log.image("samples", grid, state.step)
@@ -630,7 +708,8 @@ class _Feedback:
 
     def evaluate(self, state: TrainState) -> None:
         assert self.evaluator is not None and self.run_log is not None
-        scores = self.evaluator(state.sampling_generator)
+        net = state.sampling_generator
+        scores = self.evaluator(net if net.num_classes is None else EvenClasses(net))
         self.run_log.append_stats(
             {"step": state.step, "epoch": state.epoch, "batch": state.batch, "eval": scores}
         )
@@ -670,14 +749,15 @@ class _Checkpoints:
             return
         epoch, folder = state.epoch, self.model_dir
         self.files["generator"] = save_file(
-            state.generator.state_dict(), folder / f"GAN_GEN_{epoch}.pth"
+            _weights_file(state, "generator", state.generator), folder / f"GAN_GEN_{epoch}.pth"
         )
         self.files["discriminator"] = save_file(
-            state.discriminator.state_dict(), folder / f"GAN_DIS_{epoch}.pth"
+            _weights_file(state, "discriminator", state.discriminator),
+            folder / f"GAN_DIS_{epoch}.pth",
         )
         if state.ema is not None:
             self.files["ema_generator"] = save_file(
-                state.ema.state_dict(), folder / f"GAN_GEN_EMA_{epoch}.pth"
+                _weights_file(state, "generator", state.ema), folder / f"GAN_GEN_EMA_{epoch}.pth"
             )
 
     def end_of_epoch(self, state: TrainState, opts: TrainOptions) -> None:
@@ -688,6 +768,24 @@ class _Checkpoints:
             self.save_weights(state)
             if self.info.is_main and (self.model_dir / "loss.log").is_file():
                 plot_losses(self.model_dir / "loss.log", self.model_dir / "loss.png")
+
+
+def _weights_file(state: TrainState, role: str, net: nn.Module) -> dict[str, Any]:
+    """What a per-epoch weights file holds: the plain state dict (the original's format),
+    or for a class-conditional run a network file that also carries the architecture,
+    conditioning and class names (:func:`fagan.checkpoint.network_file`)."""
+    run = state.run
+    if run.get("conditioning") is None:
+        return net.state_dict()
+    return network_file(
+        role,
+        net.state_dict(),
+        yaml.safe_dump(run[f"{role}_config"], sort_keys=False),
+        run["latent_size"],
+        run["conditioning"],
+        run["class_names"],
+        image_size=run["image_size"],
+    )
 
 
 def _all_gather(rng: RngState) -> list[RngState]:
@@ -917,6 +1015,9 @@ def _train(
     torch.manual_seed(opts.seed)
     data = _open_data(opts, setup, info, device, say)
     cleanup.callback(data.images.close)
+    setup = with_classes(setup, opts, data.images, saved)
+    if setup.classes is not None:
+        say(setup.classes.describe())
     prec = Precision.create(opts.precision, device)
     state = _new_state(opts, setup, info, device, data, prec.scaler, say)
     if saved is not None:
@@ -966,7 +1067,7 @@ def _train_epochs(run: _Run, state: TrainState) -> StopReason:
             feedback.start_epoch(state)
             batches = run.data.images.batches(run.data.sampler, state.aug_rng)
             for i, batch in enumerate(batches, start=state.batch + 1):
-                real = batch.images
+                real, labels = batch.images, inputs.labels(batch.labels)
                 for _ in range(opts.n_critic):
                     d_loss = d_step(
                         G,
@@ -978,9 +1079,18 @@ def _train_epochs(run: _Run, state: TrainState) -> StopReason:
                         prec,
                         inputs.augment,
                         state.aug_rng,
+                        labels,
                     )
                 g_loss = g_step(
-                    G, D, real, inputs.latents(len(real)), loss, state.g_opt, prec, inputs.augment
+                    G,
+                    D,
+                    real,
+                    inputs.latents(len(real)),
+                    loss,
+                    state.g_opt,
+                    prec,
+                    inputs.augment,
+                    labels,
                 )
                 if state.ema is not None:
                     decay = ema_decay_at(opts.ema_decay, state.step)

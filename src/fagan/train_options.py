@@ -39,6 +39,8 @@ from fagan.options import (
 )
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: ``--conditioning``'s values (the schemes of :mod:`fagan.layers.conditional`, and none).
+CONDITIONING_CHOICES = ("projection", "concat", "none")
 ORIGINAL = "the original train.py's flags"
 BEYOND = "beyond the original"
 #: Most data-loading processes the default picks.
@@ -157,6 +159,24 @@ class TrainOptions:
         group=ORIGINAL,
     )
     # ---- beyond the original
+    conditioning: str | None = option(
+        None,
+        choice(*CONDITIONING_CHOICES),
+        "class-conditional training on the data's classes (class sub-folders, or a "
+        "fagan prepare zip's labels): projection (conditional batch norm in the generator, "
+        "a projection head in the discriminator), concat (attn-gan-pytorch's scheme: the "
+        "class vector concatenated to the latent and to the discriminator's last layer's "
+        "input), or none; default: the configs' 'conditioning:' key, else none",
+        group=BEYOND,
+    )
+    embedding_dim: int | None = option(
+        None,
+        POSITIVE_INT,
+        "with --conditioning: the size of a learned class embedding (projection: one shared "
+        "by the generator's batch norms; concat: replaces the one-hot class vector); "
+        "default: none (per-layer embeddings, one-hot vectors)",
+        group=BEYOND,
+    )
     seed: int = option(
         0,
         SEED,
@@ -259,6 +279,11 @@ class TrainOptions:
         if self.start > self.num_epochs:
             raise FaganError(
                 f"--start {self.start} is after --num_epochs {self.num_epochs}: nothing to train"
+            )
+        if self.embedding_dim is not None and self.conditioning == "none":
+            raise FaganError(
+                f"--embedding_dim {self.embedding_dim} applies to class-conditional training; "
+                "it was given with --conditioning none"
             )
         if self.eval_num_samples < 2:
             raise FaganError(

@@ -106,8 +106,10 @@ class TrainState:
         latent_rng, aug_rng: the random streams of the latents and of the augmentations.
         fixed_latents: the latents of the sample grids, the same all run long.
         sampler_key: what fixes the data order (:func:`sampler_key`).
-        run: what the run is (architecture, sizes, options); saved alongside, read back
-            before the state is built.
+        run: what the run is (architecture, sizes, options, a class-conditional run's
+            ``conditioning`` and ``class_names``); saved alongside, read back before the
+            state is built.
+        fixed_labels: a class-conditional run's class label for each fixed latent, else None.
         epoch: the current epoch (counting from ``--start``).
         batch: batches done in ``epoch``.
         step: generator steps done in all.
@@ -124,6 +126,7 @@ class TrainState:
     fixed_latents: Tensor
     sampler_key: dict[str, Any]
     run: dict[str, Any] = field(default_factory=dict)
+    fixed_labels: Tensor | None = None
     epoch: int = 1
     batch: int = 0
     step: int = 0
@@ -177,6 +180,7 @@ class TrainState:
             "step": self.step,
             "rng": gather(rng) if gather is not None else [rng],
             "fixed_latents": self.fixed_latents.cpu(),
+            **({} if self.fixed_labels is None else {"fixed_labels": self.fixed_labels.cpu()}),
             "sampler": self.sampler_key,
             **self.run,
         }
@@ -215,6 +219,8 @@ class TrainState:
         self.d_opt.load_state_dict(saved["d_optimizer"])
         self.scaler.load_state_dict(saved["scaler"])
         self.fixed_latents = saved["fixed_latents"].to(self.fixed_latents.device)
+        if self.fixed_labels is not None:
+            self.fixed_labels = saved["fixed_labels"].to(self.fixed_labels.device)
         self.step = saved["step"]
         rngs = saved["rng"]
         exact = len(rngs) == self.sampler_key["world_size"] and saved["sampler"] == self.sampler_key

@@ -37,6 +37,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from fagan.attention_maps import LayerAttention, capture_layers, load_image
+from fagan.classes import generator_classes
 from fagan.errors import FaganError
 from fagan.explore.params import (
     MAX_UPLOAD_BYTES,
@@ -92,9 +93,12 @@ class Explorer:
         inline_max_positions: layers with more positions than this are left out of
             :meth:`generate` and answered per query.
         truncation: the truncation the page starts with (None: off).
+        label: the class the page starts with, for a class-conditional generator
+            (default its first class).
 
     Raises:
-        FaganError: a discriminator for another image size than the generator's.
+        FaganError: a discriminator for another image size than the generator's, a
+            class out of range or given to an unconditional generator.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class Explorer:
         *,
         inline_max_positions: int = DEFAULT_INLINE_MAX_POSITIONS,
         truncation: float | None = None,
+        label: int | None = None,
     ) -> None:
         if discriminator is not None and discriminator.image_size != generator.image_size:
             raise FaganError(
@@ -111,17 +116,31 @@ class Explorer:
                 f"{discriminator.image_size} images but the generator makes "
                 f"{generator.image_size}x{generator.image_size}"
             )
+        if discriminator is not None and (discriminator.num_classes or 0) != (
+            generator.num_classes or 0
+        ):
+            raise FaganError(
+                f"the discriminator has {discriminator.num_classes or 0} classes and the "
+                f"generator {generator.num_classes or 0}: they are not of one run"
+            )
         self.generator = generator.eval()
         self.discriminator = discriminator.eval() if discriminator is not None else None
         self.inline_max_positions = inline_max_positions
         self.truncation = truncation
         self.image_size = generator.image_size
-        self.num_classes = int(getattr(generator, "num_classes", 0) or 0)
+        self.num_classes, self.class_names = generator_classes(generator)
+        if label is not None and not 0 <= label < self.num_classes:
+            raise FaganError(
+                f"class {label} is out of range (0 to {self.num_classes - 1})"
+                if self.num_classes
+                else "the generator is unconditional: it takes no class"
+            )
+        self.label = label if label is not None or not self.num_classes else 0
         self._lock = threading.Lock()
         self._uploads: OrderedDict[str, Tensor] = OrderedDict()
         self._device = next(generator.parameters()).device
         # the layers' names, kinds and grids, from one forward pass
-        first = ImageRequest(0, label=0 if self.num_classes else None)
+        first = ImageRequest(0, label=self.label)
         _, g_layers, _, d_layers = self._forward(first)
         self._layer_meta = {"generator": self._describe(g_layers)}
         if self.discriminator is not None:
@@ -150,6 +169,8 @@ class Explorer:
             "image_size": self.image_size,
             "latent_size": self.generator.latent_size,
             "num_classes": self.num_classes,
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "class": self.label,
             "truncation": self.truncation,
             "layers": self._layer_meta,
             "has_discriminator": self.discriminator is not None,
@@ -170,23 +191,32 @@ class Explorer:
             z = slerp(z, z2, request.mix).to(z.dtype)
         return z
 
+    def _labels(self, label: int | None) -> Tensor | None:
+        """A batch of one class label for the networks, None when they are unconditional.
+
+        A conditional critic's attention maps do not depend on the class (projection
+        adds it after the last convolution's input, concat at the last layer), so a
+        query on an upload runs it with class 0; its score does depend on it.
+        """
+        if not self.num_classes:
+            return None
+        return torch.tensor([label or 0], device=self._device)
+
     def _generate_image(self, z: Tensor, label: int | None) -> tuple[Tensor, dict]:
-        if label is None:
-            layers, images = capture_layers(self.generator, z.to(self._device))
-        else:  # pragma: no cover - no conditional generator exists yet
-            labels = torch.tensor([label], device=self._device)
-            layers, images = capture_layers(_Labelled(self.generator, labels), z.to(self._device))
-            layers = {name.removeprefix("generator."): layer for name, layer in layers.items()}
-            for name, layer in layers.items():
-                layer.name = name
+        layers, images = capture_layers(self.generator, z.to(self._device), self._labels(label))
         return images, layers
 
     @torch.no_grad()
-    def _discriminate(self, images: Tensor) -> tuple[float | None, dict[str, LayerAttention]]:
-        """The critic on a batch of one image (the generator's output as it is); the score
-        is None when not finite (JSON has no NaN)."""
+    def _discriminate(
+        self, images: Tensor, label: int | None = None
+    ) -> tuple[float | None, dict[str, LayerAttention]]:
+        """The critic on a batch of one image (the generator's output as it is), for
+        ``label`` when it is class-conditional; the score is None when not finite (JSON
+        has no NaN)."""
         assert self.discriminator is not None
-        layers, logits = capture_layers(self.discriminator, images.to(self._device))
+        layers, logits = capture_layers(
+            self.discriminator, images.to(self._device), self._labels(label)
+        )
         score = float(logits[0])
         return (score if math.isfinite(score) else None), layers
 
@@ -196,7 +226,7 @@ class Explorer:
             images, g_layers = self._generate_image(self.latent(request), request.label)
             d_score = d_layers = None
             if self.discriminator is not None:
-                d_score, d_layers = self._discriminate(images)
+                d_score, d_layers = self._discriminate(images, request.label)
         return images[0].float().cpu(), g_layers, d_score, d_layers
 
     def _layers_json(self, layers: dict[str, LayerAttention], dtype: str) -> list[dict]:
@@ -226,10 +256,13 @@ class Explorer:
 
     def _call_generator(self, request: ImageRequest) -> Tensor:
         z = self.latent(request).to(self._device)
-        if request.label is None:
-            return self.generator(z)
-        labels = torch.tensor([request.label], device=self._device)  # pragma: no cover
-        return self.generator(z, labels)  # pragma: no cover
+        labels = self._labels(request.label)
+        return self.generator(z) if labels is None else self.generator(z, labels)
+
+    def _call_critic(self, images: Tensor, label: int | None) -> Tensor:
+        assert self.discriminator is not None
+        labels = self._labels(label)
+        return self.discriminator(images) if labels is None else self.discriminator(images, labels)
 
     def generate(self, request: ImageRequest, dtype: str = "float16") -> dict[str, object]:
         """The image of ``request`` with every attention layer's maps and the critic's view.
@@ -260,12 +293,13 @@ class Explorer:
         return self.discriminator
 
     def discriminate_upload(
-        self, data: bytes, content_type: str, dtype: str = "float16"
+        self, data: bytes, content_type: str, dtype: str = "float16", label: int | None = None
     ) -> dict[str, object]:
         """The discriminator's score and maps for an uploaded PNG or JPEG.
 
         The image is read as ``fagan attention --image`` reads it (RGB, EXIF orientation,
-        shorter side resized to the model's size, centre crop).
+        shorter side resized to the model's size, centre crop). A class-conditional
+        critic scores it as an image of class ``label``.
 
         Returns:
             ``{"upload" (its SHA-256, for :meth:`query`), "image" (the S x S image the
@@ -277,11 +311,21 @@ class Explorer:
                 undecodable or too many pixels (400).
         """
         self._need_discriminator()
+        if self.num_classes and label is None:
+            raise RequestError(
+                f"the critic is class-conditional: give class (0 to {self.num_classes - 1})"
+            )
+        if label is not None and not 0 <= label < self.num_classes:
+            raise RequestError(
+                "the critic is unconditional: it takes no class"
+                if not self.num_classes
+                else f"class must be from 0 to {self.num_classes - 1}"
+            )
         check_upload(data, content_type)
         key = hashlib.sha256(data).hexdigest()
         image = self._decode_upload(data)
         with torch.no_grad(), self._lock:
-            score, layers = self._discriminate(image[None])
+            score, layers = self._discriminate(image[None], label)
             self._uploads[key] = image
             self._uploads.move_to_end(key)
             while len(self._uploads) > _UPLOADS_KEPT:
@@ -293,6 +337,7 @@ class Explorer:
             "dtype": dtype,
             "generator": None,
             "discriminator": {"score": score, "layers": self._layers_json(layers, dtype)},
+            **({"class": label} if label is not None else {}),
         }
 
     def _decode_upload(self, data: bytes) -> Tensor:
@@ -368,7 +413,7 @@ class Explorer:
                         raise RequestError("an upload goes with net=discriminator")
                     if upload not in self._uploads:
                         raise RequestError("that upload is no longer kept: upload it again", 404)
-                    self.discriminator(self._uploads[upload][None].to(self._device))
+                    self._call_critic(self._uploads[upload][None].to(self._device), None)
                 elif request is None:
                     raise RequestError(
                         "give the image: seed (and truncation, seed2, mix) or upload"
@@ -376,7 +421,7 @@ class Explorer:
                 else:
                     image = self._call_generator(request)
                     if net == "discriminator":
-                        self.discriminator(image)
+                        self._call_critic(image, request.label)
                 q = layer.query_conv(caught["x"]).float()  # (1, Cq, H_l, W_l)
                 k = layer.key_conv(caught["x"]).float()
         finally:
@@ -391,15 +436,3 @@ class Explorer:
             "cell": list(cell),
             "row": encode_array(row, dtype),
         }
-
-
-class _Labelled(nn.Module):  # pragma: no cover - no conditional generator exists yet
-    """A conditional generator with its labels bound, called with latents only."""
-
-    def __init__(self, generator: nn.Module, labels: Tensor) -> None:
-        super().__init__()
-        self.generator = generator
-        self.labels = labels
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.generator(z, self.labels)

@@ -14,7 +14,8 @@ is a 4xx/5xx with ``{"error": message}``):
 ``GET /api/query``                      ``net`` ``layer`` ``x`` ``y`` and the image
                                         (as for generate, or ``upload``): one query's row
 ``POST /api/discriminate``              body: a PNG or JPEG (``Content-Type`` image/png or
-                                        image/jpeg, at most 10 MiB) [``dtype``]
+                                        image/jpeg, at most 10 MiB) [``dtype``] [``class``:
+                                        required by a class-conditional critic]
 =====================================  =====================================================
 
 Bound to a loopback address, the server also refuses requests whose ``Host`` is not a
@@ -279,8 +280,14 @@ class ExploreHandler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path != "/api/discriminate":
             raise RequestError(f"not found: {path[:200]}", 404 if path not in ASSETS else 405)
-        values = self._params(("dtype",))
+        values = self._params(("dtype", "class"))
         dtype = self._dtype(values)
+        explorer = self.server.explorer
+        label = None
+        if "class" in values:
+            if not explorer.num_classes:
+                raise RequestError("this critic is unconditional: it takes no class")
+            label = parse_index(values["class"], "class", explorer.num_classes)
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
             raise RequestError("send the image with a Content-Length, not chunked", 411)
@@ -298,7 +305,5 @@ class ExploreHandler(BaseHTTPRequestHandler):
         if len(data) != length:
             raise RequestError("the upload ended before its Content-Length")
         self._json(
-            self.server.explorer.discriminate_upload(
-                data, self.headers.get("Content-Type", ""), dtype
-            )
+            explorer.discriminate_upload(data, self.headers.get("Content-Type", ""), dtype, label)
         )

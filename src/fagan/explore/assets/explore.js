@@ -85,6 +85,11 @@
   }
 
   // ------------------------------------------------------------------ requests
+  function className(label) {
+    const names = state.info.class_names;
+    return names ? `${label} \u00b7 ${names[label]}` : String(label);
+  }
+
   function seedValue(input, required) {
     const text = input.value.trim();
     const ok = SEED_RE.test(text) && BigInt(text) <= SEED_MAX;
@@ -148,7 +153,8 @@
     const seq = ++state.seq;
     say(`reading ${file.name}\u2026`);
     try {
-      const result = await api("api/discriminate", {
+      const query = state.info.num_classes > 0 ? `?class=${$("class").value}` : "";
+      const result = await api(`api/discriminate${query}`, {
         method: "POST", body: file, headers: { "Content-Type": file.type },
       });
       result.name = file.name;
@@ -187,8 +193,10 @@
     canvas.height = result.size;
     canvas.getContext("2d").drawImage(img, 0, 0);
     const request = result.request;
+    const labelled = request && request.class !== undefined;
     const name = request
-      ? `fagan_seed${request.seed}${request.seed2 ? `_to${request.seed2}_${Number(request.mix).toFixed(2)}` : ""}.png`
+      ? `fagan_seed${request.seed}${request.seed2 ? `_to${request.seed2}_${Number(request.mix).toFixed(2)}` : ""}` +
+        `${labelled ? `_class${request.class}` : ""}.png`
       : `critic_${(result.name || "upload").replace(/\.[^.]*$/, "")}.png`;
     $("download").href = result.image;
     $("download").download = name;
@@ -204,7 +212,8 @@
     drawAll();
     const what = request ? `seed ${request.seed}` + (request.seed2
       ? ` \u2192 ${request.seed2} at ${Number(request.mix).toFixed(2)}` : "") +
-      (request.truncation ? `, truncation ${request.truncation}` : "")
+      (request.truncation ? `, truncation ${request.truncation}` : "") +
+      (labelled ? `, class ${className(request.class)}` : "")
       : `${result.name || "opened image"} as the critic sees it (${result.size}\u00d7${result.size})`;
     say(what);
     document.body.dataset.ready = String(state.seq);
@@ -449,19 +458,34 @@
     for (const el of document.querySelectorAll(".live-only")) el.hidden = true;
     for (const el of document.querySelectorAll(".static-only")) el.hidden = false;
     const select = $("seed-select");
-    data.results.forEach((result, i) => {
+    const seeds = [];
+    for (const result of data.results) {
+      if (seeds.includes(result.request.seed)) continue;
       const option = document.createElement("option");
-      option.value = String(i);
+      option.value = String(seeds.length);
+      seeds.push(result.request.seed);
       option.textContent = result.request.seed +
         (result.request.truncation ? ` (truncation ${result.request.truncation})` : "");
       select.append(option);
-    });
-    select.addEventListener("change", () => {
+    }
+    // a conditional generator's page holds each seed once per class it embedded
+    const conditional = data.info.num_classes > 0;
+    if (conditional) {
+      const embedded = new Set(data.results.map((result) => String(result.request.class)));
+      for (const option of [...$("class").options]) {
+        if (!embedded.has(option.value)) option.remove();
+      }
+    }
+    const picked = () => data.results.find((result) =>
+      result.request.seed === seeds[Number(select.value)] &&
+      (!conditional || String(result.request.class) === $("class").value));
+    const showPicked = () => {
       state.seq++;
-      show(data.results[Number(select.value)]);
-    });
-    state.seq++;
-    return show(data.results[0]);
+      return show(picked());
+    };
+    select.addEventListener("change", showPicked);
+    if (conditional) $("class").addEventListener("change", showPicked);
+    return showPicked();
   }
 
   async function start() {
@@ -478,9 +502,11 @@
       $("class-row").hidden = false;
       for (let c = 0; c < info.num_classes; c++) {
         const option = document.createElement("option");
-        option.value = option.textContent = String(c);
+        option.value = String(c);
+        option.textContent = className(c);
         $("class").append(option);
       }
+      $("class").value = String(info.class ?? 0);
     }
     $("stretch").addEventListener("change", drawAll);
     const canvas = $("image");
