@@ -409,7 +409,7 @@ def test_two_process_ddp_conditional_ranks_agree(tmp_path: Path, digits: Path) -
 
 # --------------------------------------------------------------------------- it conditions
 #: A small convolutional GAN for 16x16 images (the slow test's: its subject is the
-#: conditioning, not the attention layers, and it trains in seconds a step hundreds).
+#: conditioning, not the attention layers; a thousand CPU steps of it are quick).
 GEN16 = """
 architecture:
   - {name: conv_transpose, channels: [32, 128], kernel_dims: [4, 4], stride: [1, 1],
