@@ -10,6 +10,7 @@ that the trained generator's images do depend on the class asked for.
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 import time
@@ -522,3 +523,49 @@ def test_concat_config_that_takes_the_condition_channels(tmp_path: Path, digits:
     assert state["latent_size"] == 128 and state["fixed_latents"].shape[1] == 128
     generator = load_generator(tmp_path / "models" / "GAN_GEN_1.pth")
     assert generator.latent_size == 128 and generator.class_names == ("0", "1", "7")
+
+
+# --------------------------------------------------------------------------- matching-aware
+@pytest.mark.parametrize("loss_name", ["hinge", "relativistic-hinge"])
+def test_matching_aware_d_step_scores_wrong_labels_as_fake(loss_name: str) -> None:
+    from fagan.losses import matching_aware_d, mismatched_labels
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 3, "conditioning": "projection"}
+    G = Generator(load_config("small32"), 128, **kwargs).train()
+    D = Discriminator(load_config("small32", "dis"), 32, **kwargs).train()
+    real = torch.rand(6, 3, 32, 32) * 2 - 1
+    z = torch.randn(6, 128)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = get_loss(loss_name)
+    prec = Precision.create("fp32", torch.device("cpu"))
+    # by hand, on copies in the same state (the spectral norms' power iterations included)
+    G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
+    with torch.no_grad():
+        fake = G2(z, labels)
+        r, f = D2(real, labels), D2(fake, labels)
+        wrong = mismatched_labels(labels, 3, torch.Generator().manual_seed(5))
+        m = D2(real, wrong)
+        expected = float(matching_aware_d(loss.d, r, f, m))
+    assert (wrong != labels).all()
+    opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.0, 0.9))
+    rng = torch.Generator().manual_seed(5)
+    got = d_step(G, D, real, z, loss, opt, prec, lambda x: x, rng, labels, 3)
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert got != pytest.approx(float(loss.d(r, f)), rel=1e-3)  # the mismatch term counts
+
+
+def test_matching_aware_run_trains_and_resume_keeps_it(tmp_path: Path, digits: Path) -> None:
+    state = train(options(tmp_path, digits, max_steps=2, matching_aware=True))
+    assert state.step == 2
+    saved = json.loads((tmp_path / "models" / "options.json").read_text())
+    assert saved["matching_aware"] is True
+    resumed = train(options(tmp_path, digits, max_steps=3, resume=True))  # flag not given
+    assert resumed.step == 3
+    saved = json.loads((tmp_path / "models" / "options.json").read_text())
+    assert saved["matching_aware"] is True
+
+
+def test_matching_aware_needs_conditioning(tmp_path: Path, digits: Path) -> None:
+    with pytest.raises(FaganError, match="--matching_aware applies to class-conditional"):
+        train(options(tmp_path, digits, max_steps=1, conditioning="none", matching_aware=True))

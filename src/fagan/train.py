@@ -53,7 +53,13 @@ from fagan.data import ResumableSampler, TrainingData, open_training_data
 from fagan.distributed import DistInfo, all_agree, init_distributed, shutdown_distributed
 from fagan.errors import FaganError
 from fagan.fileio import atomic_write
-from fagan.losses import GANLoss, get_loss, gradient_penalty
+from fagan.losses import (
+    GANLoss,
+    get_loss,
+    gradient_penalty,
+    matching_aware_d,
+    mismatched_labels,
+)
 from fagan.networks import Discriminator, Generator
 from fagan.plots import plot_losses
 from fagan.runfolder import RunLock, claim_run_folder
@@ -178,20 +184,29 @@ def d_step(
     augment: Callable[[Tensor], Tensor],
     rng: torch.Generator,
     labels: Tensor | None = None,
+    mismatch_classes: int | None = None,
 ) -> float:
     """One discriminator update: each discriminator pass runs once per batch.
 
     The fake batch is made without building a graph (the generator is not updated
     here), as the original's ``.detach()`` did, but cheaper. A class-conditional step
     (``labels``, the real batch's (B,)) makes the fakes for the real batch's labels and
-    scores both batches with them.
+    scores both batches with them. With ``mismatch_classes`` (the number of classes) the
+    step is matching-aware (:func:`fagan.losses.matching_aware_d`, the intended
+    variant): the real batch is scored again with wrong labels drawn from ``rng``, as fake.
     """
     with torch.no_grad(), prec.autocast():
         fake = _call(_unwrap(G), z, labels)
     with prec.autocast():
         r = _call(D, augment(real), labels).float()
         f = _call(D, augment(fake), labels).float()
-    d_loss = loss.d(r, f)
+        if mismatch_classes is not None and labels is not None:
+            wrong = mismatched_labels(labels, mismatch_classes, rng)
+            m = _call(D, augment(real), wrong).float()
+    if mismatch_classes is not None and labels is not None:
+        d_loss = matching_aware_d(loss.d, r, f, m)
+    else:
+        d_loss = loss.d(r, f)
     if loss.gp_weight:
         d_loss = d_loss + loss.gp_weight * gradient_penalty(
             _unwrap(D), real, fake.float(), rng, labels
@@ -392,6 +407,7 @@ def with_classes(
         images.class_names,
         images.source,
         embedding_dim=opts.embedding_dim,
+        matching_aware=opts.matching_aware,
         saved=saved,
     )
     return replace(setup, classes=classes)
@@ -549,10 +565,17 @@ class _Inputs:
     setup: TrainSetup
     device: torch.device
     memory_format: torch.memory_format
+    matching_aware: bool = False
 
     def labels(self, batch_labels: Tensor | None) -> Tensor | None:
         """A batch's labels as the steps take them: None for an unconditional run."""
         return None if self.setup.classes is None else batch_labels
+
+    @property
+    def mismatch_classes(self) -> int | None:
+        """The number of classes for a matching-aware D step (``--matching_aware``), or None."""
+        classes = self.setup.classes
+        return classes.num_classes if classes is not None and self.matching_aware else None
 
     def latents(self, n: int) -> Tensor:
         return torch.randn(
@@ -1037,7 +1060,7 @@ def _train(
         prec=prec,
         G=_for_training(state.generator, opts, info, device),
         D=_for_training(state.discriminator, opts, info, device),
-        inputs=_Inputs(state, setup, device, _memory_format(opts)),
+        inputs=_Inputs(state, setup, device, _memory_format(opts), opts.matching_aware),
         data=data,
         feedback=_Feedback(opts, run_log, evaluator, prec, batches, info.world_size),
         checkpoints=_Checkpoints(model_dir, info),
@@ -1080,6 +1103,7 @@ def _train_epochs(run: _Run, state: TrainState) -> StopReason:
                         inputs.augment,
                         state.aug_rng,
                         labels,
+                        inputs.mismatch_classes,
                     )
                 g_loss = g_step(
                     G,

@@ -127,6 +127,7 @@ def run_classes(
     source: str,
     *,
     embedding_dim: int | None = None,
+    matching_aware: bool = False,
     saved: dict[str, Any] | None = None,
 ) -> RunClasses | None:
     """The classes a conditional run trains on, from its data (and a resumed run's state).
@@ -137,16 +138,23 @@ def run_classes(
         class_names: the data's class names, or None (then ``"0"``, ``"1"``, ...).
         source: the data, for messages.
         embedding_dim: ``--embedding_dim``.
+        matching_aware: ``--matching_aware`` (refused for an unconditional run).
         saved: the training state being resumed: its classes must be the data's.
 
     Raises:
-        FaganError: unlabelled data, fewer than two classes, ``--embedding_dim`` without
-            conditioning, or data whose classes differ from the resumed run's.
+        FaganError: unlabelled data, fewer than two classes, ``--embedding_dim`` or
+            ``--matching_aware`` without conditioning, or data whose classes differ from
+            the resumed run's.
     """
     if scheme is None:
         if embedding_dim is not None:
             raise FaganError(
                 f"--embedding_dim {embedding_dim} applies to class-conditional training; give "
+                "--conditioning projection or concat"
+            )
+        if matching_aware:
+            raise FaganError(
+                "--matching_aware applies to class-conditional training; give "
                 "--conditioning projection or concat"
             )
         return None

@@ -177,6 +177,14 @@ class TrainOptions:
         "default: none (per-layer embeddings, one-hot vectors)",
         group=BEYOND,
     )
+    matching_aware: bool = option(
+        False,
+        FLAG,
+        "with --conditioning: matching-aware discriminator (GAN-CLS): real images paired "
+        "with wrong classes (the batch's labels shuffled) are scored as fake, besides the "
+        "generated ones",
+        group=BEYOND,
+    )
     seed: int = option(
         0,
         SEED,
