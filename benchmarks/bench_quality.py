@@ -1066,7 +1066,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "e.g. fagan64-hinge-s0 or 'fagan64-*,*-s0'",
     )
     train = parser.add_argument_group("training budget (the same for every cell)")
-    train.add_argument("--steps", type=int, default=500)
+    train.add_argument("--steps", type=int, default=300)
     train.add_argument("--batch_size", type=int, default=32)
     train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16")
     train.add_argument("--ema_decay", type=float, default=0.999)

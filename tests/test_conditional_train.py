@@ -102,10 +102,16 @@ def options(tmp: Path, images: Path | None, **overrides) -> TrainOptions:
 
 # --------------------------------------------------------------------------- checkpoint contract
 @pytest.mark.parametrize(
-    ("scheme", "embedding_dim"), [("projection", None), ("concat", None), ("projection", 16)]
+    ("scheme", "embedding_dim", "resolved_dim"),
+    [
+        ("projection", None, 128),
+        ("projection", 0, None),
+        ("concat", None, None),
+        ("projection", 16, 16),
+    ],
 )
 def test_conditional_run_writes_its_conditioning_and_classes(
-    tmp_path: Path, digits: Path, scheme: str, embedding_dim: int | None
+    tmp_path: Path, digits: Path, scheme: str, embedding_dim: int | None, resolved_dim: int | None
 ) -> None:
     said: list[str] = []
     run = options(tmp_path, digits, conditioning=scheme, embedding_dim=embedding_dim, max_steps=2)
@@ -114,7 +120,7 @@ def test_conditional_run_writes_its_conditioning_and_classes(
     models = tmp_path / "models"
     # the start of the run names the classes and their counts, and the conditioning
     assert any("3 classes: 0 16, 1 16, 7 16" in line for line in said)
-    embedded = f", class embedding of {embedding_dim}" if embedding_dim else ""
+    embedded = f", class embedding of {resolved_dim}" if resolved_dim else ""
     assert (
         f"class-conditional training, {scheme} conditioning{embedded}, on 3 classes: 0, 1, 7 "
         "(sample grids: one row per class)" in said
@@ -127,7 +133,7 @@ def test_conditional_run_writes_its_conditioning_and_classes(
         cells = np.asarray(grid)
     rows = [cells[2 + 34 * r : 34 * (r + 1), 2:34] for r in range(3)]  # first column
     assert not np.array_equal(rows[0], rows[1])  # one latent, two classes: other images
-    expected = {"num_classes": 3, "conditioning": scheme, "embedding_dim": embedding_dim}
+    expected = {"num_classes": 3, "conditioning": scheme, "embedding_dim": resolved_dim}
 
     state = load_training_state(models / "training_state.pth")
     assert state["conditioning"] == expected

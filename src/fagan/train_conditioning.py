@@ -26,6 +26,13 @@ from fagan.errors import FaganError
 GRID_CLASSES = 10
 
 
+#: ``--embedding_dim`` when not given, by scheme: projection conditions through one class
+#: embedding shared by the generator's batch norms (BigGAN). Its gains move by the sum of
+#: many weights' steps, so a class shows within a few hundred steps; per-class gains of
+#: each layer (``--embedding_dim 0``) move by at most the learning rate a step.
+DEFAULT_EMBEDDING_DIM = {"projection": 128, "concat": None}
+
+
 @dataclass(frozen=True)
 class RunClasses:
     """A class-conditional run's conditioning and classes.
@@ -137,7 +144,7 @@ def run_classes(
         labels: the data's ``(N,)`` integer labels, or None for unlabelled data.
         class_names: the data's class names, or None (then ``"0"``, ``"1"``, ...).
         source: the data, for messages.
-        embedding_dim: ``--embedding_dim``.
+        embedding_dim: ``--embedding_dim`` (None: :data:`DEFAULT_EMBEDDING_DIM`; 0: none).
         matching_aware: ``--matching_aware`` (refused for an unconditional run).
         saved: the training state being resumed: its classes must be the data's.
 
@@ -180,7 +187,9 @@ def run_classes(
                 f"{', ...' if stored['num_classes'] > 6 else ''}); resume on the same data"
             )
         embedding_dim = stored["embedding_dim"]
-    return RunClasses(num_classes, scheme, embedding_dim, names)
+    elif embedding_dim is None:
+        embedding_dim = DEFAULT_EMBEDDING_DIM.get(scheme)
+    return RunClasses(num_classes, scheme, embedding_dim or None, names)
 
 
 def class_grid_inputs(latents: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -217,6 +226,7 @@ class EvenClasses(nn.Module):
     Attributes:
         generator: the conditional generator.
         latent_size, image_size: the generator's.
+        classes: its number of classes.
     """
 
     def __init__(self, generator: nn.Module) -> None:
@@ -224,7 +234,8 @@ class EvenClasses(nn.Module):
         self.generator = generator
         self.latent_size = generator.latent_size
         self.image_size = generator.image_size
-        self.num_classes = generator.num_classes
+        # not ``num_classes``: to the measures this is an unconditional generator
+        self.classes = generator.num_classes
         self.made = 0
         self.train(generator.training)
 
@@ -234,6 +245,6 @@ class EvenClasses(nn.Module):
         return self
 
     def forward(self, z: Tensor) -> Tensor:
-        y = torch.arange(self.made, self.made + len(z), device=z.device) % self.num_classes
+        y = torch.arange(self.made, self.made + len(z), device=z.device) % self.classes
         self.made += len(z)
         return self.generator(z, y)

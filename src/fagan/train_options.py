@@ -171,10 +171,13 @@ class TrainOptions:
     )
     embedding_dim: int | None = option(
         None,
-        POSITIVE_INT,
-        "with --conditioning: the size of a learned class embedding (projection: one shared "
-        "by the generator's batch norms; concat: replaces the one-hot class vector); "
-        "default: none (per-layer embeddings, one-hot vectors)",
+        NON_NEGATIVE_INT,
+        "with --conditioning: the size of a learned class embedding (projection: one "
+        "shared by the generator's batch norms, as BigGAN; concat: replaces the one-hot "
+        "class vector); 0: none (projection: a gain and bias per class in each batch norm; "
+        "concat: one-hot vectors); default: 128 for projection (it conditions within a few "
+        "hundred steps, where per-layer gains barely move), 0 for concat (the original's "
+        "scheme)",
         group=BEYOND,
     )
     matching_aware: bool = option(
