@@ -707,25 +707,26 @@ def test_fid_offline_with_the_packaged_network_on_folders_and_a_generator(
     assert api["fid"]["value"] == pytest.approx(gen["fid"]["value"], rel=1e-4)
     capsys.readouterr()
 
-    # the Inception Score needs a classifier the TorchScript file does not hold
-    assert (
-        main(
-            [
-                "evaluate",
-                "--real_dir",
-                str(first),
-                "--fake_dir",
-                str(second),
-                "--metrics",
-                "fid,kid,is",
-                "--inception_weights",
-                str(default_1),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 2
-    )
+    # the Inception Score needs a classifier the TorchScript file does not hold: asked for
+    # with FID and KID it is skipped with one warning, the rest measured as before
+    for source in (["--fake_dir", str(second)], ["--generator_file", str(state)]):
+        out = tmp_path / "with_is.json"
+        argv = ["evaluate", "--real_dir", str(first), *source, "--metrics", "fid,kid,is"]
+        argv += ["--inception_weights", str(default_1), "--device", "cpu"]
+        argv += ["--cache_dir", str(cache), "--output", str(out)]
+        if source[0] == "--generator_file":
+            argv += ["--num_samples", "8", "--seed", "2"]
+        with pytest.warns(UserWarning, match="Inception Score is skipped") as warned:
+            assert main(argv) == 0
+        assert len([w for w in warned if "Inception Score" in str(w.message)]) == 1
+        with_is = json.loads(out.read_text())
+        assert "is" not in with_is
+        expected = same if source[0] == "--fake_dir" else gen
+        assert with_is["fid"]["value"] == pytest.approx(expected["fid"]["value"], rel=1e-6)
+    # asked for alone, it is an error
+    capsys.readouterr()
+    argv = ["evaluate", "--real_dir", str(first), "--fake_dir", str(second), "--metrics", "is"]
+    assert main([*argv, "--inception_weights", str(default_1), "--device", "cpu"]) == 2
     assert "needs the Inception classifier" in _one_line_error(capsys, "evaluate")
 
 

