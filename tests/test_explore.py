@@ -557,6 +557,13 @@ def test_port_in_use_fails_in_one_line(files, capsys) -> None:
     assert len(err.splitlines()) == 1
 
 
+def _default_sigint() -> None:
+    """The child starts with Ctrl-C as a terminal gives it (default, unblocked), whatever
+    the test runner's own disposition is (an ignored or blocked SIGINT is inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_serves_until_ctrl_c(files) -> None:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     process = subprocess.Popen(
@@ -565,6 +572,7 @@ def test_serves_until_ctrl_c(files) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=_default_sigint,
     )
     try:
         line = process.stdout.readline()
