@@ -128,15 +128,25 @@ def emit(result: dict[str, Any]) -> None:
 TUNED_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus ``extra``, with this checkout's ``src`` first on
+    ``PYTHONPATH``: what a benchmark's child process (a worker, ``python -m fagan``) runs in."""
+    env = dict(os.environ) | (extra or {})
+    src = str(BENCH_DIR.parent / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def run_worker(
     args: list[str], timeout: float | None = None, extra_env: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """Runs ``python <args>`` in a subprocess and returns its result (or the error)."""
-    env = dict(os.environ) | (extra_env or {})
-    src = str(BENCH_DIR.parent / "src")
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=child_env(extra_env),
+        timeout=timeout,
     )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):

@@ -15,7 +15,6 @@ shows up in both.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -76,11 +75,7 @@ def train_run(
         "--device",
         device,
     ]
-    full_env = dict(os.environ) | env
-    src = str(common.BENCH_DIR.parent / "src")
-    full_env["PYTHONPATH"] = src + (
-        os.pathsep + full_env["PYTHONPATH"] if full_env.get("PYTHONPATH") else ""
-    )
+    full_env = common.child_env(env)
     cpu0, t0 = _cpu_children(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env)
     wall, cpu = time.perf_counter() - t0, _cpu_children() - cpu0

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -224,11 +223,8 @@ def timed_once(what: str, code: str, env: dict[str, str]) -> dict[str, Any]:
         "'seconds': round(dt, 3), 'images_per_s': round(n / dt, 1), "
         "'cpu_us_per_image': round(dc / n * 1e6, 1)}))\n"
     )
-    src = str(ROOT / "src")
-    full_env = dict(os.environ) | env
-    full_env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=full_env
+        [sys.executable, "-c", script], capture_output=True, text=True, env=common.child_env(env)
     )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(common.RESULT_PREFIX):

@@ -346,9 +346,7 @@ def run_fagan(args: Sequence[str], log_file: Path) -> subprocess.CompletedProces
     Its output goes to ``log_file`` as it comes (``tail -f`` shows training progress);
     the returned process holds that output in ``stdout``.
     """
-    env = dict(os.environ)
-    src = str(ROOT / "src")
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = common.child_env()
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", encoding="utf-8") as handle:
         handle.write(f"$ fagan {' '.join(args)}\n")
